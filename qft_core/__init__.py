@@ -1,0 +1,1 @@
+"""qft core library: data, model, training, evaluation and packaging without Dagster."""

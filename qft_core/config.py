@@ -1,0 +1,177 @@
+"""The one typed configuration of the whole pipeline, loaded from YAML with laptop-CPU defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not validate; the message names file and key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PathsConfig(Section):
+    """Where inputs live and where artifacts go; relative paths resolve against the project root."""
+
+    corpus_dir: str = "data/corpus"
+    term_dictionary: str = "data/crypto_terms.yaml"
+    misconceptions: str = "data/misconceptions.yaml"
+    artifacts_dir: str = "artifacts"
+    model_cache_dir: str = ".cache/qft/models"
+
+    def resolve(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else REPO_ROOT / path
+
+
+class DataConfig(Section):
+    max_thinking_depth: int = Field(16, ge=1, le=64)
+    generate_missing_thinking: bool = True
+    max_quarantine_ratio: float = Field(0.2, ge=0.0, le=1.0)
+    max_file_bytes: int = Field(50_000_000, ge=1)
+
+
+class SplitConfig(Section):
+    train: float = Field(0.8, gt=0.0, lt=1.0)
+    validation: float = Field(0.1, ge=0.0, lt=1.0)
+    test: float = Field(0.1, gt=0.0, lt=1.0)
+    seed: int = 42
+    near_duplicate_threshold: float = Field(0.7, gt=0.0, le=1.0)
+    ngram: int = Field(3, ge=1, le=8)
+    min_split_size: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _ratios_sum_to_one(self) -> SplitConfig:
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must be 1.0, got {total:.4f}")
+        return self
+
+
+class ModelConfig(Section):
+    name: str = "qwen3-tiny"
+    path: str | None = None
+    trust_remote_code: bool = False
+    max_length: int = Field(1024, ge=16)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class LoraConfig(Section):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+class TrainingConfig(Section):
+    nproc: int = Field(1, ge=1)
+    nnodes: int = Field(1, ge=1)
+    master_addr: str = "127.0.0.1"
+    master_port: int = Field(29511, ge=1, le=65535)
+    epochs: float = Field(2.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    global_batch_size: int = Field(8, ge=1)
+    micro_batch_size: int | None = Field(None, ge=1)
+    learning_rate: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float = Field(1.0, gt=0)
+    gradient_checkpointing: bool | None = None
+    sharding: Literal["auto", "ddp", "fsdp"] = "auto"
+    packing: bool = True
+    loss_on_reasoning: bool = True
+    mask_empty_thinking: bool = True
+    checkpoint_every: int = Field(20, ge=1)
+    keep_last: int = Field(2, ge=1)
+    eval_every: int = Field(20, ge=1)
+    max_restarts: int = Field(1, ge=0)
+    seed: int = 1234
+    anomaly_spike_factor: float = Field(10.0, gt=1)
+    max_consecutive_anomalies: int = Field(5, ge=1)
+
+
+class EvalConfig(Section):
+    max_new_tokens: int = Field(256, ge=1)
+    thinking_budget: int = Field(192, ge=0)
+    batch_size: int = Field(8, ge=1)
+    max_examples: int | None = Field(None, ge=1)
+    bootstrap_samples: int = Field(1000, ge=10)
+    regression_tolerance: float = Field(0.02, ge=0)
+
+
+class QuantConfig(Section):
+    formats: list[Literal["int8", "int4", "gptq"]] = Field(default_factory=lambda: ["int8", "int4", "gptq"])
+    gptq_bits: int = Field(4, ge=2, le=8)
+    gptq_group_size: int = Field(64, ge=-1)
+    calibration_samples: int = Field(64, ge=1)
+    max_perplexity_increase: float = Field(0.25, ge=0)
+
+
+class ExportConfig(Section):
+    package_name: str = "qft-crypto-zh"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    api_key: str | None = None
+    max_request_bytes: int = Field(1_000_000, ge=1)
+    max_tokens_limit: int = Field(2048, ge=1)
+
+
+class QftConfig(Section):
+    """The whole pipeline's configuration, one section per stage."""
+
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    quant: QuantConfig = Field(default_factory=QuantConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        lines.append(f"  key '{key}': {item['msg']}")
+    return "\n".join(lines)
+
+
+def config_from_dict(values: dict[str, Any], source: str = "<dict>") -> QftConfig:
+    try:
+        return QftConfig.model_validate(values)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+
+
+def load_config(path: str | Path | None = None) -> QftConfig:
+    """Load a YAML config; no path gives the embedded defaults."""
+    if path is None:
+        return QftConfig()
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return config_from_dict(values, str(path))
+
+
+def dump_config(config: QftConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), allow_unicode=True, sort_keys=False)

@@ -1,0 +1,1 @@
+"""Data stages: parse the Markdown corpus, normalise Chinese text, annotate terms, split."""

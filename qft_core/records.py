@@ -1,0 +1,174 @@
+"""The records that flow through the pipeline, with lossless JSONL and parquet round trips."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal, Self
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ThinkingStructure(Record):
+    """One reasoning step; nested `<thinking>` blocks become its children (sub-steps)."""
+
+    text: str
+    line: int = Field(0, ge=0)
+    children: list[ThinkingStructure] = Field(default_factory=list)
+
+    def depth(self) -> int:
+        return 1 + max((child.depth() for child in self.children), default=0)
+
+    def walk(self) -> Iterable[ThinkingStructure]:
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+
+def render_thinking(steps: list[ThinkingStructure]) -> str:
+    """The reasoning as one text, steps in document order separated by blank lines."""
+    return "\n\n".join(step.text.strip() for root in steps for step in root.walk() if step.text.strip())
+
+
+class CryptoTerm(Record):
+    id: str
+    zh: str
+    en: str
+    abbreviation: str | None = None
+    synonyms: list[str] = Field(default_factory=list)
+    category: str
+    complexity: int = Field(ge=1, le=5)
+
+    def surface_forms(self) -> list[str]:
+        forms = [self.zh, self.en, *(self.synonyms)]
+        if self.abbreviation:
+            forms.append(self.abbreviation)
+        return [form for form in dict.fromkeys(forms) if form]
+
+
+class ChineseMetrics(Record):
+    char_count: int = Field(ge=0)
+    word_count: int = Field(ge=0)
+    cjk_ratio: float = Field(ge=0.0, le=1.0)
+    punctuation_score: float = Field(ge=0.0, le=1.0)
+    repetition_ratio: float = Field(ge=0.0, le=1.0)
+    traditional_chars: int = Field(0, ge=0)
+    quality_score: float = Field(ge=0.0, le=1.0)
+
+
+class TrainingExample(Record):
+    """A question and its expert answer, with where it came from."""
+
+    id: str
+    question: str
+    answer: str
+    source_file: str
+    source_line: int = Field(ge=1)
+    category_path: list[str] = Field(default_factory=list)
+    category: str | None = None
+    difficulty: int | None = Field(None, ge=1, le=5)
+    source: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+
+    @field_validator("question", "answer")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+
+class ThinkingExample(TrainingExample):
+    """A training example with its reasoning tree and, once annotated, its terms and text metrics."""
+
+    thinking: list[ThinkingStructure] = Field(default_factory=list)
+    thinking_origin: Literal["expert", "generated", "none"] = "expert"
+    original_text: str | None = None
+    terms: list[str] = Field(default_factory=list)
+    term_categories: list[str] = Field(default_factory=list)
+    term_complexity: float = Field(0.0, ge=0.0)
+    metrics: ChineseMetrics | None = None
+    thinking_quality: float | None = Field(None, ge=0.0, le=1.0)
+    split: Literal["train", "validation", "test"] | None = None
+
+    @property
+    def reasoning(self) -> str:
+        return render_thinking(self.thinking)
+
+    def thinking_depth(self) -> int:
+        return max((root.depth() for root in self.thinking), default=0)
+
+
+class QuarantinedPair(Record):
+    """A pair (or a whole file) that could not be parsed, kept with its raw text for a human to fix."""
+
+    file: str
+    line: int = Field(ge=0)
+    reason: str
+    raw: str = ""
+
+
+# Columns whose values are nested models: stored as JSON text so the parquet schema stays flat.
+_JSON_COLUMNS = {"thinking", "metrics"}
+
+
+def to_rows(records: Iterable[Record]) -> list[dict]:
+    return [record.model_dump(mode="json") for record in records]
+
+
+def to_table(records: Iterable[Record], model: type[Record]) -> pa.Table:
+    rows = to_rows(records)
+    columns: dict[str, list] = {name: [] for name in model.model_fields}
+    for row in rows:
+        for name in columns:
+            value = row.get(name)
+            columns[name].append(json.dumps(value, ensure_ascii=False) if name in _JSON_COLUMNS else value)
+    return pa.table(columns) if rows else pa.table({name: pa.array([], pa.string()) for name in columns})
+
+
+def from_table(table: pa.Table, model: type[Self]) -> list[Self]:
+    records = []
+    for row in table.to_pylist():
+        for name in _JSON_COLUMNS & row.keys():
+            if isinstance(row[name], str):
+                row[name] = json.loads(row[name])
+        records.append(model.model_validate(row))
+    return records
+
+
+def write_parquet(records: Iterable[Record], model: type[Record], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    pq.write_table(to_table(records, model), temporary)
+    temporary.replace(path)
+    return path
+
+
+def read_parquet(path: str | Path, model: type[Self]) -> list[Self]:
+    return from_table(pq.read_table(path), model)
+
+
+def write_jsonl(records: Iterable[Record], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(record.model_dump_json() + "\n")
+    temporary.replace(path)
+    return path
+
+
+def read_jsonl(path: str | Path, model: type[Self]) -> list[Self]:
+    path = Path(path)
+    with path.open(encoding="utf-8") as handle:
+        return [model.model_validate_json(line) for line in handle if line.strip()]

@@ -1,0 +1,1 @@
+"""Training: hardware profile, plan, datasets, packing and our own torchrun LoRA engine."""

@@ -1,0 +1,1 @@
+"""Dagster definitions that wire qft_core into an asset graph."""
