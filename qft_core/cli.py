@@ -1,0 +1,180 @@
+"""The `qft` commands that need no Dagster: argument parsing only, the work happens in qft_core's modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from qft_core.config import ConfigError, load_config
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+def _progress_bar(description: str) -> tuple[Callable[[int, int, object], None], Callable[[], None]]:
+    bar = tqdm(desc=description, unit="file", disable=None, file=sys.stderr)
+
+    def update(done: int, total: int, _item: object) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update, bar.close
+
+
+def _write_json(path: Path, value: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+def cmd_parse(args: argparse.Namespace) -> int:
+    from qft_core.data.parse import parse_paths
+    from qft_core.records import ThinkingExample, write_parquet
+
+    config = load_config(args.config)
+    missing = [path for path in args.paths if not Path(path).exists()]
+    if missing:
+        raise CommandError(f"no such file or folder: {', '.join(missing)}")
+    update, close = _progress_bar("parsing")
+    try:
+        result = parse_paths([Path(path) for path in args.paths], config.data, progress=update)
+    finally:
+        close()
+    report = result.report()
+    if args.report:
+        _write_json(Path(args.report), report)
+    if not result.examples:
+        reasons = sorted({item.reason.split(":")[0] for item in result.quarantined}) or ["no question/answer pairs found"]
+        raise CommandError(f"nothing could be parsed from {report['files_read']} file(s): {', '.join(reasons)}")
+    write_parquet(result.examples, ThinkingExample, args.out)
+    print(
+        f"parsed {report['parsed']} of {report['pairs_found']} pairs from {report['files_read']} file(s); "
+        f"{report['quarantined']} quarantined; {len(result.warnings)} warning(s) → {args.out}"
+    )
+    for item in result.quarantined[: args.show_quarantine]:
+        print(f"  quarantined {item.file}:{item.line}: {item.reason}")
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from qft_core.data.annotate import annotate_examples
+    from qft_core.data.split import term_balanced_split
+    from qft_core.data.terms import TermDictionary
+    from qft_core.records import ThinkingExample, read_parquet, write_parquet
+
+    config = load_config(args.config)
+    if not Path(args.examples).is_file():
+        raise CommandError(f"no such parquet file: {args.examples}")
+    examples = read_parquet(args.examples, ThinkingExample)
+    if any(not example.term_categories for example in examples):
+        dictionary = TermDictionary.load(config.paths.resolve(config.paths.term_dictionary))
+        examples = annotate_examples(examples, dictionary, config.data)
+    result = term_balanced_split(examples, config.split)
+    out_dir = Path(args.out_dir)
+    for name, split in result.splits().items():
+        write_parquet(split, ThinkingExample, out_dir / f"{name}.parquet")
+        print(f"{name:<10} {len(split):>6} examples → {out_dir / f'{name}.parquet'}")
+    _write_json(out_dir / "split_report.json", result.report)
+    for warning in result.report["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def cmd_terms(args: argparse.Namespace) -> int:
+    from qft_core.data.terms import TermDictionary
+
+    config = load_config(args.config)
+    dictionary = TermDictionary.load(config.paths.resolve(config.paths.term_dictionary))
+    text = " ".join(args.text)
+    matches = dictionary.find(text)
+    if not matches:
+        print("no cryptography terms recognised")
+        return 0
+    for match in matches:
+        term = dictionary.get(match.term_id)
+        print(f"{match.surface}\t{term.zh} / {term.en}\t{term.category}\tcomplexity {term.complexity}\t[{match.start}:{match.end}]")
+    print(f"term complexity: {dictionary.complexity(dictionary.term_ids(text)):.2f}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from qft_core.model.registry import resolve_model
+    from qft_core.train.hardware import profile_hardware
+    from qft_core.train.plan import ModelShape, make_plan
+
+    config = load_config(args.config)
+    if args.nproc:
+        config.training.nproc = args.nproc
+    profile = profile_hardware()
+    shape = ModelShape.for_model(resolve_model(config.model, config.paths))
+    print(profile.to_markdown())
+    print()
+    print(make_plan(config, profile, shape).to_markdown())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from qft_core.train.launch import run_training
+
+    config = load_config(args.config)
+    if args.nproc:
+        config.training.nproc = args.nproc
+    summary = run_training(config, Path(args.splits), Path(args.out), stream=print)
+    print(json.dumps(summary, ensure_ascii=False, indent=2) if isinstance(summary, dict) else summary)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qft", description="Fine-tune Qwen3-Thinking on Chinese cryptography Q&A.")
+    parser.add_argument("--config", help="YAML config file (default: the embedded CPU defaults)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    parse = commands.add_parser("parse", help="parse Markdown thinking data into parquet")
+    parse.add_argument("paths", nargs="+", metavar="PATH", help="a .md file or a folder searched recursively")
+    parse.add_argument("--out", required=True, help="parquet file, one row per parsed example")
+    parse.add_argument("--report", help="JSON report with counts and the quarantined pairs")
+    parse.add_argument("--show-quarantine", type=int, default=10, help="quarantined pairs to print (default 10)")
+    parse.set_defaults(handler=cmd_parse)
+
+    split = commands.add_parser("split", help="term-balanced train/validation/test splits")
+    split.add_argument("examples", metavar="FILE.parquet")
+    split.add_argument("--out-dir", required=True)
+    split.set_defaults(handler=cmd_split)
+
+    terms = commands.add_parser("terms", help="print the cryptography terms recognised in TEXT")
+    terms.add_argument("text", nargs="+")
+    terms.set_defaults(handler=cmd_terms)
+
+    plan = commands.add_parser("plan", help="print the hardware profile and the training plan")
+    plan.add_argument("--nproc", type=int, help="processes (GPUs) per node")
+    plan.set_defaults(handler=cmd_plan)
+
+    train = commands.add_parser("train", help="train the LoRA adapter with torchrun, outside Dagster")
+    train.add_argument("--splits", required=True, help="folder with train.parquet and validation.parquet")
+    train.add_argument("--out", required=True, help="run folder for checkpoints, metrics and the adapter")
+    train.add_argument("--nproc", type=int, help="processes (GPUs) per node")
+    train.set_defaults(handler=cmd_train)
+    return parser
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (CommandError, ConfigError) as error:
+        print(f"qft {args.command}: {error}", file=sys.stderr)
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Asset groups: data, training (and later evaluation and packaging)."""

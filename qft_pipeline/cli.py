@@ -1,0 +1,51 @@
+"""The full `qft` command: qft_core's commands plus those that drive Dagster (`run`, `ui`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from qft_core import cli as core_cli
+from qft_pipeline.instance import project_dagster_home
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from qft_pipeline.runner import materialize_graph
+
+    outcome = materialize_graph(config_file=args.config, selection=args.select)
+    for asset, path in outcome.artifacts.items():
+        print(f"{asset:<28} {path}")
+    print(f"run {outcome.run_id} {'succeeded' if outcome.success else 'FAILED'} (Dagster home: {project_dagster_home()})")
+    for failure in outcome.failures:
+        print(f"  failed: {failure}", file=sys.stderr)
+    return 0 if outcome.success else 1
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    os.environ.setdefault("DAGSTER_HOME", str(project_dagster_home()))
+    workspace = project_dagster_home().parent / "workspace.yaml"
+    command = ["dagster", "dev", "-w", str(workspace), "--host", args.host, "--port", str(args.port)]
+    os.execvp(command[0], command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = core_cli.build_parser()
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    run = commands.add_parser("run", help="materialize the whole asset graph in the project's Dagster instance")
+    run.add_argument("--select", help="Dagster asset selection, e.g. 'term_balanced_splits' or '*lora_checkpoint'")
+    run.set_defaults(handler=cmd_run)
+    ui = commands.add_parser("ui", help="open the Dagster UI on the project's instance (dagster dev)")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(handler=cmd_ui)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return core_cli.run(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

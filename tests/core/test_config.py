@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+
+from qft_core.config import ConfigError, QftConfig, dump_config, load_config
+
+
+def test_no_file_gives_cpu_defaults():
+    config = load_config(None)
+    assert config.model.name == "qwen3-tiny"
+    assert config.training.nproc == 1
+    assert (config.split.train, config.split.validation, config.split.test) == (0.8, 0.1, 0.1)
+
+
+def test_yaml_values_override_defaults_and_keep_the_rest(tmp_path: Path):
+    path = tmp_path / "qft.yaml"
+    path.write_text("training:\n  learning_rate: 0.0001\n  nproc: 2\nsplit:\n  seed: 7\n", encoding="utf-8")
+    config = load_config(path)
+    assert config.training.learning_rate == 0.0001
+    assert config.training.nproc == 2
+    assert config.split.seed == 7
+    assert config.training.epochs == QftConfig().training.epochs
+
+
+def test_error_names_the_file_and_the_key(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("lora:\n  r: 0\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert str(path) in str(raised.value)
+    assert "key 'lora.r'" in str(raised.value)
+
+
+def test_unknown_key_is_rejected_by_name(tmp_path: Path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("training:\n  learnin_rate: 0.1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"key 'training.learnin_rate'"):
+        load_config(path)
+
+
+def test_split_ratios_must_sum_to_one(tmp_path: Path):
+    path = tmp_path / "split.yaml"
+    path.write_text("split:\n  train: 0.9\n  validation: 0.1\n  test: 0.1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="must be 1.0, got 1.1000"):
+        load_config(path)
+
+
+def test_invalid_yaml_and_missing_file_are_config_errors(tmp_path: Path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("training: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_dumped_config_reloads_identically(tmp_path: Path):
+    config = QftConfig()
+    config.training.learning_rate = 3e-4
+    path = tmp_path / "round.yaml"
+    path.write_text(dump_config(config), encoding="utf-8")
+    assert load_config(path) == config
