@@ -1,0 +1,252 @@
+"""The line grammar of thinking-data Markdown: front matter, code fences, category headings,
+question and answer markers, and `<thinking>` tags."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from qft_core.data.normalize import fullwidth_to_ascii
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A recoverable oddity found in a document: what it is (a stable code), where, and what was done."""
+
+    code: str
+    detail: str
+    line: int | None = None  # None: it concerns the whole file
+
+    def for_example(self) -> str:
+        where = "" if self.line is None else f"line {self.line}: "
+        return f"{where}{self.code}: {self.detail}"
+
+    def for_file(self, source_file: str) -> str:
+        where = source_file if self.line is None else f"{source_file}:{self.line}"
+        return f"{where}: {self.code}: {self.detail}"
+
+
+class Unparseable(Exception):
+    """Why something goes to the quarantine: a stable machine-friendly code and a detail naming lines."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+class FrontMatter(BaseModel):
+    """The optional YAML block at the top of a file; it applies to every pair in the file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    category: str | None = None
+    difficulty: int | None = Field(None, ge=1, le=5)
+    source: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _single_tag_is_a_list(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+
+_FRONT_MATTER_OPEN = "---"
+_FRONT_MATTER_CLOSE = ("---", "...")
+
+
+def read_front_matter(lines: list[str]) -> tuple[FrontMatter | None, int, list[Notice]]:
+    """The front matter of a file, the index of the first body line, and what was wrong with it.
+
+    Front matter that is not valid YAML or does not validate is ignored (with a notice); its lines
+    are still skipped so that they are not read as pairs.
+    """
+    if not lines or lines[0].strip() != _FRONT_MATTER_OPEN:
+        return None, 0, []
+    closing = next((index for index in range(1, len(lines)) if lines[index].strip() in _FRONT_MATTER_CLOSE), None)
+    if closing is None:
+        notice = Notice("front_matter", "'---' on line 1 opens front matter that is never closed; read as text", 1)
+        return None, 0, [notice]
+    block = lines[1:closing]
+    try:
+        values = yaml.safe_load("\n".join(block))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = 2 + mark.line if mark is not None else 1
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        return None, closing + 1, [Notice("front_matter", f"invalid YAML ({problem}); front matter ignored", line)]
+    if values is None:
+        return None, closing + 1, []
+    if not isinstance(values, dict):
+        return None, closing + 1, [Notice("front_matter", "not a mapping of keys; front matter ignored", 2)]
+    try:
+        return FrontMatter.model_validate(values), closing + 1, []
+    except ValidationError as error:
+        notices = []
+        for item in error.errors():
+            key = str(item["loc"][0]) if item["loc"] else ""
+            notices.append(
+                Notice("front_matter", f"key '{key}': {item['msg']}; front matter ignored", _key_line(block, key))
+            )
+        return None, closing + 1, notices
+
+
+def _key_line(block: list[str], key: str) -> int:
+    pattern = re.compile(rf"\s*{re.escape(key)}\s*:")
+    return next((index + 2 for index, line in enumerate(block) if pattern.match(line)), 1)
+
+
+class LineKind(StrEnum):
+    TEXT = "text"
+    HEADING = "heading"  # `#` or `##`: the category path of the pairs below it
+    QUESTION = "question"
+    ANSWER = "answer"
+
+
+@dataclass(frozen=True)
+class MarkdownLine:
+    number: int  # 1-based, in the file
+    text: str  # the whole line
+    kind: LineKind
+    content: str  # after the marker for questions and answers, the title for headings, else the line
+    level: int = 0  # heading level
+    fenced: bool = False  # inside a code fence: never a marker, heading or tag
+
+
+# Markers are matched on the half-width form of a line: `：` reads as `:`, `＊＊问题＊＊` as `**问题**`.
+_MARKER = re.compile(
+    r"""^[ ]{0,3}(?:\#{1,6}[ \t]*)?
+    (?P<bold>\*\*)?[ \t]*
+    (?P<label>Q|A|问题|問題|问|問|答案|答)(?:[ \t]*[0-9]+)?[ \t]*
+    (?(bold)(?:\*\*[ \t]*:|:[ \t]*\*\*)|:)""",
+    re.VERBOSE,
+)
+_QUESTION_LABELS = {"Q", "问题", "問題", "问", "問"}
+_NUMBER = r"(?:[0-9]+|[一二三四五六七八九十百零〇两]+)"
+# `## 问题 3` alone on its line (the question follows on the next lines), or followed by the question.
+_QUESTION_HEADING = re.compile(
+    rf"^[ ]{{0,3}}\#{{1,6}}[ \t]*(?:\*\*)?(?:问题|問題)[ \t]*{_NUMBER}(?:\*\*)?"
+    r"(?:[ \t]*$|[ \t.、)]+(?P<rest>.*)$)"
+)
+_CATEGORY_HEADING = re.compile(r"^[ ]{0,3}(?P<hashes>\#{1,2})[ \t]+(?P<title>.*?)(?:[ \t]+\#+)?[ \t]*$")
+# Every marker and heading starts with one of these: other lines are text without running the patterns.
+_MARKER_STARTS = set("#＃*＊QＱAＡ问問答")
+_FENCE = re.compile(r"^[ ]{0,3}(?P<fence>`{3,}|~{3,})")
+
+# Full-width ASCII that a marker may be typed in; `：` (U+FF1A) is an ordinary Chinese colon and not counted.
+_FULLWIDTH_FORMS = re.compile("[\uff01-\uff19\uff1b-\uff5e]")
+
+
+def has_fullwidth_forms(span: str) -> bool:
+    """Whether a marker or tag was typed with full-width letters or punctuation (other than `：`)."""
+    return _FULLWIDTH_FORMS.search(span) is not None
+
+
+def _fenced_lines(lines: list[str], first_number: int) -> tuple[set[int], list[Notice]]:
+    """Indexes of lines inside code fences; a fence that is never closed is read as text instead."""
+    fenced: set[int] = set()
+    notices = []
+    index = 0
+    while index < len(lines):
+        opening = _FENCE.match(lines[index])
+        if opening is None:
+            index += 1
+            continue
+        fence = opening["fence"]
+        closing = next(
+            (
+                later
+                for later in range(index + 1, len(lines))
+                if (match := _FENCE.match(lines[later])) is not None
+                and match["fence"][0] == fence[0]
+                and len(match["fence"]) >= len(fence)
+                and not lines[later][match.end() :].strip()
+            ),
+            None,
+        )
+        if closing is None:
+            detail = f"code fence {fence} is never closed; read as text"
+            notices.append(Notice("unclosed_fence", detail, first_number + index))
+            index += 1
+            continue
+        fenced.update(range(index, closing + 1))
+        index = closing + 1
+    return fenced, notices
+
+
+def classify_lines(lines: list[str], first_number: int) -> tuple[list[MarkdownLine], list[Notice]]:
+    """Each body line with its role; `first_number` is the file line number of `lines[0]`."""
+    fenced, notices = _fenced_lines(lines, first_number)
+    classified = []
+    for index, text in enumerate(lines):
+        number = first_number + index
+        if index in fenced:
+            classified.append(MarkdownLine(number, text, LineKind.TEXT, text, fenced=True))
+            continue
+        line, span = _classify(number, text)
+        classified.append(line)
+        if span and has_fullwidth_forms(span):
+            detail = f"full-width characters in marker '{span.strip()}' read as ASCII"
+            notices.append(Notice("fullwidth_marker", detail, number))
+    return classified, notices
+
+
+def _classify(number: int, text: str) -> tuple[MarkdownLine, str]:
+    """The line's role, and the span of the original text that marks it (empty for plain text)."""
+    if text.lstrip(" \u3000")[:1] not in _MARKER_STARTS:
+        return MarkdownLine(number, text, LineKind.TEXT, text), ""
+    ascii_form = fullwidth_to_ascii(text)
+    if marker := _MARKER.match(ascii_form):
+        kind = LineKind.QUESTION if marker["label"] in _QUESTION_LABELS else LineKind.ANSWER
+        return MarkdownLine(number, text, kind, text[marker.end() :].strip()), text[: marker.end()]
+    if heading := _QUESTION_HEADING.match(ascii_form):
+        rest = text[heading.start("rest") :].strip() if heading["rest"] is not None else ""
+        marker_end = heading.start("rest") if heading["rest"] is not None else len(text)
+        return MarkdownLine(number, text, LineKind.QUESTION, rest), text[:marker_end]
+    if (heading := _CATEGORY_HEADING.match(ascii_form)) and heading["title"]:
+        title = text[heading.start("title") : heading.end("title")].strip()
+        line = MarkdownLine(number, text, LineKind.HEADING, title, level=len(heading["hashes"]))
+        return line, text[: heading.start("title")]
+    return MarkdownLine(number, text, LineKind.TEXT, text), ""
+
+
+@dataclass(frozen=True)
+class ThinkingTag:
+    start: int
+    end: int
+    name: str  # "thinking" or "think"
+    closing: bool
+    fullwidth: bool
+
+    def __str__(self) -> str:
+        return f"</{self.name}>" if self.closing else f"<{self.name}>"
+
+
+_TAG = re.compile(r"<[ \t]*(?P<slash>/?)[ \t]*(?P<name>thinking|think)[ \t]*>", re.IGNORECASE)
+_INLINE_CODE = re.compile(r"(`+)(?!`).+?(?<!`)\1(?!`)")
+
+
+def find_thinking_tags(text: str) -> list[ThinkingTag]:
+    """The opening and closing thinking tags in one line, full-width spellings (`＜think＞`) included.
+
+    A tag quoted in inline code (`` `<thinking>` ``) is text, not a tag.
+    """
+    if "<" not in text and "＜" not in text:
+        return []
+    ascii_form = fullwidth_to_ascii(text)
+    quoted = [span.span() for span in _INLINE_CODE.finditer(ascii_form)] if "`" in ascii_form else []
+    return [
+        ThinkingTag(
+            match.start(),
+            match.end(),
+            match["name"].lower(),
+            bool(match["slash"]),
+            has_fullwidth_forms(text[match.start() : match.end()]),
+        )
+        for match in _TAG.finditer(ascii_form)
+        if not any(start <= match.start() < end for start, end in quoted)
+    ]

@@ -1,0 +1,421 @@
+"""Parse thinking-data Markdown into ThinkingExamples; every pair that cannot be parsed goes to the quarantine."""
+
+from __future__ import annotations
+
+import hashlib
+import textwrap
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from qft_core.config import DataConfig
+from qft_core.data.markdown import (
+    FrontMatter,
+    LineKind,
+    MarkdownLine,
+    Notice,
+    ThinkingTag,
+    Unparseable,
+    classify_lines,
+    find_thinking_tags,
+    read_front_matter,
+)
+from qft_core.data.normalize import count_traditional, remove_zero_width, to_simplified
+from qft_core.data.sources import UnreadableFile, markdown_files, read_markdown
+from qft_core.records import QuarantinedPair, ThinkingExample, ThinkingStructure
+
+Progress = Callable[[int, int, Path], None]
+
+
+@dataclass
+class ParseResult:
+    """What a parse produced: examples, the quarantine, and warnings naming file and line."""
+
+    examples: list[ThinkingExample] = field(default_factory=list)
+    quarantined: list[QuarantinedPair] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    files_read: int = 0
+
+    @property
+    def pairs_found(self) -> int:
+        return len(self.examples) + len(self.quarantined)
+
+    def extend(self, other: ParseResult) -> None:
+        """Add another file's result; an example whose id is already taken gets a disambiguated one."""
+        taken = {example.id for example in self.examples}
+        for example in other.examples:
+            example.id = _claim_id(example, taken)
+            self.examples.append(example)
+        self.quarantined.extend(other.quarantined)
+        self.warnings.extend(other.warnings)
+        self.files_read += other.files_read
+
+    def report(self) -> dict:
+        return {
+            "files_read": self.files_read,
+            "pairs_found": self.pairs_found,
+            "parsed": len(self.examples),
+            "quarantined": len(self.quarantined),
+            "quarantine": [
+                {"file": item.file, "line": item.line, "reason": item.reason} for item in self.quarantined
+            ],
+            "warnings": list(self.warnings),
+        }
+
+
+def example_id(source_file: str, question: str, disambiguation: str = "") -> str:
+    """Stable id: the same question in the same file keeps its id from run to run."""
+    digest = hashlib.sha1(f"{source_file}\n{question}{disambiguation}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _claim_id(example: ThinkingExample, taken: set[str]) -> str:
+    candidate, attempt = example.id, 0
+    while candidate in taken:
+        attempt += 1
+        suffix = f"\n{example.source_line}" if attempt == 1 else f"\n{example.source_line}\n{attempt}"
+        candidate = example_id(example.source_file, example.question, suffix)
+    taken.add(candidate)
+    return candidate
+
+
+def parse_paths(paths: Iterable[str | Path], config: DataConfig, progress: Progress | None = None) -> ParseResult:
+    """Parse files and folders (searched recursively for `*.md`, in sorted order).
+
+    A file that fails in any way is quarantined whole; the others are still parsed.
+    """
+    files, walk_warnings = markdown_files([Path(path) for path in paths])
+    result = ParseResult(warnings=walk_warnings)
+    for done, (path, source_file) in enumerate(files, start=1):
+        try:
+            part = _parse_file(path, source_file, config)
+        except Exception as error:  # noqa: BLE001 — one broken file must never stop the rest of the corpus
+            part = _unreadable(source_file, "parse_error", f"{type(error).__name__}: {error}")
+        result.extend(part)
+        if progress is not None:
+            progress(done, len(files), path)
+    return result
+
+
+def parse_file(path: str | Path, config: DataConfig) -> ParseResult:
+    """Parse one Markdown file; its examples name it by its file name."""
+    path = Path(path)
+    return _parse_file(path, path.name, config)
+
+
+def parse_text(text: str, source_file: str, config: DataConfig) -> ParseResult:
+    """Parse the text of one Markdown file; `source_file` is the name its examples and warnings carry."""
+    return _parse_document(text, source_file, config, [])
+
+
+def _parse_file(path: Path, source_file: str, config: DataConfig) -> ParseResult:
+    try:
+        text, notices = read_markdown(path, config.max_file_bytes)
+    except UnreadableFile as error:
+        return _unreadable(source_file, error.code, error.detail)
+    return _parse_document(text, source_file, config, notices)
+
+
+def _unreadable(source_file: str, code: str, detail: str) -> ParseResult:
+    reason = f"{code}: {detail}"
+    return ParseResult(
+        quarantined=[QuarantinedPair(file=source_file, line=0, reason=reason)],
+        warnings=[f"{source_file}: {reason}; file quarantined"],
+        files_read=1,
+    )
+
+
+class UnparseablePair(Unparseable):
+    """A pair that cannot become an example."""
+
+
+@dataclass
+class _Segment:
+    """The lines from one marker up to the next question marker or category heading."""
+
+    kind: Literal["pair", "answer_only", "loose"]
+    lines: list[MarkdownLine]
+    category_path: list[str]
+
+    @property
+    def first_line(self) -> int:
+        return self.lines[0].number
+
+    @property
+    def last_line(self) -> int:
+        return self.lines[-1].number
+
+    @property
+    def raw(self) -> str:
+        return "\n".join(line.text for line in self.lines).strip("\n")
+
+
+def _parse_document(text: str, source_file: str, config: DataConfig, file_notices: list[Notice]) -> ParseResult:
+    lines, text_notices = _normalised_lines(text)
+    notices = [*file_notices, *text_notices]
+    front_matter, body_start, front_notices = read_front_matter(lines)
+    body, line_notices = classify_lines(lines[body_start:], first_number=body_start + 1)
+    notices += front_notices + line_notices
+    result = ParseResult(files_read=1)
+    taken: set[str] = set()
+    for segment in _segments(body):
+        try:
+            example, found = _example(segment, source_file, front_matter or FrontMatter(), config, notices)
+        except UnparseablePair as error:
+            result.quarantined.append(
+                QuarantinedPair(file=source_file, line=segment.first_line, reason=str(error), raw=segment.raw)
+            )
+            continue
+        notices += found
+        if example is not None:
+            example.id = _claim_id(example, taken)
+            result.examples.append(example)
+    whole_file = [notice for notice in notices if notice.line is None]
+    by_line = sorted((notice for notice in notices if notice.line is not None), key=lambda notice: notice.line)
+    result.warnings = [notice.for_file(source_file) for notice in whole_file + by_line]
+    return result
+
+
+def _normalised_lines(text: str) -> tuple[list[str], list[Notice]]:
+    """Lines with the BOM, carriage returns and zero-width characters removed, and a notice for each fix."""
+    notices = []
+    if text.startswith("\ufeff"):
+        text = text[1:]
+        notices.append(Notice("bom", "UTF-8 byte order mark removed"))
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        notices.append(Notice("crlf", "CRLF line ends converted to LF"))
+    lines = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        cleaned, removed = remove_zero_width(line)
+        if removed:
+            notices.append(Notice("zero_width", f"{removed} zero-width character(s) removed", number))
+        lines.append(cleaned)
+    return lines, notices
+
+
+def _segments(body: list[MarkdownLine]) -> Iterable[_Segment]:
+    """Cut the body at question markers, category headings and answers that no question precedes."""
+    headings: dict[int, str] = {}
+    current: _Segment | None = None
+    answered = False
+    for line in body:
+        if line.kind is LineKind.HEADING:
+            if current is not None:
+                yield current
+            current = None
+            headings = {level: title for level, title in headings.items() if level < line.level}
+            headings[line.level] = to_simplified(line.content)
+        elif line.kind is LineKind.QUESTION:
+            if current is not None:
+                yield current
+            current, answered = _Segment("pair", [line], list(headings.values())), False
+        elif line.kind is LineKind.ANSWER and current is not None and current.kind == "pair" and not answered:
+            current.lines.append(line)
+            answered = True
+        elif line.kind is LineKind.ANSWER:
+            if current is not None:
+                yield current
+            current = _Segment("answer_only", [line], list(headings.values()))
+        elif current is not None:
+            current.lines.append(line)
+        elif line.text.strip():
+            current = _Segment("loose", [line], list(headings.values()))
+    if current is not None:
+        yield current
+
+
+@dataclass
+class _Pair:
+    """What a pair segment reads as, before traditional characters are simplified."""
+
+    question: str
+    thinking: list[ThinkingStructure]
+    answer: str
+    notices: list[Notice]
+
+
+def _example(
+    segment: _Segment, source_file: str, front_matter: FrontMatter, config: DataConfig, notices: list[Notice]
+) -> tuple[ThinkingExample | None, list[Notice]]:
+    """The example a segment holds (None for text between pairs) and the notices found while reading it.
+
+    `notices` are the document's notices so far: the example carries those of its file and its lines.
+    """
+    if segment.kind == "loose":
+        _reject_stray_tags(segment)
+        return None, []
+    if segment.kind == "answer_only":
+        detail = f"answer at line {segment.first_line} has no question before it"
+        raise UnparseablePair("answer_without_question", detail)
+    pair = _read_pair(segment, config.max_thinking_depth)
+    original_text = None
+    traditional = count_traditional(
+        "\n".join([pair.question, pair.answer, *(step.text for root in pair.thinking for step in root.walk())])
+    )
+    if traditional:
+        pair.question, pair.answer = to_simplified(pair.question), to_simplified(pair.answer)
+        pair.thinking = [_simplified(root) for root in pair.thinking]
+        original_text = segment.raw
+        detail = f"{traditional} traditional character(s) converted to simplified"
+        pair.notices.append(Notice("traditional", detail, segment.first_line))
+    span = range(segment.first_line, segment.last_line + 1)
+    own = [notice for notice in notices if notice.line is None or notice.line in span]
+    example = ThinkingExample(
+        id=example_id(source_file, pair.question),
+        question=pair.question,
+        answer=pair.answer,
+        source_file=source_file,
+        source_line=segment.first_line,
+        category_path=segment.category_path,
+        category=front_matter.category,
+        difficulty=front_matter.difficulty,
+        source=front_matter.source,
+        tags=list(front_matter.tags),
+        warnings=[notice.for_example() for notice in sorted(own + pair.notices, key=lambda notice: notice.line or 0)],
+        thinking=pair.thinking,
+        thinking_origin="expert" if pair.thinking else "none",
+        original_text=original_text,
+    )
+    return example, pair.notices
+
+
+def _reject_stray_tags(segment: _Segment) -> None:
+    for line in segment.lines:
+        tags = [] if line.fenced else find_thinking_tags(line.text)
+        if tags:
+            detail = f"{tags[0]} at line {line.number} is not between a question and an answer"
+            raise UnparseablePair("stray_tag", detail)
+
+
+def _read_pair(segment: _Segment, max_depth: int) -> _Pair:
+    """Question, thinking tree and answer of a pair segment; raises UnparseablePair."""
+    answer_at = next((index for index, line in enumerate(segment.lines) if line.kind is LineKind.ANSWER), None)
+    reading = _ThinkingReader(max_depth)
+    for line in segment.lines[:answer_at]:
+        reading.feed(line)
+    reading.finish(segment.lines[answer_at].number if answer_at is not None else None)
+    question = _clean_block(reading.question)
+    if not question:
+        raise UnparseablePair("empty_question", f"question marker at line {segment.first_line} has no question text")
+    if answer_at is None:
+        raise UnparseablePair("missing_answer", f"question at line {segment.first_line} has no answer")
+    answer_lines = segment.lines[answer_at:]
+    _reject_tags_in_answer(answer_lines)
+    answer_text = "\n".join([answer_lines[0].content, *(line.text for line in answer_lines[1:])])
+    answer = _clean_block(answer_text, drop_rules=True)
+    if not answer:
+        raise UnparseablePair("empty_answer", f"answer marker at line {answer_lines[0].number} has no answer text")
+    return _Pair(question, reading.roots, answer, reading.notices)
+
+
+def _reject_tags_in_answer(answer_lines: list[MarkdownLine]) -> None:
+    for index, line in enumerate(answer_lines):
+        tags = [] if line.fenced else find_thinking_tags(line.content if index == 0 else line.text)
+        if tags:
+            detail = f"{tags[0]} at line {line.number} is inside the answer; thinking goes before the answer"
+            raise UnparseablePair("misplaced_tag", detail)
+
+
+def _simplified(step: ThinkingStructure) -> ThinkingStructure:
+    return ThinkingStructure(
+        text=to_simplified(step.text), line=step.line, children=[_simplified(child) for child in step.children]
+    )
+
+
+@dataclass
+class _OpenBlock:
+    tag: ThinkingTag
+    line: int
+    # The block's own text, one paragraph per stretch between its nested blocks.
+    paragraphs: list[str] = field(default_factory=lambda: [""])
+    children: list[ThinkingStructure] = field(default_factory=list)
+
+    def add_child(self, step: ThinkingStructure) -> None:
+        self.children.append(step)
+        self.paragraphs.append("")
+
+
+class _ThinkingReader:
+    """Reads the lines between a question marker and its answer: question text, then the thinking tree."""
+
+    def __init__(self, max_depth: int) -> None:
+        self.max_depth = max_depth
+        self.question_parts: list[str] = []
+        self.first_stray_line: int | None = None  # text after the thinking that is not the answer
+        self.stack: list[_OpenBlock] = []
+        self.roots: list[ThinkingStructure] = []
+        self.notices: list[Notice] = []
+
+    @property
+    def question(self) -> str:
+        return "".join(self.question_parts)
+
+    def feed(self, line: MarkdownLine) -> None:
+        text = line.content if line.kind is LineKind.QUESTION else line.text
+        tags = [] if line.fenced else find_thinking_tags(text)
+        position = 0
+        for tag in tags:
+            self._text(line.number, text[position : tag.start])
+            self._tag(line.number, tag)
+            position = tag.end
+        self._text(line.number, text[position:] + "\n")
+
+    def finish(self, answer_line: int | None) -> None:
+        if self.stack:
+            block = self.stack[-1]
+            ends = f"before the answer at line {answer_line}" if answer_line is not None else "before the pair ends"
+            raise UnparseablePair("unclosed_tag", f"{block.tag} opened at line {block.line} is never closed {ends}")
+        if self.first_stray_line is not None:
+            detail = "text between the thinking and the answer was ignored"
+            self.notices.append(Notice("text_outside_thinking", detail, self.first_stray_line))
+
+    def _text(self, number: int, text: str) -> None:
+        if self.stack:
+            self.stack[-1].paragraphs[-1] += text
+        elif self.roots:
+            if text.strip() and self.first_stray_line is None:
+                self.first_stray_line = number
+        else:
+            self.question_parts.append(text)
+
+    def _tag(self, number: int, tag: ThinkingTag) -> None:
+        if tag.fullwidth:
+            self.notices.append(Notice("fullwidth_marker", f"full-width tag read as {tag}", number))
+        if not tag.closing:
+            if len(self.stack) == self.max_depth:
+                raise UnparseablePair(
+                    "too_deep", f"{tag} at line {number} nests thinking deeper than the limit of {self.max_depth}"
+                )
+            self.stack.append(_OpenBlock(tag, number))
+            return
+        if not self.stack:
+            raise UnparseablePair("stray_tag", f"{tag} at line {number} closes no open tag")
+        block = self.stack.pop()
+        if block.tag.name != tag.name:
+            detail = f"{block.tag} opened at line {block.line} is closed by {tag} at line {number}"
+            raise UnparseablePair("mismatched_tag", detail)
+        step = ThinkingStructure(
+            text="\n".join(paragraph for paragraph in map(_clean_block, block.paragraphs) if paragraph),
+            line=block.line,
+            children=block.children,
+        )
+        if not any(node.text for node in step.walk()):
+            raise UnparseablePair("empty_thinking", f"{block.tag} at line {block.line} is empty")
+        if self.stack:
+            self.stack[-1].add_child(step)
+        else:
+            self.roots.append(step)
+
+
+_RULES = {"---", "***", "___"}
+
+
+def _clean_block(text: str, drop_rules: bool = False) -> str:
+    """Trim surrounding blank lines and common indentation; optionally drop trailing `---` separators."""
+    lines = [line.rstrip() for line in text.split("\n")]
+    while lines and (not lines[-1] or (drop_rules and lines[-1].replace(" ", "") in _RULES)):
+        lines.pop()
+    return textwrap.dedent("\n".join(lines)).strip()
+
