@@ -58,11 +58,18 @@ class SplitConfig(Section):
 
 
 class ModelConfig(Section):
+    """Which model to fine-tune: a registered name (qwen3-tiny, qwen3-4b-thinking-2507, smollm2-135m) or a
+    local Hugging Face directory; `path` points a registered name at local weights."""
+
     name: str = "qwen3-tiny"
     path: str | None = None
     trust_remote_code: bool = False
     max_length: int = Field(1024, ge=16)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # Seed of the random initialisation of built models (qwen3-tiny): same seed, same weights.
+    init_seed: int = 0
+    # Fetch a registered hub model into the model cache when no local copy exists (needs huggingface.co).
+    allow_download: bool = False
 
 
 class LoraConfig(Section):
@@ -91,6 +98,7 @@ class TrainingConfig(Section):
     gradient_checkpointing: bool | None = None
     sharding: Literal["auto", "ddp", "fsdp"] = "auto"
     packing: bool = True
+    loss_chunk_tokens: int | None = Field(1024, ge=1)
     loss_on_reasoning: bool = True
     mask_empty_thinking: bool = True
     checkpoint_every: int = Field(20, ge=1)
