@@ -1,7 +1,5 @@
 """Blocking asset checks: a failing one stops everything downstream of its asset."""
 
-from __future__ import annotations
-
 import json
 
 import dagster as dg

@@ -13,6 +13,10 @@ from qft_core.config import REPO_ROOT
 def project_dagster_home() -> Path:
     home = Path(os.environ.get("DAGSTER_HOME") or REPO_ROOT / ".dagster_home")
     home.mkdir(parents=True, exist_ok=True)
+    settings = home / "dagster.yaml"
+    if not settings.exists():
+        # SQLite storage in this folder is Dagster's default; telemetry off because this machine is offline.
+        settings.write_text("telemetry:\n  enabled: false\n", encoding="utf-8")
     return home
 
 

@@ -32,23 +32,26 @@ def materialize_graph(config_file: str | None = None, selection: str | None = No
     instance = project_instance()
     job = defs.resolve_job_def(MAIN_JOB)
     run_id = make_new_run_id()
+    graph = defs.resolve_asset_graph()
+    assets = dg.AssetSelection.from_string(selection).resolve(graph) if selection else graph.materializable_asset_keys
     outcome: dict = {}
 
     def execute() -> None:
-        outcome["result"] = job.execute_in_process(
-            run_config=_run_config(config_file),
-            instance=instance,
-            run_id=run_id,
-            raise_on_error=False,
-            asset_selection=list(dg.AssetSelection.from_string(selection).resolve(defs.resolve_asset_graph()))
-            if selection
-            else None,
-        )
+        try:
+            outcome["result"] = job.execute_in_process(
+                run_config=_run_config(config_file),
+                instance=instance,
+                run_id=run_id,
+                raise_on_error=False,
+                asset_selection=list(assets),
+            )
+        except BaseException as error:  # re-raised in the caller's thread below
+            outcome["error"] = error
 
     worker = threading.Thread(target=execute, name="qft-run")
     worker.start()
     steps_done: set[str] = set()
-    with tqdm(desc="materializing", unit="asset", total=len(defs.resolve_asset_graph().materializable_asset_keys)) as bar:
+    with tqdm(desc="materializing", unit="asset", total=len(assets)) as bar:
         while worker.is_alive():
             worker.join(timeout=0.5)
             for record in instance.all_logs(run_id, of_type={dg.DagsterEventType.ASSET_MATERIALIZATION}):
@@ -57,6 +60,8 @@ def materialize_graph(config_file: str | None = None, selection: str | None = No
                     steps_done.add(name)
                     bar.set_postfix_str(name)
                     bar.update(1)
+    if "error" in outcome:
+        raise outcome["error"]
     result = outcome["result"]
     artifacts = {}
     for record in instance.all_logs(run_id, of_type={dg.DagsterEventType.ASSET_MATERIALIZATION}):

@@ -1,7 +1,5 @@
 """Data assets: raw Markdown → parsed thinking examples → term-annotated examples → term-balanced splits."""
 
-from __future__ import annotations
-
 import json
 
 import dagster as dg
