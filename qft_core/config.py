@@ -116,6 +116,11 @@ class EvalConfig(Section):
     batch_size: int = Field(8, ge=1)
     max_examples: int | None = Field(None, ge=1)
     bootstrap_samples: int = Field(1000, ge=10)
+    # Percentile-bootstrap intervals of the metric means: the seed makes a report reproducible.
+    bootstrap_seed: int = 0
+    confidence_level: float = Field(0.95, gt=0.0, lt=1.0)
+    # Processes that score text metrics (forked; 1 scores in the calling process).
+    metric_workers: int = Field(2, ge=1)
     regression_tolerance: float = Field(0.02, ge=0)
 
 
@@ -128,12 +133,17 @@ class QuantConfig(Section):
 
 
 class ExportConfig(Section):
+    """The deployment package and how it is served (`qft serve`, and the vLLM command line for GPUs)."""
+
     package_name: str = "qft-crypto-zh"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     api_key: str | None = None
     max_request_bytes: int = Field(1_000_000, ge=1)
     max_tokens_limit: int = Field(2048, ge=1)
+    vllm_max_model_len: int = Field(32_768, ge=16)
+    vllm_tensor_parallel_size: int = Field(1, ge=1)
+    vllm_gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
 
 
 class QftConfig(Section):
