@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from qft_core.cli_experts import add_expert_commands
 from qft_core.config import ConfigError, load_config
 
 
@@ -160,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run folder for checkpoints, metrics and the adapter")
     train.add_argument("--nproc", type=int, help="processes (GPUs) per node")
     train.set_defaults(handler=cmd_train)
+
+    add_expert_commands(commands)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Evaluation: generation, metrics, expert review and the report."""
