@@ -1,0 +1,115 @@
+"""Time every text metric on an evaluation-sized set: by default 1,000 pairs of 3,000-character texts.
+
+    uv run python bench/bench_metrics.py [--pairs 1000] [--chars 3000] [--workers 1 2] [--profile]
+
+Texts are built from the bundled corpus: each reference is a random sample of corpus sentences, and each
+prediction reuses about half of its reference's sentences (so the subsequences are realistic) behind a
+reasoning block of a third of its length. Startup (loading the dictionary, jieba, the misconception list)
+is timed separately from scoring. Prints timings; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from qft_core.data.terms import load_default_dictionary  # noqa: E402
+from qft_core.evaluate.bootstrap import aggregate  # noqa: E402
+from qft_core.evaluate.metrics import score_many  # noqa: E402
+from qft_core.evaluate.misconceptions import load_default_misconceptions  # noqa: E402
+
+_MARKUP = re.compile(r"</?thinking>|^#+ .*$|\*\*(?:问题|答案)\*\*[：:]", re.M)
+_SENTENCE = re.compile(r"[^。！？\n]+[。！？]")
+
+
+def corpus_sentences() -> list[str]:
+    text = "\n".join(path.read_text(encoding="utf-8") for path in sorted((REPO_ROOT / "data/corpus").glob("*.md")))
+    return [sentence.strip() for sentence in _SENTENCE.findall(_MARKUP.sub("\n", text)) if len(sentence.strip()) > 8]
+
+
+def text_of(sentences: list[str], rng: random.Random, chars: int) -> str:
+    pieces, size = [], 0
+    while size < chars:
+        sentence = rng.choice(sentences)
+        pieces.append(sentence)
+        size += len(sentence)
+        if rng.random() < 0.15:
+            pieces.append("\n\n")
+    return "".join(pieces)[:chars]
+
+
+def make_pairs(count: int, chars: int, seed: int = 7) -> tuple[list[str], list[str]]:
+    rng = random.Random(seed)
+    sentences = corpus_sentences()
+    predictions, references = [], []
+    for _ in range(count):
+        reference = text_of(sentences, rng, chars)
+        kept = [s for s in _SENTENCE.findall(reference) if rng.random() < 0.5]
+        answer_chars = chars * 2 // 3
+        answer = "".join(kept)[: answer_chars // 2] + text_of(sentences, rng, answer_chars)[: answer_chars // 2]
+        reasoning = text_of(sentences, rng, chars - len(answer) - len("</think>\n\n"))
+        predictions.append(f"{reasoning}</think>\n\n{answer}")
+        references.append(reference)
+    return predictions, references
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the scoring workers)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=1000)
+    parser.add_argument("--chars", type=int, default=3000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--profile", action="store_true", help="profile a single-process run of 100 pairs")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    dictionary = load_default_dictionary()
+    misconceptions = load_default_misconceptions(dictionary)
+    score_many(["预热。</think>AES 的密钥为 128 位。"], ["AES 的密钥为 128 位。"], dictionary=dictionary,
+               misconceptions=misconceptions)
+    print(f"startup (dictionary, jieba, {len(misconceptions)} misconceptions): {time.perf_counter() - started:.2f} s")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work slows the timings)")
+
+    predictions, references = make_pairs(args.pairs, args.chars)
+    total_chars = sum(map(len, predictions)) + sum(map(len, references))
+    print(f"{args.pairs} pairs, {total_chars / 1e6:.2f} M characters")
+
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.runcall(score_many, predictions[:100], references[:100], dictionary=dictionary,
+                         misconceptions=misconceptions)
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
+
+    for workers in args.workers:
+        started, cpu_started = time.perf_counter(), _cpu_seconds()
+        scores = score_many(predictions, references, dictionary=dictionary, misconceptions=misconceptions,
+                            workers=workers)
+        elapsed, cpu = time.perf_counter() - started, _cpu_seconds() - cpu_started
+        print(f"score_many workers={workers}: {elapsed:.2f} s wall, {cpu:.2f} s CPU "
+              f"({1000 * cpu / args.pairs:.1f} ms CPU per pair, {args.pairs / elapsed:.0f} pairs/s)")
+
+    started = time.perf_counter()
+    summary = aggregate(scores, samples=1000, seed=0)
+    print(f"aggregate, {len(summary)} metrics x 1000 bootstrap samples: {time.perf_counter() - started:.2f} s")
+    for metric in ("rougeL_char_f1", "rougeL_word_f1", "rougeL_term_f1", "term_f1", "keypoint_coverage"):
+        row = summary[metric]
+        print(f"  {metric}: {row['mean']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}] n={row['n']}")
+
+
+if __name__ == "__main__":
+    main()
