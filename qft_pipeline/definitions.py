@@ -1,20 +1,21 @@
-"""The single entry point Dagster loads (workspace.yaml): every asset, check, job and resource of qft."""
-
-from __future__ import annotations
+"""The single entry point Dagster loads (workspace.yaml): every asset, check, job, schedule and sensor of qft."""
 
 import dagster as dg
 
 from qft_pipeline import checks
 from qft_pipeline.assets import data
+from qft_pipeline.jobs import MAIN_JOB, main_job
 from qft_pipeline.resources import QftSettings
+from qft_pipeline.schedules import retraining_schedule
+from qft_pipeline.sensors import corpus_change_sensor
 
-MAIN_JOB = "qft_main"
-
-main_job = dg.define_asset_job(MAIN_JOB, selection=dg.AssetSelection.all(), description="The whole qft graph.")
+__all__ = ["MAIN_JOB", "defs"]
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules([data]),
     asset_checks=dg.load_asset_checks_from_modules([checks]),
     jobs=[main_job],
+    schedules=[retraining_schedule()],
+    sensors=[corpus_change_sensor()],
     resources={"qft": QftSettings()},
 )

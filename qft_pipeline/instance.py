@@ -16,7 +16,7 @@ def project_dagster_home() -> Path:
     settings = home / "dagster.yaml"
     if not settings.exists():
         # SQLite storage in this folder is Dagster's default; telemetry off because this machine is offline.
-        settings.write_text("telemetry:\n  enabled: false\n", encoding="utf-8")
+        settings.write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n", encoding="utf-8")
     return home
 
 

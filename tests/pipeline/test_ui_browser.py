@@ -1,0 +1,200 @@
+"""The Dagster UI, in a real headless Chromium, shows the materialized graph: assets, lineage and metadata."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from qft_core.config import REPO_ROOT
+from qft_pipeline.definitions import defs
+from tests.pipeline.conftest import write_corpus
+from tests.pipeline.loopback import free_port
+from tests.pipeline.ui_driver.cdp import CHROMIUM, Page, chromium
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (apt-get install chromium)"),
+]
+
+SCREENS = REPO_ROOT / "artifacts" / "test-screens"
+TABLE_ASSET = "term_annotated_examples"  # its `categories` metadata is a Markdown table
+IMAGE_ASSET = "evaluation_report"  # carries a chart as a Markdown image once the evaluation assets exist
+# Small enough that the whole graph materializes in a test; every key is an ordinary qft setting.
+TINY_RUN = {
+    "split": {"min_split_size": 2},
+    "training": {"max_steps": 2, "global_batch_size": 2, "checkpoint_every": 1, "eval_every": 1},
+    "eval": {"max_examples": 4, "max_new_tokens": 16, "thinking_budget": 8, "bootstrap_samples": 10},
+    "quant": {"formats": ["int8"], "calibration_samples": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def materialized_home(tmp_path_factory):
+    """A private Dagster home holding one successful run of the whole graph over a small corpus."""
+    root = tmp_path_factory.mktemp("ui")
+    home = root / "dagster_home"
+    home.mkdir()
+    # nux off: Dagster's first-visit newsletter dialog would cover the page.
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n", encoding="utf-8")
+    write_corpus(root / "corpus", pairs=40)
+    config = {**TINY_RUN, "paths": {"corpus_dir": str(root / "corpus"), "artifacts_dir": str(root / "artifacts")}}
+    config_file = root / "qft.yaml"
+    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
+
+    from qft_pipeline.runner import materialize_graph
+
+    previous = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = str(home)
+    try:
+        outcome = materialize_graph(config_file=str(config_file))
+    finally:
+        if previous is None:
+            os.environ.pop("DAGSTER_HOME")
+        else:
+            os.environ["DAGSTER_HOME"] = previous
+    assert outcome.success, outcome.failures
+    return home
+
+
+@pytest.fixture(scope="module")
+def webserver(materialized_home, tmp_path_factory):
+    """dagster-webserver on loopback against the project's workspace.yaml and the private home."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("webserver") / "webserver.log"
+    command = [sys.executable, "-m", "dagster_webserver", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env={**os.environ, "DAGSTER_HOME": str(materialized_home)},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its code server is a child: stop the whole group we started
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/server_info", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"dagster-webserver did not come up on {url}:\n{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def page(webserver, tmp_path_factory):
+    with chromium(tmp_path_factory.mktemp("chromium-profile")) as page:
+        yield page
+
+
+def _save_screen(page: Page, tmp_path: Path, name: str) -> Path:
+    shot = page.screenshot(tmp_path / f"{name}.png")
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, SCREENS / shot.name)
+    assert shot.stat().st_size > 10_000, "a screenshot of a rendered page is not that small"
+    return shot
+
+
+def _section(text: str, start: str, end: str) -> set[str]:
+    body = text.split(start, 1)[1].split(end, 1)[0]
+    return {line.strip() for line in body.splitlines() if line.strip()}
+
+
+def _graph():
+    return defs.resolve_asset_graph()
+
+
+def _name(key) -> str:
+    return key.to_user_string()
+
+
+ASSETS = sorted(_name(key) for key in _graph().materializable_asset_keys)
+EDGES = sum(len(_graph().get(key).parent_keys) for key in _graph().materializable_asset_keys)
+
+
+def _neighbours(asset: str) -> tuple[set[str], set[str]]:
+    node = next(_graph().get(key) for key in _graph().materializable_asset_keys if _name(key) == asset)
+    return {_name(key) for key in node.parent_keys}, {_name(key) for key in node.child_keys}
+
+
+def test_asset_graph_page_draws_every_asset_and_dependency(page, webserver, tmp_path):
+    page.goto(f"{webserver}/asset-groups")
+    page.wait_for_text("Global asset lineage", *ASSETS, timeout=120)
+    # Dependencies are drawn as arrows (paths with an arrowhead) in the same SVG canvas as the asset nodes.
+    canvas = page.wait_for(
+        "(() => { const edges = document.querySelectorAll('svg path[marker-end]');"
+        " if (!edges.length) return null; const text = edges[0].closest('svg').textContent;"
+        # Node statuses load after the graph itself: wait until none still says "Loading".
+        " return text.includes('Loading') ? null : {edges: edges.length, text: text}; })()",
+        what="the lineage graph",
+    )
+    assert canvas["edges"] == EDGES
+    assert [name for name in ASSETS if name not in canvas["text"]] == []
+    # Every node says when it was materialized; an asset that never ran would say "Never materialized".
+    assert canvas["text"].count("Materialized") >= len(ASSETS)
+    assert "Never materialized" not in canvas["text"]
+    _save_screen(page, tmp_path, "asset-graph")
+
+
+def test_asset_page_shows_lineage_and_markdown_table_metadata(page, webserver, tmp_path):
+    parents, children = _neighbours(TABLE_ASSET)
+    page.goto(f"{webserver}/assets/{TABLE_ASSET}")
+    page.wait_for_text("Upstream assets", "Downstream assets", "categories", *parents, *children, timeout=120)
+    text = page.text()
+    assert _section(text, "Upstream assets", "Downstream assets") & set(ASSETS) == parents
+    assert _section(text, "Downstream assets", "Definition") & set(ASSETS) == children
+    # The Markdown table arrives as a real <table> (inside the metadata table) with its header and rows.
+    table = page.wait_for(
+        "(() => { const t = Array.from(document.querySelectorAll('td table'))"
+        ".find(t => t.querySelector('th') && t.querySelector('th').textContent.trim() === 'category');"
+        " if (!t) return null; t.scrollIntoView({block: 'center'});"
+        " return Array.from(t.querySelectorAll('tr')).map(r => Array.from(r.cells).map(c => c.textContent.trim())); })()",
+        what="the categories metadata rendered as a table",
+    )
+    assert table[0] == ["category", "examples"]
+    assert ["fundamentals", "40"] in table[1:]
+    _save_screen(page, tmp_path, f"asset-{TABLE_ASSET}")
+
+
+_CHART = (
+    "Array.from(document.querySelectorAll('img')).filter(i => i.src.startsWith('data:image/png')"
+    " && i.complete && i.naturalWidth > 0).map(i => i.alt)[0] || null"
+)
+
+
+@pytest.mark.skipif(IMAGE_ASSET not in ASSETS, reason=f"no {IMAGE_ASSET} asset in the graph yet")
+def test_evaluation_report_page_shows_its_chart(page, webserver, tmp_path):
+    page.goto(f"{webserver}/assets/{IMAGE_ASSET}")
+    page.wait_for_text("Metadata", "Upstream assets", timeout=120)
+    # Long Markdown values sit behind a "[Show Markdown]" link that opens them in a dialog: open each in turn.
+    entries = page.text().count("[Show Markdown]")
+    chart = page.evaluate(_CHART)
+    for index in range(entries):
+        if chart:
+            break
+        page.click_text("[Show Markdown]", index)
+        time.sleep(1)
+        chart = page.evaluate(_CHART)
+        if not chart:
+            page.click_text("Close")
+    assert chart, f"no image among the {entries} Markdown metadata entries of {IMAGE_ASSET}"
+    _save_screen(page, tmp_path, f"asset-{IMAGE_ASSET}")
