@@ -11,6 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from qft_core.cli_experts import add_expert_commands
+from qft_core.cli_package import add_package_commands
 from qft_core.config import ConfigError, load_config
 
 
@@ -163,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=cmd_train)
 
     add_expert_commands(commands)
+    add_package_commands(commands)
     return parser
 
 

@@ -111,9 +111,15 @@ class TrainingConfig(Section):
 
 
 class EvalConfig(Section):
+    # Tokens of a whole completion (reasoning, `</think>`, answer).
     max_new_tokens: int = Field(256, ge=1)
+    # Tokens of reasoning before `</think>` is forced in and the model goes on to the answer.
     thinking_budget: int = Field(192, ge=0)
     batch_size: int = Field(8, ge=1)
+    # 0 decodes greedily; above 0 samples with this temperature and nucleus top_p, seeded by sampling_seed.
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    sampling_seed: int = 0
     max_examples: int | None = Field(None, ge=1)
     bootstrap_samples: int = Field(1000, ge=10)
     # Percentile-bootstrap intervals of the metric means: the seed makes a report reproducible.
@@ -125,11 +131,27 @@ class EvalConfig(Section):
 
 
 class QuantConfig(Section):
+    """Merge, quantization and the side-by-side verification of each quantized package (docs/quantization.md)."""
+
     formats: list[Literal["int8", "int4", "gptq"]] = Field(default_factory=lambda: ["int8", "int4", "gptq"])
+    # Largest logit difference allowed between the merged model (float32) and base + adapter.
+    merge_tolerance: float = Field(1e-3, gt=0)
     gptq_bits: int = Field(4, ge=2, le=8)
     gptq_group_size: int = Field(64, ge=-1)
     calibration_samples: int = Field(64, ge=1)
+    # Calibration texts are cut to this many tokens.
+    calibration_max_tokens: int = Field(512, ge=16)
+    # Perplexity of each package is measured on at most this many test-split texts.
+    verify_texts: int = Field(64, ge=1)
+    # Verification texts are cut to this many tokens.
+    verify_max_tokens: int = Field(512, ge=16)
+    # Evaluation metrics, latency and tokens/s come from greedy answers to this many test questions (a fixed subset).
+    verify_subset: int = Field(8, ge=1)
+    # Tokens generated per answer of the verification subset.
+    verify_max_new_tokens: int = Field(32, ge=1)
     max_perplexity_increase: float = Field(0.25, ge=0)
+    # Blocking check: share of minimal-pair probes where a package must choose what the unquantized model chooses.
+    min_probe_agreement: float = Field(0.8, ge=0, le=1)
 
 
 class ExportConfig(Section):

@@ -1,0 +1,116 @@
+"""The `qft package …` and `qft serve` commands: argument parsing only, the work happens in `qft_core.package`."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+
+from qft_core.config import load_config
+
+# Read when --api-key is not given: a key on the command line is visible to every user of the machine.
+API_KEY_ENV = "QFT_API_KEY"
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _package_errors_as_command_errors(run: Handler) -> Handler:
+    """Report a package problem as the one-line `qft` error (exit status 1)."""
+
+    @functools.wraps(run)
+    def handler(args: argparse.Namespace) -> int:
+        from qft_core.cli import CommandError
+        from qft_core.package.layout import PackageError
+
+        try:
+            return run(args)
+        except PackageError as error:
+            raise CommandError(str(error)) from None
+
+    return handler
+
+
+@_package_errors_as_command_errors
+def cmd_package_verify(args: argparse.Namespace) -> int:
+    from qft_core.package.bundle import verify_package
+
+    print(verify_package(Path(args.path)).summary())
+    return 0
+
+
+@_package_errors_as_command_errors
+def cmd_package_unpack(args: argparse.Namespace) -> int:
+    from qft_core.package.bundle import unpack_package
+
+    print(unpack_package(Path(args.archive), Path(args.out)))
+    return 0
+
+
+@_package_errors_as_command_errors
+def cmd_package_vllm_command(args: argparse.Namespace) -> int:
+    from qft_core.package.vllm import vllm_command
+
+    export = load_config(args.config).export
+    command = vllm_command(
+        Path(args.path),
+        max_model_len=export.vllm_max_model_len,
+        host=export.host,
+        port=export.port,
+        tensor_parallel_size=export.vllm_tensor_parallel_size,
+        gpu_memory_utilization=export.vllm_gpu_memory_utilization,
+    )
+    print(shlex.join(command))
+    return 0
+
+
+@_package_errors_as_command_errors
+def cmd_serve(args: argparse.Namespace) -> int:
+    from qft_core.cli import CommandError
+    from qft_core.package.server import ServerSettings, serve_package
+
+    export = load_config(args.config).export
+    package = Path(args.package)
+    if not package.is_dir():
+        raise CommandError(f"{package}: not a package folder (unpack an archive first: qft package unpack)")
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or export.api_key
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    serve_package(
+        package,
+        ServerSettings.from_export_config(export, api_key=api_key),
+        host=args.host or export.host,
+        port=args.port or export.port,
+    )
+    return 0
+
+
+def add_package_commands(commands: argparse._SubParsersAction) -> None:
+    """Add `qft package verify|unpack|vllm-command` and `qft serve` to the `qft` parser's subcommands."""
+    package = commands.add_parser("package", help="check, unpack or print the vLLM command for a deployment package")
+    actions = package.add_subparsers(dest="package_command", required=True, metavar="ACTION")
+
+    verify = actions.add_parser("verify", help="check the manifest, reload the model and generate a few tokens")
+    verify.add_argument("path", metavar="PATH", help="package folder or .tar.gz archive")
+    verify.set_defaults(handler=cmd_package_verify)
+
+    unpack = actions.add_parser("unpack", help="safely extract a package archive (no links, nothing outside --out)")
+    unpack.add_argument("archive", metavar="TAR", help="package .tar.gz archive")
+    unpack.add_argument("--out", required=True, metavar="DIR", help="folder to extract into")
+    unpack.set_defaults(handler=cmd_package_unpack)
+
+    vllm = actions.add_parser("vllm-command", help="print the `vllm serve` command line for a package folder")
+    vllm.add_argument("path", metavar="PATH", help="package folder")
+    vllm.set_defaults(handler=cmd_package_vllm_command)
+
+    serve = commands.add_parser("serve", help="serve a package over an OpenAI-compatible HTTP API")
+    serve.add_argument("package", metavar="PACKAGE", help="package folder")
+    serve.add_argument("--host", help="address to listen on (default: export.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: export.port, 8000)")
+    serve.add_argument(
+        "--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}, then export.api_key)"
+    )
+    serve.set_defaults(handler=cmd_serve)

@@ -1,0 +1,323 @@
+"""Deployment packages: built from a model directory as a folder and a `.tar.gz` sealed by a sha256 manifest,
+unpacked without letting an archive write outside its target, and verified end to end."""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata as distributions
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+
+from qft_core.model.registry import has_weights
+from qft_core.model.tokenizer import EOS_TOKEN, PAD_TOKEN, qwen3_thinking_chat_template
+from qft_core.package.layout import (
+    CHAT_TEMPLATE_FILE,
+    GENERATION_CONFIG_FILE,
+    METADATA_FILE,
+    MODEL_CARD_FILE,
+    PACKAGE_FORMAT,
+    PackageError,
+    read_package_metadata,
+)
+from qft_core.package.manifest import MANIFEST_FILE, check_manifest, write_manifest
+from qft_core.package.model_card import ModelCardInfo, render_model_card
+from qft_core.package.quantize import PICKLE_SUFFIXES, QUANT_METADATA_FILE, QuantizedPackage
+from qft_core.package.served_model import SamplingParams, ServedModel, load_package_tokenizer
+
+ARCHIVE_SUFFIX = ".tar.gz"
+# What the caller's metadata must say: how the model was trained, on which data, and how well it did.
+REQUIRED_METADATA = ("config", "data_hash", "metrics")
+# Keys of qft_metadata.json the package writes itself.
+PACKAGE_METADATA_KEYS = (
+    "qft_package_format", "package_name", "base_model", "created", "versions", "weights", "quantization"
+)
+VERSIONED_DISTRIBUTIONS = ("qft", "transformers", "peft", "safetensors", "tokenizers", "accelerate")
+# Files of the model directory that the package writes anew.
+REWRITTEN_FILES = frozenset({MODEL_CARD_FILE, METADATA_FILE, MANIFEST_FILE, CHAT_TEMPLATE_FILE, "chat_template.json"})
+# Qwen3-Thinking-2507's recommended sampling, for model directories that come without a generation config.
+QWEN3_THINKING_SAMPLING = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20}
+PACKAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+VERIFY_QUESTION = "什么是分组密码？"
+VERIFY_MAX_TOKENS = 4
+
+
+def archive_path(package_dir: Path) -> Path:
+    """Where `build_package` writes the archive of `package_dir`: beside it, `<name>.tar.gz`."""
+    package_dir = Path(package_dir)
+    return package_dir.with_name(package_dir.name + ARCHIVE_SUFFIX)
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of Python and of the libraries that made the package; torch's includes its build (e.g. +cu128)."""
+    versions: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in VERSIONED_DISTRIBUTIONS:
+        try:
+            versions[name] = distributions.version(name)
+        except distributions.PackageNotFoundError:
+            versions[name] = None
+    versions["cuda"] = torch.version.cuda
+    return versions
+
+
+def _check_inputs(model_dir: Path, out_dir: Path, metadata: Mapping[str, Any], model_card: ModelCardInfo) -> None:
+    if not has_weights(model_dir):
+        raise PackageError(f"{model_dir}: not a model directory (needs config.json and *.safetensors weights)")
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise PackageError(f"package metadata lacks {', '.join(missing)} (required: {', '.join(REQUIRED_METADATA)})")
+    reserved = [key for key in PACKAGE_METADATA_KEYS if key in metadata]
+    if reserved:
+        raise PackageError(f"package metadata key(s) {', '.join(reserved)} are written by the package itself")
+    if not PACKAGE_NAME.match(model_card.model_name):
+        raise PackageError(
+            f"package name {model_card.model_name!r}: use letters, digits, '.', '_' and '-' (at most 128)"
+        )
+    if out_dir.exists() and not (out_dir / METADATA_FILE).is_file():
+        raise PackageError(f"{out_dir}: exists and is not a qft package; refusing to replace it")
+    if out_dir.resolve().is_relative_to(model_dir.resolve()):
+        raise PackageError(f"{out_dir}: the package cannot be written inside the model directory {model_dir}")
+
+
+def _copy_model_files(model_dir: Path, package_dir: Path) -> None:
+    for source in sorted(model_dir.rglob("*")):
+        relative = source.relative_to(model_dir)
+        # Hidden entries are tool state (.cache of hub downloads, .gitattributes), not part of the model.
+        if any(part.startswith(".") for part in relative.parts) or relative.as_posix() in REWRITTEN_FILES:
+            continue
+        if source.suffix in PICKLE_SUFFIXES:
+            raise PackageError(f"{source}: pickled checkpoints are never packaged; save the model as safetensors")
+        if source.is_file():
+            target = package_dir / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+
+
+def _write_tokenizer(package_dir: Path) -> PreTrainedTokenizerBase:
+    """Re-save the tokenizer with Qwen3-Thinking-2507's official template (the format qft trains in), then
+    load it back: the package is refused unless its template opens replies with `<think>\\n`."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(package_dir, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError) as error:
+        raise PackageError(f"{package_dir}: the model directory has no loadable tokenizer: {error}") from None
+    tokenizer.chat_template = qwen3_thinking_chat_template()
+    tokenizer.save_pretrained(package_dir)
+    return load_package_tokenizer(package_dir)
+
+
+def _ensure_generation_config(package_dir: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    if (package_dir / GENERATION_CONFIG_FILE).is_file():
+        return
+    eos_ids = [tokenizer.convert_tokens_to_ids(EOS_TOKEN), tokenizer.convert_tokens_to_ids(PAD_TOKEN)]
+    config = GenerationConfig(eos_token_id=eos_ids, pad_token_id=eos_ids[1], **QWEN3_THINKING_SAMPLING)
+    config.save_pretrained(package_dir)
+
+
+def _package_metadata(package_dir: Path, metadata: Mapping[str, Any], model_card: ModelCardInfo) -> dict[str, Any]:
+    model_config = json.loads((package_dir / "config.json").read_text(encoding="utf-8"))
+    weights = {
+        "files": sorted(path.relative_to(package_dir).as_posix() for path in package_dir.rglob("*.safetensors")),
+        "dtype": model_config.get("dtype") or model_config.get("torch_dtype"),
+        "architectures": model_config.get("architectures"),
+    }
+    quantized = (package_dir / QUANT_METADATA_FILE).is_file()
+    return {
+        "qft_package_format": PACKAGE_FORMAT,
+        "package_name": model_card.model_name,
+        "base_model": model_card.base_model,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": library_versions(),
+        "weights": weights,
+        "quantization": QuantizedPackage.read(package_dir).metadata() if quantized else None,
+        **metadata,
+    }
+
+
+def _write_json(path: Path, value: Mapping[str, Any]) -> None:
+    try:
+        text = json.dumps(value, ensure_ascii=False, indent=2, sort_keys=False)
+    except (TypeError, ValueError) as error:
+        raise PackageError(f"{path.name}: the package metadata is not JSON-serialisable: {error}") from None
+    path.write_text(text + "\n", encoding="utf-8")
+
+
+def _normalised_member(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    # The archive says nothing about the machine that built it.
+    member.uid = member.gid = 0
+    member.uname = member.gname = ""
+    member.mode = 0o755 if member.isdir() else 0o644
+    return member
+
+
+def _write_archive(package_dir: Path, archive: Path) -> None:
+    partial = archive.with_name(f".{archive.name}.partial")
+    # Level 6: weights barely compress, and higher levels only cost time.
+    with tarfile.open(partial, "w:gz", compresslevel=6) as tar:
+        tar.add(package_dir, arcname=package_dir.name, recursive=False, filter=_normalised_member)
+        for path in sorted(package_dir.rglob("*")):
+            arcname = f"{package_dir.name}/{path.relative_to(package_dir).as_posix()}"
+            tar.add(path, arcname=arcname, recursive=False, filter=_normalised_member)
+    partial.replace(archive)
+
+
+def _move_into_place(staging: Path, out_dir: Path) -> None:
+    if not out_dir.exists():
+        staging.rename(out_dir)
+        return
+    previous = out_dir.with_name(f".{out_dir.name}.previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    out_dir.rename(previous)
+    staging.rename(out_dir)
+    shutil.rmtree(previous)
+
+
+def build_package(
+    model_dir: Path, out_dir: Path, *, metadata: Mapping[str, Any], model_card: ModelCardInfo
+) -> Path:
+    """Package the model in `model_dir` as the folder `out_dir` and the archive `archive_path(out_dir)`.
+
+    The folder holds the safetensors weights and model config, the tokenizer with Qwen3-Thinking-2507's chat
+    template, a generation config, the bilingual model card `README.md`, `qft_metadata.json` (library versions plus
+    `metadata`, which must carry config, data_hash and metrics) and, written last, `MANIFEST.sha256` over every
+    other file. A previous package at `out_dir` is replaced; anything else there is refused. Returns `out_dir`.
+    """
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    _check_inputs(model_dir, out_dir, metadata, model_card)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        _copy_model_files(model_dir, staging)
+        _ensure_generation_config(staging, _write_tokenizer(staging))
+        package_metadata = _package_metadata(staging, metadata, model_card)
+        _write_json(staging / METADATA_FILE, package_metadata)
+        (staging / MODEL_CARD_FILE).write_text(render_model_card(model_card, package_metadata), encoding="utf-8")
+        write_manifest(staging)
+        _move_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _write_archive(out_dir, archive_path(out_dir))
+    return out_dir
+
+
+def _unsafe_member(member: tarfile.TarInfo) -> str | None:
+    """Why `member` must not be extracted, or None."""
+    name = member.name
+    if member.issym() or member.islnk():
+        return f"is a {'symbolic' if member.issym() else 'hard'} link to {member.linkname!r}; packages hold no links"
+    if not (member.isfile() or member.isdir()):
+        return "is not a regular file or folder"
+    if name.startswith("/") or "\\" in name or PureWindowsPath(name).drive:
+        return "is an absolute path"
+    if ".." in PurePosixPath(name).parts:
+        return "leaves the target folder ('..')"
+    return None
+
+
+def _package_folder(archive: Path, members: list[tarfile.TarInfo]) -> str:
+    """The one top-level folder every member of a package archive lies in."""
+    paths = [PurePosixPath(member.name).parts for member in members]
+    tops = sorted({parts[0] for parts in paths if parts})
+    loose_files = [member.name for member, parts in zip(members, paths) if len(parts) == 1 and not member.isdir()]
+    if len(tops) != 1 or loose_files:
+        raise PackageError(f"{archive}: a package archive holds exactly one top-level folder, found {tops}")
+    return tops[0]
+
+
+def unpack_package(archive: Path, dest: Path) -> Path:
+    """Extract a package archive into `dest` and return the package folder inside it.
+
+    Every member is checked before anything is written: links, special files and paths that would leave `dest`
+    (absolute, `..`) are refused with an error naming the member; extraction then also runs tarfile's `data`
+    filter. An existing package folder of the same name in `dest` is never overwritten.
+    """
+    archive, dest = Path(archive), Path(dest)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            for member in members:
+                reason = _unsafe_member(member)
+                if reason is not None:
+                    raise PackageError(f"{archive}: member {member.name!r} {reason}; refusing to unpack anything")
+            folder = _package_folder(archive, members)
+            target = dest / folder
+            if target.exists():
+                raise PackageError(f"{target}: already exists; unpack into another folder")
+            dest.mkdir(parents=True, exist_ok=True)
+            tar.extractall(dest, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise PackageError(f"{archive}: cannot unpack: {error}") from None
+    return target
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What `verify_package` checked and what the model said."""
+
+    source: Path
+    package_name: str
+    files_checked: int
+    total_bytes: int
+    quantization: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    sample_question: str
+    sample_completion: str
+
+    def summary(self) -> str:
+        return "\n".join(
+            [
+                f"package        {self.package_name} ({self.source})",
+                f"manifest       ok: {self.files_checked} files, {self.total_bytes / 1e6:.1f} MB match MANIFEST.sha256",
+                f"weights        {self.quantization or 'full precision'}",
+                "chat template  ok: the generation prompt ends with <|im_start|>assistant\\n<think>\\n",
+                f"generation     ok: {self.completion_tokens} token(s) after a {self.prompt_tokens}-token prompt",
+                f"  question     {self.sample_question}",
+                f"  completion   {self.sample_completion!r}",
+            ]
+        )
+
+
+def _verify_folder(package_dir: Path, source: Path, device: str) -> VerifyReport:
+    manifest = check_manifest(package_dir)
+    metadata = read_package_metadata(package_dir)
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise PackageError(f"{package_dir / METADATA_FILE}: lacks {', '.join(missing)}")
+    served = ServedModel.load(package_dir, device=device)
+    prompt_ids = served.prompt_ids([{"role": "user", "content": VERIFY_QUESTION}])
+    completion = served.generate(prompt_ids, SamplingParams(max_tokens=VERIFY_MAX_TOKENS, temperature=0.0))
+    return VerifyReport(
+        source=source,
+        package_name=served.model_id,
+        files_checked=manifest.files,
+        total_bytes=manifest.total_bytes,
+        quantization=served.quantization,
+        prompt_tokens=completion.prompt_tokens,
+        completion_tokens=completion.completion_tokens,
+        sample_question=VERIFY_QUESTION,
+        sample_completion=completion.text,
+    )
+
+
+def verify_package(path: Path, *, device: str = "auto") -> VerifyReport:
+    """Check a package folder or archive: every file against the manifest (`ManifestError` names any missing,
+    extra or changed file), the metadata, the chat template's `<think>` prompt, and that the model loads and
+    generates a few greedy tokens. An archive is unpacked into a temporary folder first."""
+    path = Path(path)
+    if path.is_dir():
+        return _verify_folder(path, path, device)
+    if not path.is_file():
+        raise PackageError(f"{path}: no such package folder or archive")
+    with tempfile.TemporaryDirectory(prefix="qft-verify-") as scratch:
+        return _verify_folder(unpack_package(path, Path(scratch)), path, device)
