@@ -43,6 +43,12 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 _MATCH_FOLD = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F) if not chr(code - 0xFEE0).isalnum()}
 _MATCH_FOLD |= {code: ord("-") for code in (0x2010, 0x2011, 0x2012, 0x2013, 0x2212)}
 _MATCH_FOLD[0x00A0] = ord(" ")
+# Chinese text has few characters to fold (its commas and parentheses): replacing just those is some ten times
+# faster than translating every character.
+_FOLDED = {chr(code): chr(folded) for code, folded in _MATCH_FOLD.items()}
+_FOLDABLE = re.compile(f"[{re.escape(''.join(sorted(_FOLDED)))}]")
+# Trie nodes with more children than this get them in guarded groups (see _alternatives).
+_TRIE_FAN_OUT = 8
 
 
 class TermDictionaryError(ValueError):
@@ -66,9 +72,13 @@ def matching_view(text: str) -> str:
     traditional characters become simplified ones when that keeps the length (it almost always
     does), so positions in the view are positions in the original text.
     """
-    view = to_halfwidth(text).translate(_MATCH_FOLD)
+    view = _FOLDABLE.sub(_fold, to_halfwidth(text))
     simplified = to_simplified(view)
     return simplified if len(simplified) == len(view) else view
+
+
+def _fold(match: re.Match[str]) -> str:
+    return _FOLDED[match.group()]
 
 
 def surface_key(form: str) -> str:
@@ -97,6 +107,8 @@ class TermDictionary:
         self._terms: dict[str, CryptoTerm] = {}
         self._owner_by_key: dict[str, str | None] = {}
         self._spaced_forms: list[list[tuple[str, bool]]] = []
+        # Owners by matched text as it stood in the view: `find` meets the same few hundred spellings in every text.
+        self._owner_by_view: dict[str, str | None] = {}
         first_location: dict[str, str] = {}
         for term, where in zip(terms, locations, strict=True):
             _check_term(term, where)
@@ -108,6 +120,7 @@ class TermDictionary:
                 self._add_form(form, term.id, where)
         for word in non_terms:
             self._add_form(word, None, f"{source}: non-term '{word}'")
+        self._categories = sorted({term.category for term in self._terms.values()})
 
     def _add_form(self, form: str, term_id: str | None, where: str) -> None:
         key = surface_key(form)
@@ -152,7 +165,7 @@ class TermDictionary:
     @property
     def categories(self) -> list[str]:
         """The categories that have at least one term, sorted."""
-        return sorted({term.category for term in self._terms.values()})
+        return list(self._categories)
 
     def get(self, term_id: str) -> CryptoTerm | None:
         return self._terms.get(term_id)
@@ -190,11 +203,16 @@ class TermDictionary:
         """
         if self._matcher is None or not text:
             return []
+        owners = self._owner_by_view
         matches = []
         for match in self._matcher.finditer(matching_view(text)):
-            owner = self._owner_by_key[_view_key(match.group())]
+            found = match.group()
+            if found not in owners:
+                owners[found] = self._owner_by_key[_view_key(found)]
+            owner = owners[found]
             if owner is not None:
-                matches.append(TermMatch(owner, text[match.start() : match.end()], match.start(), match.end()))
+                start, end = match.span()
+                matches.append(TermMatch(owner, text[start:end], start, end))
         return matches
 
     def term_ids(self, text: str) -> list[str]:
@@ -293,22 +311,49 @@ def _compile_matcher(spaced_forms: Iterable[list[tuple[str, bool]]]) -> re.Patte
             node = node.children.setdefault(char, _TrieNode())
         node.terminal = True
     first_chars = sorted(root.children)
-    branches = [(_NOT_WORD_BEFORE if char in _WORD_CHARS else "") + _render_edge(root, char) for char in first_chars]
     # The character set lets the engine skip, with one test, the many positions where no form starts.
-    starts = "[" + "".join(re.escape(char) for char in first_chars) + "]"
-    return re.compile(f"(?={starts})(?:{'|'.join(branches)})", re.IGNORECASE | re.ASCII)
+    starts = _character_set(first_chars)
+    return re.compile(f"(?={starts})" + _render_node(root, "", at_root=True), re.IGNORECASE | re.ASCII)
 
 
-def _render_edge(node: _TrieNode, char: str) -> str:
+def _render_edge(node: _TrieNode, char: str, at_root: bool = False) -> str:
     gap = r"\s*" if char in node.space_before else ""
-    return gap + re.escape(char) + _render_node(node.children[char], char)
+    boundary = _NOT_WORD_BEFORE if at_root and char in _WORD_CHARS else ""
+    return boundary + gap + re.escape(char) + _render_node(node.children[char], char)
 
 
-def _render_node(node: _TrieNode, last_char: str) -> str:
-    branches = [_render_edge(node, char) for char in sorted(node.children)]
+def _render_node(node: _TrieNode, last_char: str, at_root: bool = False) -> str:
+    chars = sorted(node.children)
+    # An edge with a gap in front starts with whitespace, not its character: it stays outside the guarded groups.
+    guarded = [(char, _render_edge(node, char, at_root)) for char in chars if char not in node.space_before]
+    branches = _alternatives(guarded)
+    branches += [_render_edge(node, char, at_root) for char in chars if char in node.space_before]
     if node.terminal:
         branches.append(_NOT_WORD_AFTER if last_char in _WORD_CHARS else "")
     return branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+
+
+def _alternatives(edges: list[tuple[str, str]]) -> list[str]:
+    """The (first character, regex) edges as alternatives, in a tree of groups each guarded by its first characters.
+
+    The engine tries alternatives one after the other; at a node with hundreds of children (the root) a lookahead
+    for a group's first characters rules out the whole group with one test, which makes matching about four
+    times faster. Which edge matches, and so the result, is unchanged.
+    """
+    if len(edges) <= _TRIE_FAN_OUT:
+        return [regex for _, regex in edges]
+    size = -(-len(edges) // _TRIE_FAN_OUT)
+    groups = []
+    for start in range(0, len(edges), size):
+        group = edges[start : start + size]
+        inner = _alternatives(group)
+        guard = _character_set(char for char, _ in group)
+        groups.append(inner[0] if len(inner) == 1 else f"(?={guard})(?:{'|'.join(inner)})")
+    return groups
+
+
+def _character_set(chars: Iterable[str]) -> str:
+    return "[" + "".join(re.escape(char) for char in chars) + "]"
 
 
 @cache

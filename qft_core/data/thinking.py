@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -222,8 +223,9 @@ def generate_thinking(example: TrainingExample, dictionary: TermDictionary) -> l
 _NUMBER = r"\d+(?:\.\d+)?"
 _LIST_SEPARATOR = r"\s*(?:、|,|/|或者|或|和|与|及|至|到|~|～|-|–|—|\bor\b|\band\b|\bto\b)\s*"
 # A quantity is a number (or a list of numbers) right before a unit; "SHA-256", "2^128", "n/2 位", "第 3 位" are not.
+# The leading lookahead for the digit every quantity starts with halves the time the search takes.
 _QUANTITY = re.compile(
-    rf"(?<![A-Za-z0-9_.\-^/])(?<!第)(?<!第 )((?:{_NUMBER}{_LIST_SEPARATOR})*{_NUMBER})\s*-?\s*"
+    rf"(?=\d)(?<![A-Za-z0-9_.\-^/])(?<!第)(?<!第 )((?:{_NUMBER}{_LIST_SEPARATOR})*{_NUMBER})\s*-?\s*"
     r"(?:(?P<bit>位|比特|bits?(?![A-Za-z]))|(?P<byte>字节|bytes?(?![A-Za-z]))|(?P<round>轮|rounds?(?![A-Za-z])))",
     re.I,
 )
@@ -318,13 +320,26 @@ def extract_quantities(text: str, dictionary: TermDictionary) -> list[Quantity]:
     named right after the unit ("256 位的密钥") or, failing that, the last one named before it.
     Only Arabic numerals are read: Chinese numerals collide with "每一轮", "两位专家".
     """
+    return list(_quantities(text, dictionary))
+
+
+# Evaluation reads the quantities of each answer three times (its key points, its numbers against the reference's,
+# the reasoning's against it): the few texts of the pair being scored stay extracted.
+_QUANTITIES_KEPT = 16
+
+
+@lru_cache(maxsize=_QUANTITIES_KEPT)
+def _quantities(text: str, dictionary: TermDictionary) -> tuple[Quantity, ...]:
     quantities = []
     for sentence_start, sentence_end in _sentence_spans(text):
         sentence = text[sentence_start:sentence_end]
+        found = list(_QUANTITY.finditer(sentence))
+        if not found:
+            continue
         # A term that is itself a measured attribute ("密钥") says what is measured, not whose it is.
         terms = [match for match in dictionary.find(sentence) if not _ATTRIBUTE_WORD.fullmatch(match.surface)]
         floor = 0
-        for match in _QUANTITY.finditer(sentence):
+        for match in found:
             unit_group = next(name for name in ("bit", "byte", "round") if match.group(name))
             unit, factor = _UNIT_BITS[unit_group]
             context, anchor = _context_of(sentence, terms, match.start(), match.end())
@@ -341,7 +356,7 @@ def extract_quantities(text: str, dictionary: TermDictionary) -> list[Quantity]:
                     )
                 )
             floor = match.end()
-    return quantities
+    return tuple(quantities)
 
 
 def numeric_contradictions(reasoning: str, answer: str, dictionary: TermDictionary) -> tuple[int, list[str]]:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from qft_core.data.chinese import is_cjk, punctuation_score, repetition_ratio
+from qft_core.data.chinese import count_cjk, count_content_words, punctuation_score, repetition_ratio
 from qft_core.data.normalize import count_traditional
 
 if TYPE_CHECKING:
@@ -60,9 +60,9 @@ def language_quality(text: str, words: Sequence[str], terms: Sequence[TermMatch]
     mixed_script = foreign Latin words / words that contain a letter, digit or CJK character.
     """
     visible = "".join(text.split())
-    content_words = sum(1 for word in words if any(char.isalnum() for char in word))
+    content_words = count_content_words(words)
     return LanguageQuality(
-        cjk_ratio=sum(1 for char in visible if is_cjk(char)) / len(visible) if visible else math.nan,
+        cjk_ratio=count_cjk(visible) / len(visible) if visible else math.nan,
         punctuation=punctuation_score(text) if visible else math.nan,
         mixed_script=foreign_latin_words(text, terms) / content_words if content_words else math.nan,
         repetition=repetition_ratio(visible) if visible else math.nan,

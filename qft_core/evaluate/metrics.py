@@ -24,7 +24,8 @@ from qft_core.evaluate.thinking_quality import split_generation, thinking_qualit
 
 # Below this many pairs per worker, starting processes costs more than it saves.
 _MIN_PAIRS_PER_WORKER = 16
-_CHUNKS_PER_WORKER = 4
+# Small chunks keep every worker busy to the end even when one of them runs slower (other work on its core).
+_CHUNKS_PER_WORKER = 16
 _REFERENCES_KEPT = 256
 
 
@@ -98,14 +99,13 @@ class PairScorer:
     """Scores pairs with one dictionary and misconception list, keeping each distinct text's analysis."""
 
     def __init__(self, dictionary: TermDictionary, misconceptions: Sequence[Misconception]) -> None:
+        # Loads jieba's dictionary now: forked workers then share it instead of each loading it.
         use_term_dictionary(dictionary)
         # Searching once compiles the matcher in the original, so the view below shares it.
         dictionary.find("密码")
         self.dictionary = _RememberingDictionary(dictionary)
         self.misconceptions = list(misconceptions)
         self._references: OrderedDict[str, _TextAnalysis] = OrderedDict()
-        # Loads jieba's dictionary now: forked workers then share it instead of each loading it.
-        word_tokens("密码")
 
     def score_all(self, pairs: Sequence[tuple[str, str, str | None]]) -> list[dict[str, float]]:
         return [self.score(*pair) for pair in pairs]

@@ -6,6 +6,9 @@ import pytest
 from qft_core.config import REPO_ROOT
 from qft_core.data.chinese import (
     chinese_metrics,
+    count_cjk,
+    count_content_words,
+    jieba_fast,
     normalize_chinese,
     normalize_punctuation,
     pos_tag,
@@ -50,6 +53,33 @@ def test_pos_tag_marks_domain_terms_nz():
 def test_segment_and_pos_tag_drop_whitespace_tokens():
     assert segment("AES  加密\n") == ["AES", "加密"]
     assert [word for word, _ in pos_tag(" AES 加密 ")] == ["AES", "加密"]
+
+
+@pytest.mark.parametrize("hmm", [True, False])
+def test_hyphenated_domain_words_stay_whole(hmm):
+    assert segment("用平方-乘算法做模幂", hmm=hmm) == ["用", "平方-乘算法", "做", "模幂"]
+
+
+def test_segment_without_hmm_keeps_unknown_characters_single():
+    text = "AES-128 与 SM4，x--y 3.14% C++\n\t密钥ＡＥＳ"
+    assert segment(text, hmm=False) == [
+        "AES", "-", "128", "与", "SM4", "，", "x", "-", "-", "y", "3", ".", "14", "%", "C++", "密钥", "Ａ", "Ｅ", "Ｓ",
+    ]
+    assert segment(text)[6:12] == ["x", "--", "y", "3.14%", "C++", "密钥"]
+
+
+def test_segment_without_hmm_is_jieba_fast_lcut_without_whitespace():
+    text = "RSA 的平方-乘算法（square-and-multiply）在 2048 位模数上逐位处理指数；ECC/ECDSA 与 SM2 则用标量乘。\r\n" * 3
+    assert segment(text, hmm=False) == [word for word in jieba_fast.lcut(text, HMM=False) if word.strip()]
+
+
+def test_count_cjk_counts_ideographs_of_every_cjk_block():
+    assert count_cjk("AES 是分组密码。\U00020001") == 6
+    assert count_cjk("") == 0
+
+
+def test_content_words_contain_a_letter_digit_or_cjk_character():
+    assert count_content_words(["AES", "，", "是", "--", "C++", "_", "3.14%"]) == 4
 
 
 def test_jieba_start_up_is_silent_on_stderr():

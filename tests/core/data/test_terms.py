@@ -152,6 +152,17 @@ def test_find_on_empty_text_is_empty(dictionary):
     assert dictionary.term_ids("今天天气很好") == []
 
 
+def test_many_terms_with_shared_prefixes_match_leftmost_longest():
+    # More first characters than one group of the matcher's trie holds, and six forms that start with 密.
+    names = ["密码", "密码学", "密钥", "密文", "密封", "密度计", "明文", "公钥", "私钥", "签名", "散列", "杂凑",
+             "认证", "协议", "证书", "随机数", "熵源", "格密码", "量子", "侧信道"]
+    many = TermDictionary([term(f"t{index}", name) for index, name in enumerate(names)])
+    text = "密码学用密钥把明文变成密文，侧信道会泄露随机数；格密码抗量子。"
+    assert [(match.surface, match.start) for match in many.find(text)] == [
+        ("密码学", 0), ("密钥", 4), ("明文", 7), ("密文", 11), ("侧信道", 14), ("随机数", 20), ("格密码", 24), ("量子", 28),
+    ]
+
+
 # --- complexity and categories ----------------------------------------------------------------------
 
 

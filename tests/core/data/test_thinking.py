@@ -137,6 +137,13 @@ def test_quantities_carry_term_attribute_and_bits(dictionary):
     ]
 
 
+def test_quantities_of_a_text_read_again_are_equal_and_independent(dictionary):
+    first = extract_quantities(ANSWER, dictionary)
+    first.clear()
+    again = extract_quantities(ANSWER, dictionary)
+    assert [(quantity.value, quantity.context) for quantity in again] == [(256.0, "sm3"), (128.0, "md5")]
+
+
 def test_identifiers_exponents_fractions_and_ordinals_are_not_quantities(dictionary):
     assert extract_quantities("SHA-256 的强度是 2^128，即 n/2 位；第 3 位是校验位。", dictionary) == []
 
