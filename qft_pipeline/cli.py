@@ -17,7 +17,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcome = materialize_graph(config_file=args.config, selection=args.select)
     for asset, path in outcome.artifacts.items():
         print(f"{asset:<28} {path}")
-    print(f"run {outcome.run_id} {'succeeded' if outcome.success else 'FAILED'} (Dagster home: {project_dagster_home()})")
+    runs = ", ".join(outcome.run_ids)
+    print(f"runs {runs} {'succeeded' if outcome.success else 'FAILED'} (Dagster home: {project_dagster_home()})")
     for failure in outcome.failures:
         print(f"  failed: {failure}", file=sys.stderr)
     return 0 if outcome.success else 1

@@ -3,8 +3,8 @@
 import dagster as dg
 
 from qft_pipeline import checks
-from qft_pipeline.assets import data
-from qft_pipeline.jobs import MAIN_JOB, main_job
+from qft_pipeline.assets import data, evaluation, packaging, training
+from qft_pipeline.jobs import MAIN_JOB, deploy_job, main_job, quantize_job
 from qft_pipeline.resources import QftSettings
 from qft_pipeline.schedules import retraining_schedule
 from qft_pipeline.sensors import corpus_change_sensor
@@ -12,10 +12,10 @@ from qft_pipeline.sensors import corpus_change_sensor
 __all__ = ["MAIN_JOB", "defs"]
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([data]),
+    assets=dg.load_assets_from_modules([data, training, evaluation, packaging]),
     asset_checks=dg.load_asset_checks_from_modules([checks]),
-    jobs=[main_job],
+    jobs=[main_job, quantize_job, deploy_job],
     schedules=[retraining_schedule()],
     sensors=[corpus_change_sensor()],
-    resources={"qft": QftSettings()},
+    resources={"qft": QftSettings(), "pipes_subprocess_client": dg.PipesSubprocessClient()},
 )

@@ -1,4 +1,8 @@
-"""Materialize the asset graph in-process on the project instance, with a progress bar over the steps."""
+"""Materialize the asset graph in-process on the project instance, with a progress bar over the assets.
+
+The whole graph is three jobs in order (see jobs.py): the main job, one run per configured quantization
+format, then the deployment package. A selection runs only the main job's matching assets.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +13,31 @@ import dagster as dg
 from dagster._core.utils import make_new_run_id
 from tqdm import tqdm
 
-from qft_pipeline.definitions import MAIN_JOB, defs
+from qft_core.config import load_config
+from qft_pipeline.definitions import defs
 from qft_pipeline.instance import project_instance
+from qft_pipeline.jobs import DEPLOY_JOB, MAIN_JOB, QUANTIZE_JOB
 
 _QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 @dataclass
 class RunOutcome:
-    run_id: str
-    success: bool
+    run_ids: list[str] = field(default_factory=list)
+    success: bool = True
     artifacts: dict[str, str] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+
+    @property
+    def run_id(self) -> str:
+        return self.run_ids[0]
+
+
+@dataclass(frozen=True)
+class _Step:
+    job: str
+    assets: frozenset
+    partition: str | None = None
 
 
 def _run_config(config_file: str | None) -> dict:
@@ -28,46 +45,54 @@ def _run_config(config_file: str | None) -> dict:
     return {**_QUIET_LOGS, "resources": resources}
 
 
-def materialize_graph(config_file: str | None = None, selection: str | None = None) -> RunOutcome:
-    instance = project_instance()
-    job = defs.resolve_job_def(MAIN_JOB)
-    run_id = make_new_run_id()
+def _plan(config_file: str | None, selection: str | None) -> list[_Step]:
     graph = defs.resolve_asset_graph()
-    assets = dg.AssetSelection.from_string(selection).resolve(graph) if selection else graph.materializable_asset_keys
+    main_assets = defs.resolve_job_def(MAIN_JOB).asset_layer.selected_asset_keys
+    if selection:
+        return [_Step(MAIN_JOB, frozenset(dg.AssetSelection.from_string(selection).resolve(graph) & main_assets))]
+    quantized = frozenset({dg.AssetKey("quantized_package")})
+    return [
+        _Step(MAIN_JOB, frozenset(main_assets)),
+        *(_Step(QUANTIZE_JOB, quantized, fmt) for fmt in load_config(config_file).quant.formats),
+        _Step(DEPLOY_JOB, frozenset({dg.AssetKey("deployment_package")})),
+    ]
+
+
+def _execute(step: _Step, instance: dg.DagsterInstance, config_file: str | None, bar: tqdm) -> tuple[str, object]:
+    """Run one job on a worker thread while this thread advances the bar as materializations land."""
+    run_id = make_new_run_id()
     outcome: dict = {}
 
     def execute() -> None:
         try:
-            outcome["result"] = job.execute_in_process(
+            outcome["result"] = defs.resolve_job_def(step.job).execute_in_process(
                 run_config=_run_config(config_file),
                 instance=instance,
                 run_id=run_id,
                 raise_on_error=False,
-                asset_selection=list(assets),
+                asset_selection=list(step.assets),
+                partition_key=step.partition,
             )
         except BaseException as error:  # re-raised in the caller's thread below
             outcome["error"] = error
 
-    worker = threading.Thread(target=execute, name="qft-run")
+    worker = threading.Thread(target=execute, name=f"qft-{step.job}")
     worker.start()
-    steps_done: set[str] = set()
-    with tqdm(desc="materializing", unit="asset", total=len(assets)) as bar:
-        while worker.is_alive():
-            worker.join(timeout=0.5)
-            for record in instance.all_logs(run_id, of_type={dg.DagsterEventType.ASSET_MATERIALIZATION}):
-                name = record.dagster_event.asset_key.to_user_string()
-                if name not in steps_done:
-                    steps_done.add(name)
-                    bar.set_postfix_str(name)
-                    bar.update(1)
+    seen: set[str] = set()
+    while worker.is_alive():
+        worker.join(timeout=0.5)
+        for record in instance.all_logs(run_id, of_type={dg.DagsterEventType.ASSET_MATERIALIZATION}):
+            name = record.dagster_event.asset_key.to_user_string()
+            if name not in seen:
+                seen.add(name)
+                bar.set_postfix_str(f"{name}[{step.partition}]" if step.partition else name)
+                bar.update(1)
     if "error" in outcome:
         raise outcome["error"]
-    result = outcome["result"]
-    artifacts = {}
-    for record in instance.all_logs(run_id, of_type={dg.DagsterEventType.ASSET_MATERIALIZATION}):
-        materialization = record.dagster_event.event_specific_data.materialization
-        if "path" in materialization.metadata:
-            artifacts[materialization.asset_key.to_user_string()] = str(materialization.metadata["path"].value)
+    return run_id, outcome["result"]
+
+
+def _failures(result) -> list[str]:
     failures = [
         f"{event.step_key}: {event.event_specific_data.error.message.strip()}"
         for event in result.all_events
@@ -78,4 +103,28 @@ def materialize_graph(config_file: str | None = None, selection: str | None = No
         for event in result.all_events
         if event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION and not event.event_specific_data.passed
     ]
-    return RunOutcome(run_id=run_id, success=result.success and not failures, artifacts=artifacts, failures=failures)
+    return failures
+
+
+def materialize_graph(config_file: str | None = None, selection: str | None = None) -> RunOutcome:
+    instance = project_instance()
+    steps = _plan(config_file, selection)
+    outcome = RunOutcome()
+    with tqdm(desc="materializing", unit="asset", total=sum(len(step.assets) for step in steps)) as bar:
+        for step in steps:
+            run_id, result = _execute(step, instance, config_file, bar)
+            outcome.run_ids.append(run_id)
+            for record in instance.all_logs(run_id, of_type={dg.DagsterEventType.ASSET_MATERIALIZATION}):
+                materialization = record.dagster_event.event_specific_data.materialization
+                name = materialization.asset_key.to_user_string()
+                if materialization.partition:
+                    name = f"{name}[{materialization.partition}]"
+                if "path" in materialization.metadata:
+                    outcome.artifacts[name] = str(materialization.metadata["path"].value)
+            failures = _failures(result)
+            outcome.failures += [f"{step.partition}: {failure}" if step.partition else failure for failure in failures]
+            if not result.success or failures:
+                outcome.success = False
+                if step.partition is None:
+                    break  # a failed main job leaves nothing for the packaging jobs to build on
+    return outcome

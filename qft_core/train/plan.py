@@ -42,11 +42,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from qft_core.config import QftConfig
+from qft_core.config import ModelConfig, QftConfig
 from qft_core.train.hardware import GIB, HardwareProfile
 
 USABLE_FRACTION = 0.85
@@ -120,6 +121,17 @@ class ModelShape(BaseModel):
             intermediate=config.intermediate_size,
             vocab=config.vocab_size,
             tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+        )
+
+    @classmethod
+    def from_pretrained_dir(cls, directory: str | Path, model_config: ModelConfig) -> ModelShape:
+        """From a local model directory's config.json (never downloads, never runs remote code unless asked)."""
+        from transformers import AutoConfig
+
+        return cls.from_hf_config(
+            AutoConfig.from_pretrained(
+                directory, local_files_only=True, trust_remote_code=model_config.trust_remote_code
+            )
         )
 
     @property

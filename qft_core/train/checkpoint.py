@@ -1,0 +1,210 @@
+"""Training checkpoints on disk: staged in a hidden folder, sealed by a sha256 manifest written last, then
+renamed into place, so a folder named `step-N` is complete; loading falls back past damaged ones."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+MANIFEST = "manifest.json"
+TRAINER_STATE = "trainer_state.json"
+OPTIMIZER_STATE = "optimizer.pt"
+RNG_DIR = "rng"
+_PREFIX = "step-"
+_STAGING_PREFIX = ".staging-"
+_TRASH_PREFIX = ".trash-"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or read; the message names the folder or file."""
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step a `step-N` folder holds, or None for anything else."""
+    name = path.name
+    if not name.startswith(_PREFIX) or not name[len(_PREFIX) :].isdigit():
+        return None
+    return int(name[len(_PREFIX) :])
+
+
+def checkpoint_path(checkpoints_dir: Path, step: int) -> Path:
+    return checkpoints_dir / f"{_PREFIX}{step:08d}"
+
+
+def staging_path(checkpoints_dir: Path, step: int) -> Path:
+    return checkpoints_dir / f"{_STAGING_PREFIX}{_PREFIX}{step:08d}"
+
+
+def start_staging(checkpoints_dir: Path, step: int) -> Path:
+    """An empty hidden folder to write step `step` into; leftovers of an interrupted save are removed."""
+    staging = staging_path(checkpoints_dir, step)
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def seal(staging: Path, keep_last: int) -> Path:
+    """Write the manifest, rename the staged folder to `step-N` and drop all but the newest `keep_last`."""
+    step = checkpoint_step(Path(staging.name[len(_STAGING_PREFIX) :]))
+    if step is None or not staging.name.startswith(_STAGING_PREFIX):
+        raise CheckpointError(f"{staging}: not a staging folder made by start_staging")
+    files = {}
+    for path in sorted(staging.rglob("*")):
+        if path.is_file():
+            _fsync(path)
+            files[path.relative_to(staging).as_posix()] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
+    manifest = staging / MANIFEST
+    with manifest.open("w", encoding="utf-8") as handle:
+        json.dump({"step": step, "files": files}, handle, indent=1, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    _fsync(staging)
+    target = checkpoint_path(staging.parent, step)
+    if target.exists():
+        # A damaged checkpoint of the same step (we resumed from an earlier one): replace it.
+        trash = staging.parent / f"{_TRASH_PREFIX}{target.name}"
+        shutil.rmtree(trash, ignore_errors=True)
+        target.rename(trash)
+        shutil.rmtree(trash)
+    staging.rename(target)
+    _fsync(staging.parent)
+    prune(staging.parent, keep_last)
+    return target
+
+
+def prune(checkpoints_dir: Path, keep_last: int) -> list[Path]:
+    """Delete every `step-N` folder but the `keep_last` newest, and stale staging folders; returns what went."""
+    removed = []
+    for path in list_checkpoints(checkpoints_dir)[keep_last:]:
+        shutil.rmtree(path)
+        removed.append(path)
+    return removed
+
+
+def clear_staging(checkpoints_dir: Path) -> None:
+    """Remove half-written folders that a killed save left behind."""
+    if not checkpoints_dir.is_dir():
+        return
+    for path in checkpoints_dir.iterdir():
+        if path.name.startswith((_STAGING_PREFIX, _TRASH_PREFIX)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def list_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """`step-N` folders, newest first."""
+    if not checkpoints_dir.is_dir():
+        return []
+    found = [path for path in checkpoints_dir.iterdir() if path.is_dir() and checkpoint_step(path) is not None]
+    return sorted(found, key=checkpoint_step, reverse=True)
+
+
+def damage(checkpoint: Path) -> str | None:
+    """Why a checkpoint folder cannot be trusted (missing manifest, missing file, size or hash mismatch), or None."""
+    manifest_path = checkpoint / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"{manifest_path}: manifest missing or unreadable ({error})"
+    for relative, expected in files.items():
+        path = checkpoint / relative
+        if not path.is_file():
+            return f"{path}: listed in the manifest but missing"
+        if path.stat().st_size != expected["bytes"]:
+            return f"{path}: {path.stat().st_size} bytes, manifest says {expected['bytes']} (truncated?)"
+        if _sha256(path) != expected["sha256"]:
+            return f"{path}: sha256 differs from the manifest (corrupt)"
+    return None
+
+
+def latest_valid(checkpoints_dir: Path, warn: Callable[[str], None]) -> Path | None:
+    """The newest checkpoint whose files match its manifest; each damaged newer one is reported via `warn`."""
+    for checkpoint in list_checkpoints(checkpoints_dir):
+        reason = damage(checkpoint)
+        if reason is None:
+            return checkpoint
+        warn(f"checkpoint {checkpoint.name} is damaged and skipped, falling back to an earlier one: {reason}")
+    return None
+
+
+def save_optimizer_state(directory: Path, optimizer_state: dict, scheduler_state: dict) -> None:
+    torch.save({"optimizer": optimizer_state, "scheduler": scheduler_state}, directory / OPTIMIZER_STATE)
+
+
+def load_optimizer_state(checkpoint: Path) -> tuple[dict, dict]:
+    state = torch.load(checkpoint / OPTIMIZER_STATE, map_location="cpu", weights_only=True)
+    return state["optimizer"], state["scheduler"]
+
+
+def write_trainer_state(directory: Path, state: dict[str, Any]) -> None:
+    (directory / TRAINER_STATE).write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
+
+
+def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    return json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every random stream training draws from, in a form `torch.load(weights_only=True)` accepts."""
+    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, cached_gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rng_file(directory: Path, rank: int) -> Path:
+    return directory / RNG_DIR / f"rank-{rank:05d}.pt"
+
+
+def save_rng(directory: Path, rank: int) -> None:
+    path = rng_file(directory, rank)
+    path.parent.mkdir(exist_ok=True)
+    torch.save(capture_rng(), path)
+
+
+def load_rng(checkpoint: Path, rank: int) -> dict[str, Any] | None:
+    """This rank's saved random state, or None when the checkpoint came from a run with fewer ranks."""
+    path = rng_file(checkpoint, rank)
+    return torch.load(path, weights_only=True) if path.is_file() else None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's entries to disk (the rename that seals a checkpoint must follow its data)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,126 @@
+"""Packaging assets: merged model → quantized packages (one partition per format) → deployment package."""
+
+import functools
+import json
+
+import dagster as dg
+from transformers import AutoTokenizer
+
+from qft_core.data.terms import TermDictionary
+from qft_core.evaluate.metrics import mean_scores
+from qft_core.evaluate.misconceptions import load_misconceptions
+from qft_core.model.registry import resolve_model
+from qft_core.package.bundle import archive_path, build_package
+from qft_core.package.merge import merge_adapter
+from qft_core.package.model_card import ModelCardInfo
+from qft_core.package.quantize import FormatUnavailableError, QuantSettingsError, quantize
+from qft_core.package.verify import chat_formatted_texts, check_degradation, compare_packages, evaluate_directory, verification_set
+from qft_core.records import ThinkingExample, read_parquet
+from qft_pipeline.artifacts import run_folder, upstream_path
+from qft_pipeline.assets.data import raw_thinking_documents, term_balanced_splits
+from qft_pipeline.assets.evaluation import evaluation_report
+from qft_pipeline.assets.training import lora_checkpoint
+from qft_pipeline.metadata import markdown_table
+from qft_pipeline.resources import QftSettings
+
+GROUP = "packaging"
+QUANT_FORMATS = dg.StaticPartitionsDefinition(["int8", "int4", "gptq"])
+
+
+@dg.asset(group_name=GROUP, deps=[lora_checkpoint], kinds={"safetensors"})
+def merged_model(context: dg.AssetExecutionContext, qft: QftSettings) -> dg.MaterializeResult:
+    """The LoRA adapter merged into the base weights, verified: merged logits equal base + adapter."""
+    config = qft.load()
+    report = merge_adapter(
+        resolve_model(config.model, config.paths),
+        upstream_path(context, "lora_checkpoint"),
+        run_folder(context, config) / "merged",
+        tolerance=config.quant.merge_tolerance,
+    )
+    return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(report.out_dir)), **report.to_metadata()})
+
+
+def _score_fn(config):
+    dictionary = TermDictionary.load(config.paths.resolve(config.paths.term_dictionary))
+    misconceptions = load_misconceptions(config.paths.resolve(config.paths.misconceptions), dictionary)
+    return functools.partial(mean_scores, dictionary=dictionary, misconceptions=misconceptions)
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[merged_model, term_balanced_splits],
+    partitions_def=QUANT_FORMATS,
+    kinds={"safetensors"},
+    check_specs=[dg.AssetCheckSpec("degradation_within_thresholds", asset="quantized_package", blocking=True)],
+)
+def quantized_package(context: dg.AssetExecutionContext, qft: QftSettings):
+    """The merged model quantized to this partition's format, verified side by side with the unquantized one."""
+    config = qft.load()
+    fmt = context.partition_key
+    merged_dir = upstream_path(context, "merged_model")
+    splits = upstream_path(context, "term_balanced_splits")
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir, local_files_only=True)
+    calibration = chat_formatted_texts(read_parquet(splits / "train.parquet", ThinkingExample), tokenizer)
+    try:
+        package = quantize(merged_dir, fmt, run_folder(context, config) / fmt, config.quant, calibration)
+    except (FormatUnavailableError, QuantSettingsError) as error:
+        raise dg.Failure(description=f"{fmt} package not built on this machine: {error}") from None
+    verification = verification_set(read_parquet(splits / "test.parquet", ThinkingExample), tokenizer, config.quant)
+    score_fn = _score_fn(config)
+    reference = evaluate_directory(merged_dir, verification, config.quant, score_fn=score_fn)
+    (row,) = compare_packages(reference, [evaluate_directory(package.directory, verification, config.quant, score_fn=score_fn)])
+    violations = check_degradation(row, config.quant)
+    yield dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(package.directory)),
+            "method": package.method,
+            "weights_bytes": package.weights_bytes,
+            "quantize_seconds": package.seconds,
+            "comparison": dg.MetadataValue.json(row),
+        }
+    )
+    yield dg.AssetCheckResult(
+        check_name="degradation_within_thresholds",
+        passed=not violations,
+        metadata={"violations": dg.MetadataValue.json(violations)},
+    )
+
+
+@dg.asset(group_name=GROUP, deps=[merged_model, quantized_package, evaluation_report, raw_thinking_documents])
+def deployment_package(context: dg.AssetExecutionContext, qft: QftSettings) -> dg.MaterializeResult:
+    """The merged model as a self-checking package (folder + .tar.gz): weights, tokenizer, template, model card,
+    metadata and a sha256 manifest; the quantized variants compared in the metadata."""
+    config = qft.load()
+    instance = context.instance
+    rows = []
+    for fmt in QUANT_FORMATS.get_partition_keys():
+        event = instance.get_latest_materialization_event(dg.AssetKey("quantized_package"), partition=fmt)
+        if event is not None and event.asset_materialization is not None:
+            rows.append(event.asset_materialization.metadata["comparison"].value)
+    report_dir = upstream_path(context, "evaluation_report").parent
+    manifest_event = instance.get_latest_materialization_event(dg.AssetKey("raw_thinking_documents"))
+    metadata = {
+        "config": config.model_dump(mode="json"),
+        "data_hash": manifest_event.asset_materialization.metadata["content_hash"].value,
+        "metrics": _headline(report_dir),
+        "quantized_variants": rows,
+    }
+    spec = resolve_model(config.model, config.paths)
+    package_dir = build_package(
+        upstream_path(context, "merged_model"),
+        run_folder(context, config) / config.export.package_name,
+        metadata=metadata,
+        model_card=ModelCardInfo(model_name=config.export.package_name, base_model=spec.name),
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(package_dir)),
+            "archive": dg.MetadataValue.path(str(archive_path(package_dir))),
+            "formats": markdown_table(rows or [{"variant": "none built yet"}]),
+            "serve": dg.MetadataValue.md(f"`uv run qft serve {package_dir}`"),
+        }
+    )
+
+
+def _headline(report_dir) -> dict:
+    return json.loads((report_dir / "report.json").read_text(encoding="utf-8"))["headline"]

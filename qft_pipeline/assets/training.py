@@ -1,0 +1,106 @@
+"""Training assets: hardware profile → training plan → LoRA checkpoint (torchrun under Dagster Pipes)."""
+
+import json
+
+import dagster as dg
+
+from qft_core.model.registry import ensure_model_dir, resolve_model
+from qft_core.train.curves import plot_loss_curve, read_metrics
+from qft_core.train.hardware import HardwareProfile, profile_hardware
+from qft_core.train.job import TrainingSummary
+from qft_core.train.launch import prepare_run, torchrun_command, worker_environment
+from qft_core.train.plan import ModelShape, TrainingPlan, plan_training
+from qft_pipeline.artifacts import run_folder, upstream_path
+from qft_pipeline.assets.data import term_balanced_splits
+from qft_pipeline.metadata import image
+from qft_pipeline.resources import QftSettings
+
+GROUP = "training"
+PIPES_ENTRY = "qft_pipeline.pipes_entry"
+# Only one training holds the accelerators at a time (set the pool's limit with `dagster instance concurrency`).
+TRAINING_POOL = "training_gpus"
+
+
+@dg.asset(group_name=GROUP, kinds={"nvml"})
+def hardware_profile(context: dg.AssetExecutionContext, qft: QftSettings) -> dg.MaterializeResult:
+    """GPUs, interconnect, NUMA affinity, CPU cores and RAM of the machine that will train."""
+    profile = profile_hardware()
+    path = run_folder(context, qft.load()) / "hardware_profile.json"
+    path.write_text(profile.model_dump_json(indent=1), encoding="utf-8")
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(path)),
+            "gpus": len(profile.gpus),
+            "interconnect": profile.interconnect,
+            "profile": dg.MetadataValue.md(profile.to_markdown()),
+        }
+    )
+
+
+@dg.asset(group_name=GROUP, deps=[hardware_profile, term_balanced_splits])
+def training_plan(context: dg.AssetExecutionContext, qft: QftSettings) -> dg.MaterializeResult:
+    """Strategy, micro-batch, accumulation, checkpointing and LoRA size that fit this hardware, each explained."""
+    config = qft.load()
+    profile = HardwareProfile.model_validate_json(upstream_path(context, "hardware_profile").read_text(encoding="utf-8"))
+    shape = ModelShape.from_pretrained_dir(ensure_model_dir(resolve_model(config.model, config.paths)), config.model)
+    plan = plan_training(config, profile, shape)
+    path = run_folder(context, config) / "training_plan.json"
+    path.write_text(plan.model_dump_json(indent=1), encoding="utf-8")
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(path)),
+            "strategy": plan.strategy,
+            "world_size": plan.world_size,
+            "micro_batch_size": plan.micro_batch_size,
+            "grad_accum_steps": plan.grad_accum_steps,
+            "gradient_checkpointing": plan.gradient_checkpointing,
+            "fits": plan.fits,
+            "plan": dg.MetadataValue.md(plan.to_markdown()),
+        }
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[training_plan, term_balanced_splits],
+    kinds={"pytorch"},
+    pool=TRAINING_POOL,
+    # A retry runs in the same run folder, so the engine resumes from its last checkpoint instead of restarting.
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=5),
+)
+def lora_checkpoint(
+    context: dg.AssetExecutionContext, qft: QftSettings, pipes_subprocess_client: dg.PipesSubprocessClient
+) -> dg.MaterializeResult:
+    """The LoRA adapter trained by qft's engine under torchrun; rank 0 streams progress through Dagster Pipes."""
+    config = qft.load()
+    plan = TrainingPlan.model_validate_json(upstream_path(context, "training_plan").read_text(encoding="utf-8"))
+    run_dir = run_folder(context, config)
+    if context.retry_number:
+        context.log.info(f"retry {context.retry_number}: resuming from the checkpoints in {run_dir}")
+    job_path = prepare_run(config, upstream_path(context, "term_balanced_splits"), run_dir, plan)
+    pipes_subprocess_client.run(
+        context=context,
+        command=torchrun_command(job_path, plan, entry_module=PIPES_ENTRY),
+        env=worker_environment(plan),
+    )
+    summary = TrainingSummary.read(run_dir / "training_summary.json")
+    curve = plot_loss_curve(read_metrics(summary.metrics_file), run_dir / "loss_curve.png")
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(summary.adapter_dir),
+            "final_train_loss": summary.final_train_loss,
+            "final_val_loss": summary.final_val_loss,
+            "best_val_loss": summary.best_val_loss,
+            "first_val_loss": _first_validation_loss(summary.metrics_file),
+            "steps": summary.steps,
+            "tokens_per_s": summary.tokens_per_s,
+            "skipped_steps": summary.skipped_steps,
+            "restarts": summary.restarts,
+            "loss_curve": image(curve, "loss curve"),
+            "summary": dg.MetadataValue.json(json.loads(summary.model_dump_json())),
+        }
+    )
+
+
+def _first_validation_loss(metrics_file: str) -> float | None:
+    return next((r["val_loss"] for r in read_metrics(metrics_file) if r.get("val_loss") is not None), None)

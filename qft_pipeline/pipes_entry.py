@@ -1,0 +1,51 @@
+"""torchrun entry under Dagster Pipes: rank 0 streams the engine's progress into the Dagster run.
+
+    python -m torch.distributed.run … -m qft_pipeline.pipes_entry --job RUN/job.json
+
+Every other rank runs the plain engine; only rank 0 opens Pipes, so the run log gets one voice.
+"""
+
+import os
+import sys
+from typing import Any
+
+from dagster_pipes import PipesContext, open_dagster_pipes
+
+from qft_core.train import engine
+
+# One log line per this many optimizer steps keeps the Dagster run log readable on long runs.
+LOG_EVERY_STEPS = 5
+
+
+class PipesReporter:
+    """The engine's Reporter, speaking to Dagster through an open Pipes context."""
+
+    def __init__(self, pipes: PipesContext) -> None:
+        self.pipes = pipes
+
+    def log(self, message: str) -> None:
+        self.pipes.log.info(message)
+
+    def metrics(self, step_record: dict[str, Any]) -> None:
+        step = step_record.get("step", 0)
+        if step % LOG_EVERY_STEPS and step_record.get("val_loss") is None:
+            return
+        parts = [f"step {step}"]
+        for key in ("loss", "val_loss", "lr", "grad_norm", "tokens_per_s"):
+            if step_record.get(key) is not None:
+                parts.append(f"{key} {step_record[key]:.4g}")
+        self.pipes.log.info(" · ".join(parts))
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        self.pipes.report_custom_message({"training_summary": summary})
+
+
+def main(argv: list[str] | None = None) -> int:
+    if os.environ.get("RANK", "0") != "0":
+        return engine.main(argv)
+    with open_dagster_pipes() as pipes:
+        return engine.main(argv, reporter=PipesReporter(pipes))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
