@@ -266,3 +266,22 @@ def _install_worker(scorer: PairScorer) -> None:
 
 def _score_in_worker(pairs: list[tuple[str, str, str | None]]) -> list[dict[str, float]]:
     return _worker_scorer.score_all(pairs)
+
+
+def mean_scores(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    *,
+    dictionary: TermDictionary,
+    misconceptions: Sequence[Misconception],
+) -> dict[str, float]:
+    """Each metric's mean over the pairs (pairs where it does not apply are left out): a compact score_fn for
+    comparing model variants side by side."""
+    scores = score_many(predictions, references, dictionary=dictionary, misconceptions=misconceptions)
+    names = scores[0].keys() if scores else ()
+    means = {}
+    for name in names:
+        values = [row[name] for row in scores if not math.isnan(row[name])]
+        if values:
+            means[name] = sum(values) / len(values)
+    return means

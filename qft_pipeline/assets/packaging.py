@@ -68,7 +68,8 @@ def quantized_package(context: dg.AssetExecutionContext, qft: QftSettings):
     verification = verification_set(read_parquet(splits / "test.parquet", ThinkingExample), tokenizer, config.quant)
     score_fn = _score_fn(config)
     reference = evaluate_directory(merged_dir, verification, config.quant, score_fn=score_fn)
-    (row,) = compare_packages(reference, [evaluate_directory(package.directory, verification, config.quant, score_fn=score_fn)])
+    evaluation = evaluate_directory(package.directory, verification, config.quant, score_fn=score_fn)
+    row = compare_packages(reference, [evaluation])[-1]  # the first row is the unquantized reference
     violations = check_degradation(row, config.quant)
     yield dg.MaterializeResult(
         metadata={
@@ -94,9 +95,11 @@ def deployment_package(context: dg.AssetExecutionContext, qft: QftSettings) -> d
     instance = context.instance
     rows = []
     for fmt in QUANT_FORMATS.get_partition_keys():
-        event = instance.get_latest_materialization_event(dg.AssetKey("quantized_package"), partition=fmt)
-        if event is not None and event.asset_materialization is not None:
-            rows.append(event.asset_materialization.metadata["comparison"].value)
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("quantized_package"), asset_partitions=[fmt]), limit=1
+        ).records
+        if records:
+            rows.append(records[0].asset_materialization.metadata["comparison"].value)
     report_dir = upstream_path(context, "evaluation_report").parent
     manifest_event = instance.get_latest_materialization_event(dg.AssetKey("raw_thinking_documents"))
     metadata = {
