@@ -106,18 +106,18 @@ def cmd_terms(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from qft_core.model.registry import resolve_model
+    from qft_core.model.registry import ensure_model_dir, resolve_model
     from qft_core.train.hardware import profile_hardware
-    from qft_core.train.plan import ModelShape, make_plan
+    from qft_core.train.plan import ModelShape, plan_training
 
     config = load_config(args.config)
     if args.nproc:
         config.training.nproc = args.nproc
     profile = profile_hardware()
-    shape = ModelShape.for_model(resolve_model(config.model, config.paths))
+    shape = ModelShape.from_pretrained_dir(ensure_model_dir(resolve_model(config.model, config.paths)), config.model)
     print(profile.to_markdown())
     print()
-    print(make_plan(config, profile, shape).to_markdown())
+    print(plan_training(config, profile, shape).to_markdown())
     return 0
 
 
@@ -128,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc:
         config.training.nproc = args.nproc
     summary = run_training(config, Path(args.splits), Path(args.out), stream=print)
-    print(json.dumps(summary, ensure_ascii=False, indent=2) if isinstance(summary, dict) else summary)
+    print(summary.model_dump_json(indent=2))
     return 0
 
 
