@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM
 
+from qft_core.train.attention import SDPA
 from qft_core.train.job import TrainingJob
 from qft_core.train.parallel import full_tensor
 
@@ -22,8 +23,9 @@ class AdapterLoadError(RuntimeError):
     """Saved adapter weights that do not fit the model's adapter; the message names the file and keys."""
 
 
-def build_lora_model(job: TrainingJob, dtype: torch.dtype, device: torch.device) -> nn.Module:
-    """The base model in `dtype` with fresh LoRA adapters (the plan's rank and targets) on `device`.
+def build_lora_model(job: TrainingJob, dtype: torch.dtype, device: torch.device, attention: str = SDPA) -> nn.Module:
+    """The base model in `dtype` with fresh LoRA adapters (the plan's rank and targets) on `device`, attending
+    with the transformers implementation `attention`.
 
     LoRA's A matrices are drawn from torch's global generator: seed it identically on every rank first.
     """
@@ -33,7 +35,7 @@ def build_lora_model(job: TrainingJob, dtype: torch.dtype, device: torch.device)
         use_safetensors=True,
         local_files_only=True,
         trust_remote_code=job.model.trust_remote_code,
-        attn_implementation="sdpa",
+        attn_implementation=attention,
     )
     model.config.use_cache = False
     if job.plan.gradient_checkpointing:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from qft_core.train.attention import SDPA, packed_model_inputs
 from qft_core.train.dataset import IGNORE_INDEX, DataPosition, ShardSampler, TokenizedDataset
 from qft_core.train.packing import collate_packed, collate_padded, pack_sequences
 from qft_core.train.plan import TrainingPlan
@@ -115,14 +116,15 @@ def micro_batches(sequences: list[Sequence], layout: BatchLayout) -> list[list[S
 
 
 def collate(
-    sequences: list[Sequence], *, packing: bool, row_tokens: int, pad_id: int, dtype: torch.dtype
+    sequences: list[Sequence], *, packing: bool, row_tokens: int, pad_id: int, dtype: torch.dtype, attention: str = SDPA
 ) -> dict[str, torch.Tensor]:
-    """One micro-batch as model keyword arguments: sequences packed into rows of at most `row_tokens` with a
-    block-diagonal mask in `dtype`, or one padded row each."""
+    """One micro-batch as model keyword arguments: sequences packed into rows of at most `row_tokens`, kept apart
+    as `attention` needs (a block-diagonal mask in `dtype`, or restarting positions for flex attention), or one
+    padded row each."""
     if packing:
         rows = pack_sequences(sequences, row_tokens)
         batch = collate_packed([[sequences[i] for i in row] for row in rows], pad_id=pad_id)
-        return batch.model_inputs("sdpa", dtype)
+        return packed_model_inputs(batch, attention, dtype)
     return collate_padded(sequences, pad_id).model_inputs()
 
 

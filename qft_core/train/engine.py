@@ -45,6 +45,7 @@ from qft_core.train.batches import (
     save_layout,
 )
 from qft_core.train.dataset import TokenizedDataset, load_tokenized
+from qft_core.train.fast_path import apply_fast_path, build_optimizer, choose_fast_path
 from qft_core.train.faults import Faults
 from qft_core.train.job import SUMMARY_FILE, JobError, TrainingJob, TrainingSummary
 from qft_core.train.loss import TokenLossSum, causal_lm
@@ -172,6 +173,8 @@ class Trainer:
         self.checkpoints_dir = self.output_dir / CHECKPOINTS_DIR
         self.metrics = MetricsLog(self.output_dir / METRICS_FILE)
         self.compute_dtype = torch_dtype(job.plan.dtype, runtime.device)
+        sharded = runtime.distributed and job.plan.strategy == "fsdp"
+        self.fast_path = choose_fast_path(runtime.device, self.compute_dtype, packing=job.training.packing, sharded=sharded)
         self.layout = initial_layout(job.plan, runtime.world_size, self.output_dir)
         self.state = TrainerState(config_hash=config_hash(job))
 
@@ -181,16 +184,19 @@ class Trainer:
         self.feed = StepFeed(self.train_data, job.training.seed, runtime.rank, runtime.world_size, self.layout.per_rank)
         self.total_steps = job.training.max_steps or max(1, math.ceil(job.training.epochs * self.feed.steps_per_epoch))
 
-        self.peft_model = build_lora_model(job, self.compute_dtype, runtime.device)
+        self.peft_model = build_lora_model(job, self.compute_dtype, runtime.device, attention=self.fast_path.attention)
         resume_from = self._find_checkpoint()
         if resume_from is not None:
             load_adapter_weights(self.peft_model, resume_from)
-        self.objective = TokenLossSum(self.peft_model, job.training.loss_chunk_tokens or sys.maxsize)
+        apply_fast_path(self.peft_model, self.fast_path)
+        self.objective = TokenLossSum(
+            self.peft_model, job.training.loss_chunk_tokens or sys.maxsize, self.fast_path.adapter_compute_dtype
+        )
         layers = causal_lm(self.peft_model).get_decoder().layers
         self.model = wrap_for_parallelism(self.objective, layers, job.plan, runtime, self.compute_dtype)
         self.trainable = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            self.trainable, lr=job.training.learning_rate, weight_decay=job.training.weight_decay
+        self.optimizer = build_optimizer(
+            self.trainable, lr=job.training.learning_rate, weight_decay=job.training.weight_decay, fast=self.fast_path
         )
         self.scheduler = build_scheduler(
             self.optimizer, self.total_steps, job.training.warmup_ratio, job.training.schedule
@@ -331,6 +337,7 @@ class Trainer:
             row_tokens=self.job.plan.seq_len,
             pad_id=self.job.pad_token_id,
             dtype=self.compute_dtype,
+            attention=self.fast_path.attention,
         )
         return {name: value.to(self.runtime.device) for name, value in inputs.items()}
 
@@ -373,6 +380,8 @@ class Trainer:
                 f"accumulation {self.layout.grad_accum_steps} x world {self.runtime.world_size} = "
                 f"global batch {self.layout.per_rank * self.runtime.world_size}"
             )
+            for reason in self.fast_path.fallbacks:
+                self._log(f"fast path off in part: {reason}")
         if self.layout.micro_batch_size < self.job.plan.micro_batch_size:
             self._warn(
                 f"micro-batch {self.layout.micro_batch_size} x accumulation {self.layout.grad_accum_steps} instead of "

@@ -1,0 +1,498 @@
+"""Training throughput on GPUs: a plain transformers + PEFT LoRA loop against qft's engine path, on a model of
+Qwen3-4B-Thinking-2507's exact shape with random bf16 weights built on the GPU.
+
+    python bench/bench_train_gpu.py                          # the table in docs/performance.md, on one GPU
+    python bench/bench_train_gpu.py --smoke                  # a tiny model, every path, in seconds
+    python bench/bench_train_gpu.py --scaling 1,2,4          # DDP on 1, 2, 4 GPUs (torchrun per count)
+    python bench/bench_train_gpu.py --rows 2048x4 --paths baseline,engine,engine-nocompile --profile
+
+Rows are SEQxMICRO with suffixes: `c` gradient checkpointing, `p` packed documents (random lengths 64-1024,
+first-fit into rows of SEQ tokens) instead of one full sequence a row. Paths:
+  baseline   the issue's plain loop: Qwen3ForCausalLM (sdpa) + PEFT LoRA, `model(input_ids, labels=...).loss`,
+             torch.optim.AdamW over the LoRA parameters; packed rows get the dense 4D document mask.
+  engine     what qft_core.train.engine runs: TokenLossSum (chunked linear + cross-entropy) over the PEFT
+             model with the fast path (`choose_fast_path`), grad clipping, the fast path's AdamW.
+  engine-X   the engine with one piece of the fast path off, to measure it: X in nocompile (eager layers),
+             fp32lora (PEFT's float32 adapter compute), foreach (unfused AdamW), sdpa (no flex attention);
+             several join with '-' (engine-nocompile-fp32lora).
+Both paths train the same LoRA (r 16, alpha 32, q/k/v/o/gate/up/down) from the same seed, with LoRA B drawn
+small and non-zero so the adapters take part in the step-1 loss that the `d loss` column compares.
+
+Throughput is the median step time (forward, backward, optimizer step; synchronised each step) after warm-up
+steps (which hold torch.compile's compilation); MFU counts 4 FLOPs per matmul parameter per token (forward and
+activation gradients; frozen weights need no weight gradients) against the bf16 matmul rate measured on the
+card in the same run (or --peak-tflops). Asserts nothing; prints a table and writes results.jsonl and table.md
+under --out. Measured results, and what each piece of the fast path is worth: docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from qft_core.train.attention import SDPA, packed_model_inputs
+from qft_core.train.fast_path import (
+    FastPath,
+    apply_fast_path,
+    build_optimizer,
+    choose_fast_path,
+)
+from qft_core.train.loss import TokenLossSum
+from qft_core.train.packing import collate_packed, pack_sequences
+
+GIB = 1024**3
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Qwen3-4B-Thinking-2507's config.json, less what does not change the compute.
+QWEN3_4B = {
+    "vocab_size": 151936, "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 262144,
+    "rope_theta": 5_000_000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+}
+TINY = {
+    "vocab_size": 4096, "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64, "max_position_embeddings": 4096,
+    "rope_theta": 1_000_000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+}
+DEFAULT_ROWS = "2048x4,2048x8c,4096x4c,16384x1c,2048x4p"
+# A card too small for the issue's 2048x4 baseline (86.6 GiB) also gets this row, the baseline's largest
+# unchecked micro-batch that fits.
+SMALL_CARD_ROW = "2048x2"
+SMALL_CARD_GIB = 100
+DOC_LENGTHS = (64, 1024)
+PIECES = {"nocompile", "fp32lora", "foreach", "sdpa"}
+
+
+@dataclass(frozen=True)
+class Row:
+    seq: int
+    micro: int
+    checkpointing: bool
+    packed: bool
+
+    @classmethod
+    def parse(cls, text: str) -> Row:
+        body = text.rstrip("cp")
+        flags = text[len(body):]
+        seq, micro = (int(part) for part in body.split("x"))
+        return cls(seq, micro, "c" in flags, "p" in flags)
+
+    @property
+    def name(self) -> str:
+        return f"{self.seq}x{self.micro}" + ("c" if self.checkpointing else "") + ("p" if self.packed else "")
+
+
+# -- the model and the data ------------------------------------------------------------------------------------
+
+
+def matmul_params(shape: dict) -> int:
+    """Parameters that take part in a matrix product per token: every decoder projection and the lm_head."""
+    hidden, heads, kv, head_dim = shape["hidden_size"], shape["num_attention_heads"], shape["num_key_value_heads"], shape["head_dim"]
+    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv * head_dim
+    mlp = 3 * hidden * shape["intermediate_size"]
+    return shape["num_hidden_layers"] * (attention + mlp) + shape["vocab_size"] * hidden
+
+
+def build_peft_model(shape: dict, attention: str, checkpointing: bool, lora_dropout: float, device: torch.device):
+    """The random-weight bf16 model, allocated and initialised on the GPU, with fresh LoRA adapters."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen3ForCausalLM._from_config(Qwen3Config(**shape), attn_implementation=attention, dtype=torch.bfloat16)
+    model.config.use_cache = False
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=lora_dropout, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, lora)
+    generator = torch.Generator(device=device).manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.01, generator=generator)
+    peft_model.train()
+    return peft_model
+
+
+def make_batch(row: Row, vocab: int, device: torch.device) -> tuple[dict, int]:
+    """Model inputs for one micro-batch (same on every call) and its real token count. Packed rows carry
+    `packed`, the PackedBatch, for the paths to turn into their own inputs."""
+    generator = torch.Generator().manual_seed(2)
+    if not row.packed:
+        input_ids = torch.randint(0, vocab, (row.micro, row.seq), generator=generator)
+        return {"input_ids": input_ids.to(device), "labels": input_ids.clone().to(device)}, row.micro * row.seq
+    picker = random.Random(3)
+    documents, total = [], 0
+    while True:
+        length = picker.randint(min(DOC_LENGTHS[0], row.seq // 4), min(DOC_LENGTHS[1], row.seq))
+        if total + length > row.micro * row.seq:
+            break
+        ids = torch.randint(0, vocab, (length,), generator=generator)
+        documents.append({"input_ids": ids, "labels": ids.clone()})
+        total += length
+    rows = pack_sequences(documents, row.seq)[: row.micro]
+    kept = [[documents[index] for index in indices] for indices in rows]
+    batch = collate_packed(kept, row_length=row.seq).to(device)
+    return {"packed": batch}, sum(len(d["input_ids"]) for r in kept for d in r)
+
+
+# -- the two paths ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Trainer:
+    """One path's model, optimizer and step."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    trainable: list
+    engine: bool
+    fast: FastPath | None
+
+    def inputs(self, batch: dict) -> dict:
+        if "packed" not in batch:
+            return batch
+        if self.engine:
+            return packed_model_inputs(batch["packed"], self.fast.attention, torch.bfloat16)
+        return batch["packed"].model_inputs("sdpa", torch.bfloat16)
+
+    def step(self, inputs: dict, measure_grad: bool = False) -> tuple[float, float | None]:
+        if self.engine:
+            loss_sum, count = self.model(**inputs)
+            loss = loss_sum / count
+        else:
+            loss = self.model(**inputs).loss
+        loss.backward()
+        if self.engine:
+            norm = torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
+        elif measure_grad:
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.float().norm() for p in self.trainable]))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss), float(norm) if (measure_grad or self.engine) else None
+
+
+def engine_fast_path(path: str, row: Row, device: torch.device) -> FastPath:
+    fast = choose_fast_path(device, torch.bfloat16, packing=row.packed)
+    pieces = set(path.split("-")[1:])
+    unknown = pieces - PIECES
+    if unknown:
+        raise SystemExit(f"unknown engine piece(s) {sorted(unknown)} in path {path!r}; known: {sorted(PIECES)}")
+    changes = {}
+    if "nocompile" in pieces:
+        changes["compile_layers"] = False
+    if "fp32lora" in pieces:
+        changes["adapter_compute_dtype"] = None
+    if "foreach" in pieces:
+        changes["fused_optimizer"] = False
+    if "sdpa" in pieces:
+        changes["attention"] = SDPA
+    return dataclasses.replace(fast, **changes)
+
+
+def build_trainer(path: str, row: Row, args, device: torch.device, world: int) -> Trainer:
+    engine = path.startswith("engine")
+    fast = engine_fast_path(path, row, device) if engine else None
+    attention = fast.attention if engine else "sdpa"
+    peft_model = build_peft_model(args.shape, attention, row.checkpointing, args.lora_dropout, device)
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    if not engine:
+        return Trainer(peft_model, torch.optim.AdamW(trainable, lr=1e-4), trainable, False, None)
+    apply_fast_path(peft_model, fast)
+    model = TokenLossSum(peft_model, args.chunk_tokens, compute_dtype=fast.adapter_compute_dtype)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = build_optimizer(trainable, lr=1e-4, weight_decay=0.0, fast=fast)
+    return Trainer(model, optimizer, trainable, True, fast)
+
+
+# -- measuring -------------------------------------------------------------------------------------------------
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_gib(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else float("nan")
+
+
+def measure_peak_tflops(device: torch.device, size: int = 8192, repeats: int = 20) -> float:
+    if device.type != "cuda":
+        return float("nan")
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    # Enough warm-up for the clocks to ramp up: with 3, one run read 751 and the next 786 TFLOP/s.
+    for _ in range(30):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return 2 * size**3 / sorted(times)[len(times) // 2] / 1e12
+
+
+def run_path(path: str, row: Row, args, device: torch.device, world: int) -> dict:
+    """Build, warm up, time; the result row (status 'ok', 'OOM' or an error)."""
+    result = {"path": path, "row": row.name, "seq": row.seq, "micro": row.micro, "checkpointing": row.checkpointing,
+              "packed": row.packed, "world": world}
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    error = None
+    try:
+        trainer = build_trainer(path, row, args, device, world)
+        batch, tokens = make_batch(row, args.shape["vocab_size"], device)
+        inputs = trainer.inputs(batch)
+        result["build_s"] = round(time.perf_counter() - started, 1)
+        first_loss, first_grad = trainer.step(inputs, measure_grad=True)
+        synchronize(device)
+        result.update(step1_loss=first_loss, step1_grad_norm=first_grad, first_step_s=round(time.perf_counter() - started, 1))
+        for _ in range(args.warmup - 1):
+            trainer.step(inputs)
+        synchronize(device)
+        step_times = []
+        for _ in range(args.steps):
+            begin = time.perf_counter()
+            trainer.step(inputs)
+            synchronize(device)
+            step_times.append(time.perf_counter() - begin)
+        median = sorted(step_times)[len(step_times) // 2]
+        result.update(
+            status="ok", tokens_per_step=tokens * world, step_s=median, step_s_min=min(step_times),
+            step_s_max=max(step_times), tokens_per_s=tokens * world / median,
+            peak_gib=peak_gib(device),
+        )
+        if trainer.fast is not None:
+            result["fast_path"] = {**dataclasses.asdict(trainer.fast), "adapter_compute_dtype": str(trainer.fast.adapter_compute_dtype)}
+        if args.profile and world == 1 and device.type == "cuda":
+            result["profile"] = profile_step(trainer, inputs)
+    except torch.OutOfMemoryError as oom:
+        error = ("OOM", str(oom).splitlines()[0][:200])
+    except Exception as failure:  # noqa: BLE001 - one failing path must not stop the table
+        error = ("error", f"{type(failure).__name__}: {str(failure)[:400]}")
+    if error:
+        result.update(status=error[0], message=error[1], peak_gib=peak_gib(device))
+    trainer = batch = inputs = None  # drop the model before the next path builds its own
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def profile_step(trainer: Trainer, inputs: dict, top: int = 18) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        trainer.step(inputs)
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=top, max_name_column_width=60)
+
+
+# -- reporting -------------------------------------------------------------------------------------------------
+
+
+def environment(device: torch.device) -> dict:
+    import peft
+    import transformers
+
+    on_gpu = device.type == "cuda"
+    return {
+        "date": date.today().isoformat(), "card": torch.cuda.get_device_name(device) if on_gpu else platform.processor(),
+        "card_gib": round(torch.cuda.get_device_properties(device).total_memory / GIB, 1) if on_gpu else 0.0,
+        "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+        "cuda": torch.version.cuda, "python": platform.python_version(),
+    }
+
+
+def annotate(results: list[dict], flops_per_token: float, peak_tflops: float) -> None:
+    """MFU, and each engine row's speed ratio and step-1 loss difference against the baseline of its row."""
+    baselines = {r["row"]: r for r in results if r["path"] == "baseline" and r.get("status") == "ok"}
+    for r in results:
+        if r.get("status") != "ok":
+            continue
+        r["mfu"] = r["tokens_per_s"] / r["world"] * flops_per_token / (peak_tflops * 1e12)
+        base = baselines.get(r["row"])
+        if base and r["path"] != "baseline":
+            r["vs_baseline"] = r["tokens_per_s"] / base["tokens_per_s"]
+            r["loss_rel_diff"] = abs(r["step1_loss"] - base["step1_loss"]) / abs(base["step1_loss"])
+            r["grad_rel_diff"] = abs(r["step1_grad_norm"] - base["step1_grad_norm"]) / abs(base["step1_grad_norm"])
+
+
+def table(results: list[dict], env: dict, peak_tflops: float) -> str:
+    lines = [
+        (
+            f"{env['card']} ({env['card_gib']} GiB), {env['date']}, torch {env['torch']}, "
+            f"transformers {env['transformers']}, peft {env['peft']}; "
+            f"MFU against a bf16 matmul rate of {peak_tflops:.0f} TFLOP/s"
+        ),
+        "",
+        "| row | path | tokens/s | peak GiB | MFU | x baseline | step-1 loss | d loss | d grad norm | status |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in results:
+        ok = r.get("status") == "ok"
+        cells = [
+            r["row"], r["path"],
+            f"{r['tokens_per_s']:,.0f}" if ok else "-",
+            f"{r['peak_gib']:.1f}" if ok else "-",
+            f"{r['mfu']:.1%}" if ok else "-",
+            f"{r['vs_baseline']:.2f}" if "vs_baseline" in r else "",
+            f"{r['step1_loss']:.4f}" if "step1_loss" in r else "",
+            f"{r['loss_rel_diff']:.1e}" if "loss_rel_diff" in r else "",
+            f"{r['grad_rel_diff']:.1e}" if "grad_rel_diff" in r else "",
+            r.get("status", "?") + (f": {r['message'][:80]}" if not ok and "message" in r else ""),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# -- modes -----------------------------------------------------------------------------------------------------
+
+
+def single_process(args) -> None:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if args.cpu:
+        device = torch.device("cpu")
+    else:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if world > 1:
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment(device)
+    peak = args.peak_tflops or measure_peak_tflops(device)
+    rows = [Row.parse(text) for text in args.rows.split(",")]
+    if not args.smoke and env["card_gib"] < SMALL_CARD_GIB and SMALL_CARD_ROW not in args.rows.split(","):
+        rows.insert(1, Row.parse(SMALL_CARD_ROW))
+    paths = args.paths.split(",")
+    if rank == 0:
+        print(json.dumps({"environment": env, "peak_tflops": peak}), flush=True)
+    results: list[dict] = []
+    started = time.perf_counter()
+    for row in rows:
+        for path in paths:
+            if world > 1 and not path.startswith("engine"):
+                continue
+            if row.packed is False and path.endswith("-sdpa"):
+                continue
+            if time.perf_counter() - started > args.deadline_s:
+                results.append({"path": path, "row": row.name, "world": world, "status": "skipped (deadline)"})
+                continue
+            result = run_path(path, row, args, device, world)
+            results.append(result)
+            if rank == 0:
+                printable = {k: v for k, v in result.items() if k not in ("profile", "fast_path")}
+                print(json.dumps(printable), flush=True)
+                if "profile" in result:
+                    print(f"--- profile {path} {row.name}\n{result['profile']}", flush=True)
+    if rank == 0:
+        annotate(results, 4 * matmul_params(args.shape), peak)
+        with (out / "results.jsonl").open("a", encoding="utf-8") as handle:
+            for result in results:
+                handle.write(json.dumps({**result, "environment": env, "peak_tflops": peak}) + "\n")
+        text = table(results, env, peak)
+        (out / "table.md").write_text(text + "\n", encoding="utf-8")
+        print(text, flush=True)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+def scaling(args) -> None:
+    """The engine on 1, 2, 4... GPUs of this machine, one torchrun per count; efficiency against one GPU."""
+    counts = [int(n) for n in args.scaling.split(",")]
+    out = Path(args.out)
+    summary = []
+    for count in counts:
+        folder = out / f"gpus{count}"
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={count}",
+            str(Path(__file__).resolve()), "--rows", args.rows, "--paths", "engine", "--out", str(folder),
+            "--steps", str(args.steps), "--warmup", str(args.warmup), "--deadline-s", str(args.deadline_s),
+            "--chunk-tokens", str(args.chunk_tokens), "--lora-dropout", str(args.lora_dropout),
+            *(["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []),
+            *(["--smoke"] if args.smoke else []), *(["--cpu"] if args.cpu else []),
+        ]
+        environment_vars = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(count))}
+        subprocess.run(command, check=False, env=environment_vars)
+        results = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()] if (folder / "results.jsonl").is_file() else []
+        summary += [r for r in results if r.get("status") == "ok"]
+    one = {r["row"]: r["tokens_per_s"] for r in summary if r["world"] == 1}
+    lines = ["| row | GPUs | tokens/s | per GPU | scaling efficiency | peak GiB/GPU |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in summary:
+        efficiency = r["tokens_per_s"] / (r["world"] * one[r["row"]]) if r["row"] in one else float("nan")
+        lines.append(
+            f"| {r['row']} | {r['world']} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / r['world']:,.0f} | "
+            f"{efficiency:.1%} | {r['peak_gib']:.1f} |"
+        )
+    text = "\n".join(lines)
+    (out / "scaling.md").write_text(text + "\n", encoding="utf-8")
+    print(text, flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated SEQxMICRO[c][p] (default {DEFAULT_ROWS})")
+    parser.add_argument(
+        "--paths", default="baseline,engine,engine-sdpa", help="comma-separated paths (engine-sdpa runs on packed rows only)"
+    )
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per path")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first compiles)")
+    parser.add_argument("--chunk-tokens", type=int, default=1024, help="the engine's loss chunk")
+    parser.add_argument("--lora-dropout", type=float, default=0.0, help="PEFT's default 0; qft's config default is 0.05")
+    parser.add_argument("--smoke", action="store_true", help="a 2-layer model of 4,096 tokens' vocabulary, rows 256x2")
+    parser.add_argument("--cpu", action="store_true", help="run on the CPU (only sensible with --smoke)")
+    parser.add_argument("--profile", action="store_true", help="print each path's top CUDA kernels for one step")
+    parser.add_argument("--peak-tflops", type=float, help="bf16 matmul rate for MFU (default: measured on the card)")
+    parser.add_argument("--scaling", help="comma-separated GPU counts: run the engine under torchrun on each")
+    parser.add_argument("--deadline-s", type=float, default=480, help="skip paths that would start after this")
+    parser.add_argument("--out", default=os.environ.get("OUT", "bench_out"), help="folder for results.jsonl and table.md")
+    args = parser.parse_args(argv)
+    args.shape = TINY if args.smoke else QWEN3_4B
+    if args.smoke and args.rows == DEFAULT_ROWS:
+        args.rows = "256x2,256x2c,256x2p"
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if not torch.cuda.is_available() and not args.cpu:
+        raise SystemExit("bench_train_gpu.py needs a CUDA GPU")
+    if args.scaling:
+        scaling(args)
+    else:
+        single_process(args)
+
+
+if __name__ == "__main__":
+    main()
