@@ -1,0 +1,383 @@
+"""The evaluation report: base against fine-tuned on each evaluation set, as report.json (every number),
+report.md (tables, charts, suggestions) and PNG charts; and the regression check that blocks a worse model."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from qft_core.config import EvalConfig
+from qft_core.data.terms import TermDictionary
+from qft_core.evaluate.bootstrap import aggregate, bootstrap_interval
+from qft_core.evaluate.charts import write_charts
+from qft_core.evaluate.generate import GeneratedAnswer
+from qft_core.evaluate.misconceptions import Misconception, detect_misconceptions
+from qft_core.evaluate.suggestions import regressions, suggest
+
+# The metrics a fine-tune is judged by, in the order tables and charts show them.
+MAIN_METRICS = ("rougeL_char_f1", "rougeL_term_f1", "term_f1", "keypoint_coverage")
+MODELS = ("base", "finetuned")
+MODEL_LABELS = {"base": "base", "finetuned": "fine-tuned"}
+PRIMARY_SET = "test"
+REPORT_MD = "report.md"
+REPORT_JSON = "report.json"
+# Completions shown side by side in report.md, and how much of each text.
+SAMPLES_SHOWN = 3
+SAMPLE_CHARS = 240
+TERMS_LISTED = 20
+
+Scores = Sequence[Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """The files an evaluation wrote and what they say; `data` is report.json's content."""
+
+    out_dir: Path
+    markdown: Path
+    json: Path
+    charts: tuple[Path, ...]
+    outputs: tuple[Path, ...]
+    data: dict
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.markdown, self.json, *self.charts, *self.outputs]
+
+    @property
+    def headline(self) -> dict[str, float]:
+        """Main metrics of the primary set: `base.<metric>`, `finetuned.<metric>`, `difference.<metric>`."""
+        return self.data["headline"]
+
+
+def summarize_set(
+    generations: Mapping[str, Sequence[GeneratedAnswer]],
+    scores: Mapping[str, Scores],
+    *,
+    dictionary: TermDictionary,
+    misconceptions: Sequence[Misconception],
+    config: EvalConfig,
+    elapsed_s: Mapping[str, float] | None = None,
+) -> dict:
+    """Everything report.json says about one evaluation set, for each model (keys of `generations`: base,
+    finetuned), whose generations and scores are in the same item order."""
+    models = list(generations)
+    items = generations[models[0]]
+    for model in models:
+        if [answer.id for answer in generations[model]] != [item.id for item in items]:
+            raise ValueError(f"the generations of '{model}' are not of the same items in the same order")
+        if len(scores[model]) != len(items):
+            raise ValueError(f"'{model}': {len(scores[model])} scores for {len(items)} generations")
+    bootstrap = {"samples": config.bootstrap_samples, "seed": config.bootstrap_seed,
+                 "confidence": config.confidence_level}
+    categories = Counter(item.category or "uncategorized" for item in items)
+    metrics = {model: aggregate(scores[model], **bootstrap) for model in models}
+    return {
+        "n": len(items),
+        "categories": dict(sorted(categories.items())),
+        "metrics": metrics,
+        "difference": _paired_differences(scores, models, bootstrap) if set(MODELS) <= set(models) else {},
+        "by_category": {model: _by_category(items, scores[model], bootstrap) for model in models},
+        "term_f1_by_category": {model: _term_f1_by_category(metrics[model]) for model in models},
+        "generation": {model: _generation_stats(generations[model], (elapsed_s or {}).get(model)) for model in models},
+        "terms": {model: _term_coverage(generations[model], dictionary) for model in models},
+        "misconceptions": {model: _misconceptions_stated(generations[model], misconceptions) for model in models},
+        "per_example": {
+            model: {metric: [_finite_or_none(row.get(metric)) for row in scores[model]] for metric in MAIN_METRICS}
+            for model in models
+        },
+        "samples": [
+            {"id": item.id, "question": _clip(item.question), "reference": _clip(item.reference_answer),
+             **{model: _clip(generations[model][index].answer) for model in models}}
+            for index, item in enumerate(items[:SAMPLES_SHOWN])
+        ],
+    }
+
+
+def build_report(sets: Mapping[str, dict], *, models: Mapping[str, str], config: EvalConfig) -> dict:
+    """report.json's content: the set summaries with the headline, regressions and suggestions of the primary
+    set (`test`, or the first set when there is no test set). `models` describes each model in words."""
+    primary = PRIMARY_SET if PRIMARY_SET in sets else next(iter(sets))
+    summary = sets[primary]
+    headline = {}
+    for metric in MAIN_METRICS:
+        for model in MODELS:
+            if metric in summary["metrics"].get(model, {}):
+                headline[f"{model}.{metric}"] = summary["metrics"][model][metric]["mean"]
+        if metric in summary["difference"]:
+            headline[f"difference.{metric}"] = summary["difference"][metric]["mean"]
+    found = regressions(summary, main_metrics=MAIN_METRICS, tolerance=config.regression_tolerance)
+    suggestions = suggest(
+        summary, main_metrics=MAIN_METRICS, tolerance=config.regression_tolerance,
+        thinking_budget=config.thinking_budget,
+    )
+    return {
+        "models": dict(models),
+        "main_metrics": list(MAIN_METRICS),
+        "primary_set": primary,
+        "settings": {
+            "max_new_tokens": config.max_new_tokens,
+            "thinking_budget": config.thinking_budget,
+            "temperature": config.temperature,
+            "top_p": config.top_p,
+            "bootstrap_samples": config.bootstrap_samples,
+            "bootstrap_seed": config.bootstrap_seed,
+            "confidence_level": config.confidence_level,
+            "regression_tolerance": config.regression_tolerance,
+        },
+        "headline": headline,
+        "regressions": found,
+        "suggestions": [asdict(suggestion) for suggestion in suggestions],
+        "sets": dict(sets),
+    }
+
+
+def write_report(data: dict, out_dir: str | Path, outputs: Sequence[Path] = ()) -> EvaluationReport:
+    """Write report.json, the charts of every set and report.md (which shows them) into `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    charts = {name: write_charts(name, summary, MAIN_METRICS, out_dir) for name, summary in data["sets"].items()}
+    json_path = out_dir / REPORT_JSON
+    json_path.write_text(json.dumps(data, ensure_ascii=False, indent=2, allow_nan=False), encoding="utf-8")
+    markdown_path = out_dir / REPORT_MD
+    markdown_path.write_text(render_markdown(data, charts), encoding="utf-8")
+    return EvaluationReport(
+        out_dir=out_dir,
+        markdown=markdown_path,
+        json=json_path,
+        charts=tuple(path for paths in charts.values() for path in paths),
+        outputs=tuple(outputs),
+        data=data,
+    )
+
+
+def regression_check(report: EvaluationReport | Mapping, tolerance: float) -> list[str]:
+    """The main metrics of the primary set where the fine-tuned model's mean is below the base model's by more
+    than `tolerance` (empty: no regression). Takes the report or report.json's content."""
+    data = report.data if isinstance(report, EvaluationReport) else report
+    return regressions(data["sets"][data["primary_set"]], main_metrics=data["main_metrics"], tolerance=tolerance)
+
+
+def render_markdown(data: Mapping, charts: Mapping[str, Sequence[Path]]) -> str:
+    """report.md: headline, regressions and suggestions of the primary set, then every set in detail."""
+    primary = data["primary_set"]
+    settings = data["settings"]
+    models = data["models"]
+    lines = [
+        "# Evaluation report",
+        "",
+        *(f"- {MODEL_LABELS.get(model, model)}: {description}" for model, description in models.items()),
+        f"- generation: at most {settings['max_new_tokens']} new tokens, thinking budget "
+        f"{settings['thinking_budget']} tokens, "
+        + ("greedy" if settings["temperature"] == 0 else f"temperature {settings['temperature']}, top_p {settings['top_p']}"),
+        f"- intervals: {settings['confidence_level']:.0%} percentile bootstrap of the mean, "
+        f"{settings['bootstrap_samples']} resamples (seed {settings['bootstrap_seed']}); differences are paired "
+        "(fine-tuned − base on the same question)",
+        "",
+        f"## Headline ({primary}, n={data['sets'][primary]['n']})",
+        "",
+        *_headline_table(data["sets"][primary], data["main_metrics"]),
+        "",
+        "## Regressions",
+        "",
+    ]
+    if data["regressions"]:
+        lines += [f"- {item}" for item in data["regressions"]]
+    else:
+        lines.append(f"None: no main metric of the fine-tuned model is below the base model's by more than "
+                     f"{settings['regression_tolerance']}.")
+    lines += ["", "## Suggestions", ""]
+    lines += [f"- **{item['kind']}**: {item['message']}" for item in data["suggestions"]] or ["None."]
+    for name, summary in data["sets"].items():
+        lines += ["", *_set_section(name, summary, data["main_metrics"], charts.get(name, ()))]
+    return "\n".join(lines) + "\n"
+
+
+def _headline_table(summary: Mapping, main_metrics: Sequence[str]) -> list[str]:
+    models = list(summary["metrics"])
+    header = ["metric", *(MODEL_LABELS.get(model, model) for model in models)]
+    if summary["difference"]:
+        header.append("fine-tuned − base")
+    rows = [_row(header), _row(["---"] * len(header))]
+    for metric in main_metrics:
+        cells = [metric, *(_estimate(summary["metrics"][model].get(metric)) for model in models)]
+        if summary["difference"]:
+            cells.append(_estimate(summary["difference"].get(metric), signed=True))
+        rows.append(_row(cells))
+    return rows
+
+
+def _set_section(name: str, summary: Mapping, main_metrics: Sequence[str], charts: Sequence[Path]) -> list[str]:
+    models = list(summary["metrics"])
+    labels = [MODEL_LABELS.get(model, model) for model in models]
+    lines = [f"## Set: {name} (n={summary['n']})", ""]
+    lines += [f"![{chart.stem}]({chart.name})" for chart in charts]
+    lines += ["", "### All metrics", "", _row(["metric", "n", *labels]), _row(["---"] * (2 + len(models)))]
+    names = dict.fromkeys(metric for model in models for metric in summary["metrics"][model] if "." not in metric)
+    for metric in names:
+        count = max(summary["metrics"][model].get(metric, {}).get("n", 0) for model in models)
+        lines.append(_row([metric, str(count), *(_estimate(summary["metrics"][model].get(metric)) for model in models)]))
+
+    lines += ["", "### By category (mean; base → fine-tuned)", ""]
+    lines += [_row(["category", "n", *main_metrics]), _row(["---"] * (2 + len(main_metrics)))]
+    for category, count in summary["categories"].items():
+        cells = [category, str(count)]
+        for metric in main_metrics:
+            means = [_mean(summary["by_category"][model].get(category, {}).get(metric)) for model in models]
+            cells.append(" → ".join(means))
+        lines.append(_row(cells))
+
+    lines += ["", "### Term F1 by term category", "", _row(["term category", *labels]), _row(["---"] * (1 + len(models)))]
+    term_categories = dict.fromkeys(cat for model in models for cat in summary["term_f1_by_category"][model])
+    for category in term_categories:
+        lines.append(_row([category, *(_estimate(summary["term_f1_by_category"][model].get(category)) for model in models)]))
+
+    lines += ["", "### Generation", "", _row(["", *labels]), _row(["---"] * (1 + len(models)))]
+    for stat in summary["generation"][models[0]]:
+        lines.append(_row([stat, *(_number(summary["generation"][model][stat]) for model in models)]))
+
+    for model, label in zip(models, labels, strict=True):
+        terms = summary["terms"][model]
+        lines += [
+            "",
+            f"### Reference terms the {label} model never produced "
+            f"({len(terms['never_produced'])} of {terms['reference_terms']})",
+            "",
+        ]
+        if terms["never_produced"]:
+            lines += [_row(["term", "id", "category", "references"]), _row(["---"] * 4)]
+            lines += [_row([term["zh"], term["id"], term["category"], str(term["references"])])
+                      for term in terms["never_produced"][:TERMS_LISTED]]
+        else:
+            lines.append("None.")
+
+    lines += ["", "### Misconceptions stated", ""]
+    stated = [(label, hit) for model, label in zip(models, labels, strict=True) for hit in summary["misconceptions"][model]]
+    if stated:
+        lines += [_row(["model", "misconception", "answers", "claim"]), _row(["---"] * 4)]
+        lines += [_row([label, hit["id"], str(hit["count"]), hit["claim"]]) for label, hit in stated]
+    else:
+        lines.append("None.")
+
+    lines += ["", "### Sample answers", ""]
+    for sample in summary["samples"]:
+        lines += [f"**{sample['id']}** {_inline(sample['question'])}", "",
+                  f"- reference: {_inline(sample['reference'])}"]
+        lines += [f"- {label}: {_inline(sample[model])}" for model, label in zip(models, labels, strict=True)]
+        lines.append("")
+    return lines
+
+
+def _paired_differences(scores: Mapping[str, Scores], models: Sequence[str], bootstrap: Mapping) -> dict:
+    differences = {}
+    for metric in MAIN_METRICS:
+        pairs = [
+            (tuned.get(metric), base.get(metric)) for tuned, base in zip(scores["finetuned"], scores["base"], strict=True)
+        ]
+        values = [tuned - base for tuned, base in pairs if _finite(tuned) and _finite(base)]
+        if values:
+            low, high = bootstrap_interval(values, **bootstrap)
+            differences[metric] = {"mean": sum(values) / len(values), "ci_low": low, "ci_high": high, "n": len(values)}
+    return differences
+
+
+def _by_category(items: Sequence[GeneratedAnswer], scores: Scores, bootstrap: Mapping) -> dict:
+    grouped: dict[str, list[dict[str, float]]] = {}
+    for item, row in zip(items, scores, strict=True):
+        grouped.setdefault(item.category or "uncategorized", []).append(
+            {metric: row[metric] for metric in MAIN_METRICS if metric in row}
+        )
+    return {category: aggregate(rows, **bootstrap) for category, rows in sorted(grouped.items())}
+
+
+def _term_f1_by_category(metrics: Mapping[str, Mapping]) -> dict:
+    prefix = "term_f1."
+    return {name.removeprefix(prefix): value for name, value in metrics.items() if name.startswith(prefix)}
+
+
+def _generation_stats(answers: Sequence[GeneratedAnswer], elapsed_s: float | None) -> dict[str, float]:
+    count = len(answers)
+    tokens = sum(answer.tokens_generated for answer in answers)
+    stats = {
+        "tokens_generated_mean": tokens / count,
+        "reasoning_tokens_mean": sum(answer.reasoning_tokens for answer in answers) / count,
+        "answer_chars_mean": sum(len(answer.answer) for answer in answers) / count,
+        "thinking_closed_rate": sum(answer.thinking_closed for answer in answers) / count,
+        "forced_close_rate": sum(answer.forced_close for answer in answers) / count,
+        "finished_rate": sum(answer.finished for answer in answers) / count,
+        "latency_mean_s": sum(answer.latency_s for answer in answers) / count,
+    }
+    if elapsed_s:
+        stats["generation_s"] = elapsed_s
+        stats["tokens_per_second"] = tokens / elapsed_s
+    return stats
+
+
+def _term_coverage(answers: Sequence[GeneratedAnswer], dictionary: TermDictionary) -> dict:
+    """Reference terms (distinct per reference) and which of them no answer of the set contains."""
+    in_references: Counter[str] = Counter()
+    produced: set[str] = set()
+    for answer in answers:
+        in_references.update(set(dictionary.term_ids(answer.reference_answer)))
+        produced.update(dictionary.term_ids(answer.answer))
+    never = sorted((term for term in in_references if term not in produced), key=lambda term: (-in_references[term], term))
+    return {
+        "reference_terms": len(in_references),
+        "produced": len(in_references) - len(never),
+        "never_produced": [
+            {"id": term, "zh": dictionary[term].zh, "en": dictionary[term].en, "category": dictionary[term].category,
+             "references": in_references[term]}
+            for term in never
+        ],
+    }
+
+
+def _misconceptions_stated(answers: Sequence[GeneratedAnswer], misconceptions: Sequence[Misconception]) -> list[dict]:
+    by_id = {misconception.id: misconception for misconception in misconceptions}
+    stated: dict[str, list[str]] = {}
+    for answer in answers:
+        for hit in detect_misconceptions(answer.answer, list(misconceptions)):
+            stated.setdefault(hit.misconception_id, []).append(answer.id)
+    return [
+        {"id": key, "claim": by_id[key].claim, "correction": by_id[key].correction, "count": len(ids), "examples": ids}
+        for key, ids in sorted(stated.items(), key=lambda item: (-len(item[1]), item[0]))
+    ]
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return float(value) if _finite(value) else None
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= SAMPLE_CHARS else text[:SAMPLE_CHARS] + "…"
+
+
+def _inline(text: str) -> str:
+    return " ".join(text.split()) or "(empty)"
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cell.replace("|", "\\|") if cell != "---" else cell for cell in cells) + " |"
+
+
+def _estimate(value: Mapping | None, signed: bool = False) -> str:
+    if not value:
+        return "–"
+    sign = "+" if signed else ""
+    return f"{value['mean']:{sign}.3f} [{value['ci_low']:{sign}.3f}, {value['ci_high']:{sign}.3f}]"
+
+
+def _mean(value: Mapping | None) -> str:
+    return f"{value['mean']:.3f}" if value else "–"
+
+
+def _number(value: float) -> str:
+    return f"{value:.3f}" if isinstance(value, float) and not value.is_integer() else f"{value:g}"

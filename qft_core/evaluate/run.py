@@ -1,0 +1,138 @@
+"""One evaluation: the base model and the base model with the fine-tuned adapter answer the test split (and the
+expert gold set), both are scored against the references, and the report is written."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from qft_core.config import QftConfig
+from qft_core.data.terms import TermDictionary
+from qft_core.evaluate.experts import GoldItem
+from qft_core.evaluate.generate import EvalItem, GeneratedAnswer, generate_answers, items_from_examples, items_from_gold
+from qft_core.evaluate.metrics import score_many
+from qft_core.evaluate.misconceptions import load_misconceptions
+from qft_core.evaluate.report import MODELS, EvaluationReport, build_report, summarize_set, write_report
+from qft_core.model.registry import load_model, load_tokenizer, resolve_model
+from qft_core.records import ThinkingExample, write_jsonl
+
+Progress = Callable[[int, int, str], None]
+EVAL_OUTPUTS = "eval_outputs.jsonl"
+
+
+class AdapterNotFound(FileNotFoundError):
+    """The adapter folder to evaluate has no adapter_config.json."""
+
+
+def evaluate_models(
+    config: QftConfig,
+    test_examples: Sequence[ThinkingExample],
+    adapter_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    gold_items: Sequence[GoldItem] | None = None,
+    progress: Progress | None = None,
+) -> EvaluationReport:
+    """Generate with the base model, then with base + adapter, on the test examples (at most
+    `eval.max_examples`) and the gold items; score both; write into `out_dir` the report (report.md,
+    report.json, PNG charts), each model's completions per set (`generations_<set>_<model>.jsonl`) and the
+    fine-tuned model's answers for expert review (`eval_outputs.jsonl`).
+
+    `progress(done, total, stage)` is called as examples are generated and sets scored.
+    """
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise AdapterNotFound(f"{adapter_dir / 'adapter_config.json'}: no PEFT adapter to evaluate")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sets = _evaluation_sets(test_examples, gold_items or (), config.eval.max_examples)
+    total_items = sum(len(items) for items in sets.values())
+    steps = _Steps(progress, total=2 * total_items + len(sets))
+
+    spec = resolve_model(config.model, config.paths)
+    tokenizer = load_tokenizer(spec)
+    tokenizer.padding_side = "left"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(spec, dtype=config.model.dtype, device=device)
+    generations: dict[str, dict[str, list[GeneratedAnswer]]] = {name: {} for name in sets}
+    elapsed: dict[str, dict[str, float]] = {name: {} for name in sets}
+    for role in MODELS:
+        if role == "finetuned":
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+        for name, items in sets.items():
+            began = time.perf_counter()
+            generations[name][role] = generate_answers(
+                model, tokenizer, items, config.eval, progress=steps.within(f"{role} on {name}"),
+                label=f"{role} on {name}",
+            )
+            elapsed[name][role] = time.perf_counter() - began
+            steps.advance(len(items))
+    del model
+
+    dictionary = TermDictionary.load(config.paths.resolve(config.paths.term_dictionary))
+    misconceptions = load_misconceptions(config.paths.resolve(config.paths.misconceptions), dictionary)
+    summaries, outputs = {}, []
+    for name in sets:
+        scores = {
+            role: score_many(
+                [answer.prediction for answer in answers],
+                [answer.reference_answer for answer in answers],
+                reference_reasonings=[answer.reference_reasoning for answer in answers],
+                dictionary=dictionary,
+                misconceptions=misconceptions,
+                workers=config.eval.metric_workers,
+            )
+            for role, answers in generations[name].items()
+        }
+        summaries[name] = summarize_set(
+            generations[name], scores, dictionary=dictionary, misconceptions=misconceptions, config=config.eval,
+            elapsed_s=elapsed[name],
+        )
+        for role, answers in generations[name].items():
+            outputs.append(write_jsonl(answers, out_dir / f"generations_{name}_{role}.jsonl"))
+        steps.advance(1, f"scored {name}")
+    model_id = f"{spec.name}+{adapter_dir.name}"
+    review = [answer.to_eval_output(model_id) for answers in generations.values() for answer in answers["finetuned"]]
+    outputs.append(write_jsonl(review, out_dir / EVAL_OUTPUTS))
+    data = build_report(
+        summaries,
+        models={"base": spec.name, "finetuned": f"{spec.name} + LoRA adapter {adapter_dir}"},
+        config=config.eval,
+    )
+    return write_report(data, out_dir, outputs)
+
+
+def _evaluation_sets(
+    test_examples: Sequence[ThinkingExample], gold_items: Sequence[GoldItem], limit: int | None
+) -> dict[str, list[EvalItem]]:
+    sets = {"test": items_from_examples(test_examples)[:limit]}
+    if gold_items:
+        sets["gold"] = items_from_gold(gold_items)[:limit]
+    empty = [name for name, items in sets.items() if not items]
+    if empty:
+        raise ValueError(f"nothing to evaluate: the {', '.join(empty)} set is empty")
+    return sets
+
+
+class _Steps:
+    """Overall progress across models and sets, fed by each generation's own progress."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress = progress
+        self.total = total
+        self.done = 0
+
+    def within(self, stage: str) -> Progress | None:
+        if self.progress is None:
+            return None
+        return lambda done, _total, _label: self.progress(self.done + done, self.total, stage)
+
+    def advance(self, count: int, stage: str | None = None) -> None:
+        self.done += count
+        if self.progress is not None and stage is not None:
+            self.progress(self.done, self.total, stage)

@@ -1,0 +1,172 @@
+"""The evaluation report: hand-made scores of six answers in three categories go through the summary, the
+suggestions, report.md, report.json and the charts; the regression check is computed by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+
+import pytest
+
+from qft_core.config import EvalConfig
+from qft_core.data.terms import load_default_dictionary
+from qft_core.evaluate.generate import GeneratedAnswer
+from qft_core.evaluate.misconceptions import load_default_misconceptions
+from qft_core.evaluate.report import (
+    MAIN_METRICS,
+    build_report,
+    regression_check,
+    summarize_set,
+    write_report,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CONFIG = EvalConfig(bootstrap_samples=200, thinking_budget=64)
+
+# (id, category, reference, base answer, fine-tuned answer)
+ITEMS = [
+    ("s1", "symmetric", "AES 是一种分组密码。", "不知道。", "AES 是一种分组密码。"),
+    ("s2", "symmetric", "SM4 是分组密码。", "不知道。", "SM4 是分组密码。"),
+    ("p1", "post_quantum", "格密码可以抵抗量子攻击。", "不知道。", "量子计算机很快。"),
+    ("p2", "post_quantum", "格密码基于格上的困难问题。", "不知道。", "这是一个难题。"),
+    ("h1", "hash_mac", "SHA-256 是哈希函数。", "不知道。", "MD5 是一种加密算法。"),
+    ("h2", "hash_mac", "SHA-256 输出 256 位摘要。", "不知道。", "SHA-256 输出摘要。"),
+]
+# Fine-tuned scores per category (the first three main metrics); keypoint coverage is 0.1 everywhere,
+# below the base model's 0.5: a regression.
+TUNED = {"symmetric": 0.8, "post_quantum": 0.1, "hash_mac": 0.5}
+BASE = 0.25
+
+
+def _answer(item_id: str, category: str, reference: str, text: str, closed: bool) -> GeneratedAnswer:
+    return GeneratedAnswer(
+        id=item_id, question=f"问题 {item_id}", reference_answer=reference, category=category,
+        term_categories=[category], prediction=f"想一想\n</think>\n\n{text}", reasoning="想一想", answer=text,
+        token_ids=[1, 2, 3], tokens_generated=3, reasoning_tokens=1, thinking_closed=closed, forced_close=not closed,
+        finished=True, latency_s=0.5,
+    )
+
+
+def _scores(value: float, keypoint: float, category: str) -> dict[str, float]:
+    scores = {"rougeL_char_f1": value, "rougeL_term_f1": value, "term_f1": value, "keypoint_coverage": keypoint,
+              "misconceptions": 0.0}
+    scores.update({f"term_f1.{name}": (value if name == category else math.nan) for name in TUNED})
+    return scores
+
+
+@pytest.fixture(scope="module")
+def summary() -> dict:
+    generations = {
+        "base": [_answer(i, c, r, base, closed=True) for i, c, r, base, _ in ITEMS],
+        # Two of six fine-tuned completions closed their reasoning themselves.
+        "finetuned": [_answer(i, c, r, tuned, closed=n < 2) for n, (i, c, r, _, tuned) in enumerate(ITEMS)],
+    }
+    scores = {
+        "base": [_scores(BASE, 0.5, c) for _, c, *_ in ITEMS],
+        "finetuned": [_scores(TUNED[c], 0.1, c) for _, c, *_ in ITEMS],
+    }
+    dictionary = load_default_dictionary()
+    return summarize_set(
+        generations, scores, dictionary=dictionary, misconceptions=load_default_misconceptions(dictionary),
+        config=CONFIG, elapsed_s={"base": 2.0, "finetuned": 3.0},
+    )
+
+
+@pytest.fixture(scope="module")
+def report(summary: dict, tmp_path_factory: pytest.TempPathFactory):
+    data = build_report({"test": summary}, models={"base": "tiny", "finetuned": "tiny + adapter"}, config=CONFIG)
+    return write_report(data, tmp_path_factory.mktemp("report"))
+
+
+def test_summary_means_differences_and_categories(summary: dict) -> None:
+    tuned_mean = (0.8 + 0.8 + 0.1 + 0.1 + 0.5 + 0.5) / 6
+    assert summary["n"] == 6
+    assert summary["categories"] == {"hash_mac": 2, "post_quantum": 2, "symmetric": 2}
+    assert summary["metrics"]["finetuned"]["rougeL_char_f1"]["mean"] == pytest.approx(tuned_mean)
+    assert summary["metrics"]["base"]["rougeL_char_f1"] == {"mean": 0.25, "ci_low": 0.25, "ci_high": 0.25, "n": 6}
+    assert summary["difference"]["rougeL_char_f1"]["mean"] == pytest.approx(tuned_mean - BASE)
+    assert summary["difference"]["keypoint_coverage"]["mean"] == pytest.approx(-0.4)
+    assert summary["by_category"]["finetuned"]["post_quantum"]["term_f1"]["mean"] == pytest.approx(0.1)
+    assert summary["term_f1_by_category"]["finetuned"]["symmetric"]["n"] == 2
+    generation = summary["generation"]["finetuned"]
+    assert generation["thinking_closed_rate"] == pytest.approx(2 / 6)
+    assert generation["tokens_per_second"] == pytest.approx(18 / 3.0)
+
+
+def test_terms_never_produced_and_misconceptions_stated(summary: dict) -> None:
+    never = {term["id"]: term["references"] for term in summary["terms"]["finetuned"]["never_produced"]}
+    assert never["lattice_cryptography"] == 2
+    assert "aes" not in never and "sha256" not in never
+    assert "aes" in {term["id"] for term in summary["terms"]["base"]["never_produced"]}
+    (stated,) = summary["misconceptions"]["finetuned"]
+    assert (stated["id"], stated["count"], stated["examples"]) == ("md5_is_encryption", 1, ["h1"])
+    assert summary["misconceptions"]["base"] == []
+
+
+def test_suggestions_name_the_weakest_category_missing_terms_and_misconception(report) -> None:
+    suggestions = {item["kind"]: item["message"] for item in report.data["suggestions"]}
+    assert set(suggestions) == {"regression", "weak_category", "missing_terms", "misconception", "unclosed_thinking"}
+    weak = suggestions["weak_category"]
+    # Category means over the four main metrics: post_quantum 0.1, hash_mac 0.4, symmetric 0.625.
+    assert weak.index("post_quantum (0.100, n=2)") < weak.index("hash_mac (0.400, n=2)") < weak.index("symmetric (0.625")
+    assert "格密码 (lattice_cryptography, in 2 references)" in suggestions["missing_terms"]
+    assert "md5_is_encryption" in suggestions["misconception"]
+    assert suggestions["unclosed_thinking"].startswith("67% of completions")
+    assert "keypoint_coverage" in suggestions["regression"]
+
+
+def test_report_files_render_and_reload(report) -> None:
+    markdown = report.markdown.read_text(encoding="utf-8")
+    assert "| metric | base | fine-tuned | fine-tuned − base |" in markdown
+    assert "| rougeL_char_f1 | 0.250 [0.250, 0.250] | 0.467 [" in markdown
+    assert "| post_quantum | 2 | 0.250 → 0.100 | 0.250 → 0.100 | 0.250 → 0.100 | 0.500 → 0.100 |" in markdown
+    assert "| 格密码 | lattice_cryptography | post_quantum | 2 |" in markdown
+    loaded = json.loads(report.json.read_text(encoding="utf-8"))
+    assert loaded == report.data
+    assert set(loaded) == {"models", "main_metrics", "primary_set", "settings", "headline", "regressions",
+                           "suggestions", "sets"}
+    assert loaded["main_metrics"] == list(MAIN_METRICS)
+    assert loaded["headline"]["finetuned.rougeL_char_f1"] == pytest.approx(2.8 / 6)
+    assert loaded["headline"]["difference.keypoint_coverage"] == pytest.approx(-0.4)
+    assert [path.name for path in report.charts] == [
+        "test_main_metrics.png", "test_by_category.png", "test_term_f1_by_category.png", "test_distributions.png",
+    ]
+    for chart in report.charts:
+        header = chart.read_bytes()[:24]
+        assert header[:8] == PNG_MAGIC
+        width, height = struct.unpack(">II", header[16:24])
+        assert width > 200 and height > 200
+        assert f"]({chart.name})" in markdown
+    assert report.files == [report.markdown, report.json, *report.charts]
+
+
+def test_regression_check_lists_metrics_below_base_by_more_than_the_tolerance(report) -> None:
+    assert report.data["regressions"] == ["keypoint_coverage: finetuned 0.100 < base 0.500 − 0.020"]
+    assert regression_check(report, 0.02) == report.data["regressions"]
+    assert regression_check(report, 0.5) == []
+
+    def metric(mean: float) -> dict:
+        return {"mean": mean, "ci_low": mean, "ci_high": mean, "n": 3}
+
+    data = {
+        "primary_set": "test",
+        "main_metrics": ["rougeL_char_f1", "term_f1", "keypoint_coverage"],
+        "sets": {"test": {"metrics": {
+            "base": {"rougeL_char_f1": metric(0.30), "term_f1": metric(0.50), "keypoint_coverage": metric(0.40)},
+            "finetuned": {"rougeL_char_f1": metric(0.25), "term_f1": metric(0.49), "keypoint_coverage": metric(0.60)},
+        }}},
+    }
+    # 0.25 < 0.30 − 0.02; 0.49 is within 0.02 of 0.50; 0.60 is above 0.40.
+    assert regression_check(data, 0.02) == ["rougeL_char_f1: finetuned 0.250 < base 0.300 − 0.020"]
+    assert regression_check(data, 0.0) == [
+        "rougeL_char_f1: finetuned 0.250 < base 0.300 − 0.000", "term_f1: finetuned 0.490 < base 0.500 − 0.000",
+    ]
+
+
+def test_summary_refuses_generations_of_different_items(summary: dict) -> None:
+    base = [_answer("a", "symmetric", "R", "A", True)]
+    tuned = [_answer("b", "symmetric", "R", "A", True)]
+    with pytest.raises(ValueError, match="'finetuned' are not of the same items"):
+        summarize_set({"base": base, "finetuned": tuned}, {"base": [{}], "finetuned": [{}]},
+                      dictionary=load_default_dictionary(), misconceptions=[], config=CONFIG)

@@ -1,0 +1,103 @@
+"""evaluate_models end to end: qwen3-tiny and a small LoRA adapter answer three test questions and one gold item;
+every promised file is written, the records reload, and the adapter changed what the model says."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from qft_core.config import QftConfig
+from qft_core.evaluate.experts import EvalOutput, GoldItem
+from qft_core.evaluate.generate import GeneratedAnswer
+from qft_core.evaluate.report import MAIN_METRICS
+from qft_core.evaluate.run import AdapterNotFound, evaluate_models
+from qft_core.model.registry import load_model, resolve_model
+from qft_core.records import ThinkingExample, ThinkingStructure, read_jsonl
+
+EXAMPLES = [
+    ("t1", "symmetric", "什么是 AES？", "AES 是一种分组密码，分组长度 128 位。"),
+    ("t2", "hash_mac", "SHA-256 的输出有多长？", "SHA-256 输出 256 位的摘要。"),
+    ("t3", "post_quantum", "格密码为什么被认为能抵抗量子攻击？", "格上的困难问题目前没有已知的高效量子算法。"),
+]
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> QftConfig:
+    config = QftConfig()
+    config.paths.model_cache_dir = str(tmp_path_factory.mktemp("model-cache"))
+    config.eval.max_new_tokens = 10
+    config.eval.thinking_budget = 4
+    config.eval.batch_size = 2
+    config.eval.bootstrap_samples = 50
+    config.eval.metric_workers = 1
+    return config
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(config: QftConfig, tmp_path_factory: pytest.TempPathFactory):
+    """A rank-2 LoRA adapter on the attention projections, with its B matrices drawn large enough to move the
+    tiny model's greedy choices (freshly initialised LoRA is the identity)."""
+    model = load_model(resolve_model(config.model, config.paths), dtype="float32")
+    peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "o_proj"]))
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(0)
+        for name, parameter in peft_model.named_parameters():
+            if "lora_" in name:
+                parameter.normal_(0.0, 2.0)
+    directory = tmp_path_factory.mktemp("adapter")
+    peft_model.save_pretrained(directory)
+    return directory
+
+
+def _examples() -> list[ThinkingExample]:
+    return [
+        ThinkingExample(id=key, question=question, answer=answer, category=category, term_categories=[category],
+                        thinking=[ThinkingStructure(text="先想定义。")], source_file="t.md", source_line=1)
+        for key, category, question, answer in EXAMPLES
+    ]
+
+
+def test_evaluate_models_writes_the_report_and_every_generation(config, adapter_dir, tmp_path) -> None:
+    gold = GoldItem(example_id="t9", model_id="m", question="什么是数字签名？", reference_answer="用私钥对消息签名。",
+                    predicted_answer="签名。", term_categories=["signature"], task_id=4, raters=2,
+                    scores={"accuracy": 4.0})
+    calls: list[tuple[int, int, str]] = []
+    report = evaluate_models(
+        config, _examples(), adapter_dir, tmp_path / "eval", gold_items=[gold],
+        progress=lambda done, total, stage: calls.append((done, total, stage)),
+    )
+    names = sorted(path.name for path in (tmp_path / "eval").iterdir())
+    assert names == sorted([
+        "report.md", "report.json", "eval_outputs.jsonl",
+        "generations_test_base.jsonl", "generations_test_finetuned.jsonl",
+        "generations_gold_base.jsonl", "generations_gold_finetuned.jsonl",
+        *(f"{name}_{chart}.png" for name in ("test", "gold")
+          for chart in ("main_metrics", "by_category", "term_f1_by_category", "distributions")),
+    ])
+    assert sorted(path.name for path in report.files) == names
+    data = json.loads(report.json.read_text(encoding="utf-8"))
+    assert data["primary_set"] == "test"
+    assert (data["sets"]["test"]["n"], data["sets"]["gold"]["n"]) == (3, 1)
+    assert set(report.headline) == {f"{model}.{metric}" for model in ("base", "finetuned", "difference")
+                                    for metric in MAIN_METRICS}
+
+    base = read_jsonl(tmp_path / "eval" / "generations_test_base.jsonl", GeneratedAnswer)
+    tuned = read_jsonl(tmp_path / "eval" / "generations_test_finetuned.jsonl", GeneratedAnswer)
+    assert [answer.id for answer in base] == [answer.id for answer in tuned] == ["t1", "t2", "t3"]
+    assert all(len(answer.token_ids) <= 10 for answer in base + tuned)
+    assert [answer.token_ids for answer in base] != [answer.token_ids for answer in tuned]
+    review = read_jsonl(tmp_path / "eval" / "eval_outputs.jsonl", EvalOutput)
+    assert [output.example_id for output in review] == ["t1", "t2", "t3", "gold-4"]
+    assert review[0].predicted_answer == tuned[0].answer
+
+    # Generation of 2 × 4 items, then scoring of 2 sets; the count only grows and ends at the total.
+    assert calls[-1][:2] == (10, 10)
+    assert [done for done, _, _ in calls] == sorted(done for done, _, _ in calls)
+
+
+def test_evaluate_models_needs_an_adapter(config, tmp_path) -> None:
+    with pytest.raises(AdapterNotFound, match="adapter_config.json"):
+        evaluate_models(config, _examples(), tmp_path, tmp_path / "eval")
