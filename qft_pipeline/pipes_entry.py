@@ -12,6 +12,7 @@ from typing import Any
 from dagster_pipes import PipesContext, open_dagster_pipes
 
 from qft_core.train import engine
+from qft_core.train.monitor import ProgressTracker
 
 # One log line per this many optimizer steps keeps the Dagster run log readable on long runs.
 LOG_EVERY_STEPS = 5
@@ -22,19 +23,15 @@ class PipesReporter:
 
     def __init__(self, pipes: PipesContext) -> None:
         self.pipes = pipes
+        self.progress = ProgressTracker(every=LOG_EVERY_STEPS)
 
     def log(self, message: str) -> None:
         self.pipes.log.info(message)
 
     def metrics(self, step_record: dict[str, Any]) -> None:
-        step = step_record.get("step", 0)
-        if step % LOG_EVERY_STEPS and step_record.get("val_loss") is None:
-            return
-        parts = [f"step {step}"]
-        for key in ("loss", "val_loss", "lr", "grad_norm", "tokens_per_s"):
-            if step_record.get(key) is not None:
-                parts.append(f"{key} {step_record[key]:.4g}")
-        self.pipes.log.info(" · ".join(parts))
+        line = self.progress.update(step_record)
+        if line is not None:
+            self.pipes.log.info(line)
 
     def summary(self, summary: dict[str, Any]) -> None:
         self.pipes.report_custom_message({"training_summary": summary})

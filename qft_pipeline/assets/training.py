@@ -5,10 +5,12 @@ import json
 import dagster as dg
 
 from qft_core.model.registry import ensure_model_dir, resolve_model
+from qft_core.train.advice import advise, suggestions_markdown
 from qft_core.train.curves import plot_loss_curve, read_metrics
 from qft_core.train.hardware import HardwareProfile, profile_hardware
 from qft_core.train.job import TrainingSummary
 from qft_core.train.launch import prepare_run, torchrun_command, worker_environment
+from qft_core.train.monitor import monitor_run, write_monitor_report
 from qft_core.train.plan import ModelShape, TrainingPlan, plan_training
 from qft_pipeline.artifacts import run_folder, upstream_path
 from qft_pipeline.assets.data import term_balanced_splits
@@ -85,6 +87,9 @@ def lora_checkpoint(
     )
     summary = TrainingSummary.read(run_dir / "training_summary.json")
     curve = plot_loss_curve(read_metrics(summary.metrics_file), run_dir / "loss_curve.png")
+    monitor = monitor_run(run_dir, summary.steps)
+    monitor_markdown, monitor_charts = write_monitor_report(monitor, run_dir)
+    suggestions = advise(monitor, plan, config)
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(summary.adapter_dir),
@@ -97,6 +102,10 @@ def lora_checkpoint(
             "skipped_steps": summary.skipped_steps,
             "restarts": summary.restarts,
             "loss_curve": image(curve, "loss curve"),
+            "training_status": monitor.status,
+            "monitor": dg.MetadataValue.md(monitor_markdown.read_text(encoding="utf-8")),
+            **{f"chart_{chart.stem}": image(chart, chart.stem) for chart in monitor_charts},
+            "advice": dg.MetadataValue.md(suggestions_markdown(suggestions)),
             "summary": dg.MetadataValue.json(json.loads(summary.model_dump_json())),
         }
     )
