@@ -17,7 +17,12 @@ def run_folder(context: dg.AssetExecutionContext, config: QftConfig) -> Path:
 
 
 def upstream_path(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, asset: str) -> Path:
-    """The `path` an upstream asset recorded: this run's materialization if there is one, else the latest."""
+    """The `path` an upstream asset recorded: this run's materialization if there is one, else the latest.
+
+    An asset reading the latest materialization of another run refuses it when a blocking check of that
+    asset failed in that run: a later run that selects only downstream assets must not go on with data that
+    its check stopped. (A check may still look at it again.)
+    """
     instance = context.instance
     key = dg.AssetKey(asset)
     this_run = [
@@ -28,4 +33,24 @@ def upstream_path(context: dg.AssetExecutionContext | dg.AssetCheckExecutionCont
     event = this_run[-1] if this_run else instance.get_latest_materialization_event(key)
     if event is None or event.asset_materialization is None:
         raise dg.Failure(f"asset '{asset}' has never been materialized: materialize it first")
+    if not this_run and not isinstance(context, dg.AssetCheckExecutionContext):
+        failed = _failed_blocking_checks(instance, key, event.run_id)
+        if failed:
+            raise dg.Failure(
+                f"asset '{asset}' was last materialized in run {event.run_id}, where its blocking check "
+                f"{', '.join(failed)} failed: fix the cause and materialize '{asset}' again"
+            )
     return Path(event.asset_materialization.metadata["path"].value)
+
+
+def _failed_blocking_checks(instance: dg.DagsterInstance, key: dg.AssetKey, run_id: str) -> list[str]:
+    """Names of the blocking checks of `key` that failed in run `run_id`."""
+    evaluations = [
+        record.dagster_event.event_specific_data
+        for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+    ]
+    return sorted(
+        evaluation.check_name
+        for evaluation in evaluations
+        if evaluation.asset_key == key and evaluation.blocking and not evaluation.passed
+    )

@@ -5,7 +5,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+
+from qft_core.data.sources import CorpusNotFoundError, markdown_files
+
+__all__ = ["CorpusFile", "CorpusManifest", "CorpusNotFoundError", "scan_corpus"]
 
 
 class CorpusFile(BaseModel):
@@ -17,6 +21,8 @@ class CorpusFile(BaseModel):
 class CorpusManifest(BaseModel):
     root: str
     files: list[CorpusFile]
+    # Files and links left out, as the parser words them (links outside the root, unreadable files).
+    warnings: list[str] = Field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
@@ -31,19 +37,24 @@ class CorpusManifest(BaseModel):
         return digest.hexdigest()
 
 
-class CorpusNotFoundError(FileNotFoundError):
-    pass
-
-
 def scan_corpus(root: str | Path) -> CorpusManifest:
-    """Every `*.md` file under root, sorted, with its size and sha256."""
+    """Every `*.md` file under root that the parser reads, sorted, with its size and sha256.
+
+    The files are chosen exactly as `parse_paths` chooses them: links are followed only inside the root
+    and a file reached twice is listed once, so the manifest never hashes a file outside the corpus.
+    """
     root = Path(root)
     if not root.is_dir():
         raise CorpusNotFoundError(f"corpus folder not found: {root}")
+    found, warnings = markdown_files([root])
     files = []
-    for path in sorted(root.rglob("*.md")):
-        if not path.is_file():
+    for path, name in found:
+        try:
+            with path.open("rb") as handle:
+                digest = hashlib.file_digest(handle, "sha256")
+                size = handle.tell()
+        except OSError as error:
+            warnings.append(f"{name}: unreadable: {error.strerror or error}; not in the manifest")
             continue
-        content = path.read_bytes()
-        files.append(CorpusFile(path=path.relative_to(root).as_posix(), bytes=len(content), sha256=hashlib.sha256(content).hexdigest()))
-    return CorpusManifest(root=str(root), files=files)
+        files.append(CorpusFile(path=name, bytes=size, sha256=digest.hexdigest()))
+    return CorpusManifest(root=str(root), files=files, warnings=warnings)

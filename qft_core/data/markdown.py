@@ -118,9 +118,11 @@ class MarkdownLine:
 
 
 # Markers are matched on the half-width form of a line: `：` reads as `:`, `＊＊问题＊＊` as `**问题**`.
+# Patterns run on whole lines of any length: no two unbounded runs of the same characters may meet, or a line
+# of spaces makes the backtracking quadratic.
 _MARKER = re.compile(
-    r"""^[ ]{0,3}(?:\#{1,6}[ \t]*)?
-    (?P<bold>\*\*)?[ \t]*
+    r"""^(?:[ ]{0,3}\#{1,6})?[ \t]*
+    (?:(?P<bold>\*\*)[ \t]*)?
     (?P<label>Q|A|问题|問題|问|問|答案|答)(?:[ \t]*[0-9]+)?[ \t]*
     (?(bold)(?:\*\*[ \t]*:|:[ \t]*\*\*)|:)""",
     re.VERBOSE,
@@ -132,7 +134,8 @@ _QUESTION_HEADING = re.compile(
     rf"^[ ]{{0,3}}\#{{1,6}}[ \t]*(?:\*\*)?(?:问题|問題)[ \t]*{_NUMBER}(?:\*\*)?"
     r"(?:[ \t]*$|[ \t.、)]+(?P<rest>.*)$)"
 )
-_CATEGORY_HEADING = re.compile(r"^[ ]{0,3}(?P<hashes>\#{1,2})[ \t]+(?P<title>.*?)(?:[ \t]+\#+)?[ \t]*$")
+# The title still carries an optional closing `##` sequence; `_heading_title` drops it.
+_CATEGORY_HEADING = re.compile(r"^[ ]{0,3}(?P<hashes>\#{1,2})[ \t]+(?P<title>.*)$")
 # Every marker and heading starts with one of these: other lines are text without running the patterns.
 _MARKER_STARTS = set("#＃*＊QＱAＡ问問答")
 _FENCE = re.compile(r"^[ ]{0,3}(?P<fence>`{3,}|~{3,})")
@@ -147,32 +150,40 @@ def has_fullwidth_forms(span: str) -> bool:
 
 
 def _fenced_lines(lines: list[str], first_number: int) -> tuple[set[int], list[Notice]]:
-    """Indexes of lines inside code fences; a fence that is never closed is read as text instead."""
+    """Indexes of lines inside code fences; a fence that is never closed is read as text instead.
+
+    Linear in the number of lines: the longest closing fence at or after each line is known beforehand,
+    so an opening that nothing closes is recognised without searching the rest of the file again.
+    """
+    openings = [_FENCE.match(line) for line in lines]
+    closers = [
+        match["fence"] if match is not None and not line[match.end() :].strip() else ""
+        for match, line in zip(openings, lines, strict=True)
+    ]
+    longest_after = {character: [0] * (len(lines) + 1) for character in "`~"}
+    for index in range(len(lines) - 1, -1, -1):
+        for character, longest in longest_after.items():
+            here = len(closers[index]) if closers[index].startswith(character) else 0
+            longest[index] = max(longest[index + 1], here)
     fenced: set[int] = set()
     notices = []
     index = 0
     while index < len(lines):
-        opening = _FENCE.match(lines[index])
+        opening = openings[index]
         if opening is None:
             index += 1
             continue
         fence = opening["fence"]
-        closing = next(
-            (
-                later
-                for later in range(index + 1, len(lines))
-                if (match := _FENCE.match(lines[later])) is not None
-                and match["fence"][0] == fence[0]
-                and len(match["fence"]) >= len(fence)
-                and not lines[later][match.end() :].strip()
-            ),
-            None,
-        )
-        if closing is None:
+        if longest_after[fence[0]][index + 1] < len(fence):
             detail = f"code fence {fence} is never closed; read as text"
             notices.append(Notice("unclosed_fence", detail, first_number + index))
             index += 1
             continue
+        closing = next(
+            later
+            for later in range(index + 1, len(lines))
+            if closers[later].startswith(fence[0]) and len(closers[later]) >= len(fence)
+        )
         fenced.update(range(index, closing + 1))
         index = closing + 1
     return fenced, notices
@@ -207,11 +218,24 @@ def _classify(number: int, text: str) -> tuple[MarkdownLine, str]:
         rest = text[heading.start("rest") :].strip() if heading["rest"] is not None else ""
         marker_end = heading.start("rest") if heading["rest"] is not None else len(text)
         return MarkdownLine(number, text, LineKind.QUESTION, rest), text[:marker_end]
-    if (heading := _CATEGORY_HEADING.match(ascii_form)) and heading["title"]:
-        title = text[heading.start("title") : heading.end("title")].strip()
+    if (heading := _CATEGORY_HEADING.match(ascii_form)) and (title_end := _title_end(ascii_form, heading)):
+        title = text[heading.start("title") : title_end].strip()
         line = MarkdownLine(number, text, LineKind.HEADING, title, level=len(heading["hashes"]))
         return line, text[: heading.start("title")]
     return MarkdownLine(number, text, LineKind.TEXT, text), ""
+
+
+def _title_end(ascii_form: str, heading: re.Match[str]) -> int:
+    """Where a heading's title ends: before trailing blanks and a closing `#` sequence that follows a blank.
+
+    0 when there is no title.
+    """
+    start = heading.start("title")
+    title = ascii_form[start:].rstrip(" \t")
+    without_closing = title.rstrip("#")
+    if without_closing != title and without_closing.endswith((" ", "\t")):
+        title = without_closing.rstrip(" \t")
+    return start + len(title) if title else 0
 
 
 @dataclass(frozen=True)
@@ -226,8 +250,8 @@ class ThinkingTag:
         return f"</{self.name}>" if self.closing else f"<{self.name}>"
 
 
-_TAG = re.compile(r"<[ \t]*(?P<slash>/?)[ \t]*(?P<name>thinking|think)[ \t]*>", re.IGNORECASE)
-_INLINE_CODE = re.compile(r"(`+)(?!`).+?(?<!`)\1(?!`)")
+_TAG = re.compile(r"<[ \t]*(?:(?P<slash>/)[ \t]*)?(?P<name>thinking|think)[ \t]*>", re.IGNORECASE)
+_BACKTICKS = re.compile(r"`+")
 
 
 def find_thinking_tags(text: str) -> list[ThinkingTag]:
@@ -238,7 +262,7 @@ def find_thinking_tags(text: str) -> list[ThinkingTag]:
     if "<" not in text and "＜" not in text:
         return []
     ascii_form = fullwidth_to_ascii(text)
-    quoted = [span.span() for span in _INLINE_CODE.finditer(ascii_form)] if "`" in ascii_form else []
+    quoted = inline_code_spans(ascii_form) if "`" in ascii_form else []
     return [
         ThinkingTag(
             match.start(),
@@ -250,3 +274,28 @@ def find_thinking_tags(text: str) -> list[ThinkingTag]:
         for match in _TAG.finditer(ascii_form)
         if not any(start <= match.start() < end for start, end in quoted)
     ]
+
+
+def inline_code_spans(text: str) -> list[tuple[int, int]]:
+    """The (start, end) of each inline code span: a run of backticks up to the next run of the same length.
+
+    Found in one pass over the runs (a regular expression that searches for the closing run from every
+    backtick is quadratic on long lines full of unmatched backticks).
+    """
+    runs = [match.span() for match in _BACKTICKS.finditer(text)]
+    next_same_length: list[int | None] = [None] * len(runs)
+    latest: dict[int, int] = {}
+    for index in range(len(runs) - 1, -1, -1):
+        length = runs[index][1] - runs[index][0]
+        next_same_length[index] = latest.get(length)
+        latest[length] = index
+    spans = []
+    index = 0
+    while index < len(runs):
+        closing = next_same_length[index]
+        if closing is None:
+            index += 1
+            continue
+        spans.append((runs[index][0], runs[closing][1]))
+        index = closing + 1
+    return spans

@@ -36,6 +36,8 @@ class ParseResult:
     quarantined: list[QuarantinedPair] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     files_read: int = 0
+    # The ids of `examples`, kept across `extend` calls so that adding a file costs its own size only.
+    _ids: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
 
     @property
     def pairs_found(self) -> int:
@@ -43,9 +45,10 @@ class ParseResult:
 
     def extend(self, other: ParseResult) -> None:
         """Add another file's result; an example whose id is already taken gets a disambiguated one."""
-        taken = {example.id for example in self.examples}
+        if len(self._ids) != len(self.examples):
+            self._ids = {example.id for example in self.examples}
         for example in other.examples:
-            example.id = _claim_id(example, taken)
+            example.id = _claim_id(example, self._ids)
             self.examples.append(example)
         self.quarantined.extend(other.quarantined)
         self.warnings.extend(other.warnings)
@@ -151,12 +154,35 @@ class _Segment:
         return "\n".join(line.text for line in self.lines).strip("\n")
 
 
+class _Notices:
+    """A document's notices, found by line: each pair carries those of its whole file and of its own lines."""
+
+    def __init__(self, notices: Iterable[Notice]) -> None:
+        self.whole_file: list[Notice] = []
+        self.by_line: dict[int, list[Notice]] = {}
+        self.add(notices)
+
+    def add(self, notices: Iterable[Notice]) -> None:
+        for notice in notices:
+            if notice.line is None:
+                self.whole_file.append(notice)
+            else:
+                self.by_line.setdefault(notice.line, []).append(notice)
+
+    def concerning(self, first_line: int, last_line: int) -> list[Notice]:
+        on_lines = (self.by_line.get(line, []) for line in range(first_line, last_line + 1))
+        return [*self.whole_file, *(notice for notices in on_lines for notice in notices)]
+
+    def in_order(self) -> list[Notice]:
+        """Whole-file notices first, then by line."""
+        return [*self.whole_file, *(notice for line in sorted(self.by_line) for notice in self.by_line[line])]
+
+
 def _parse_document(text: str, source_file: str, config: DataConfig, file_notices: list[Notice]) -> ParseResult:
     lines, text_notices = _normalised_lines(text)
-    notices = [*file_notices, *text_notices]
     front_matter, body_start, front_notices = read_front_matter(lines)
     body, line_notices = classify_lines(lines[body_start:], first_number=body_start + 1)
-    notices += front_notices + line_notices
+    notices = _Notices([*file_notices, *text_notices, *front_notices, *line_notices])
     result = ParseResult(files_read=1)
     taken: set[str] = set()
     for segment in _segments(body):
@@ -167,13 +193,11 @@ def _parse_document(text: str, source_file: str, config: DataConfig, file_notice
                 QuarantinedPair(file=source_file, line=segment.first_line, reason=str(error), raw=segment.raw)
             )
             continue
-        notices += found
+        notices.add(found)
         if example is not None:
             example.id = _claim_id(example, taken)
             result.examples.append(example)
-    whole_file = [notice for notice in notices if notice.line is None]
-    by_line = sorted((notice for notice in notices if notice.line is not None), key=lambda notice: notice.line)
-    result.warnings = [notice.for_file(source_file) for notice in whole_file + by_line]
+    result.warnings = [notice.for_file(source_file) for notice in notices.in_order()]
     return result
 
 
@@ -237,7 +261,7 @@ class _Pair:
 
 
 def _example(
-    segment: _Segment, source_file: str, front_matter: FrontMatter, config: DataConfig, notices: list[Notice]
+    segment: _Segment, source_file: str, front_matter: FrontMatter, config: DataConfig, notices: _Notices
 ) -> tuple[ThinkingExample | None, list[Notice]]:
     """The example a segment holds (None for text between pairs) and the notices found while reading it.
 
@@ -260,8 +284,7 @@ def _example(
         original_text = segment.raw
         detail = f"{traditional} traditional character(s) converted to simplified"
         pair.notices.append(Notice("traditional", detail, segment.first_line))
-    span = range(segment.first_line, segment.last_line + 1)
-    own = [notice for notice in notices if notice.line is None or notice.line in span]
+    own = notices.concerning(segment.first_line, segment.last_line)
     example = ThinkingExample(
         id=example_id(source_file, pair.question),
         question=pair.question,
@@ -328,13 +351,14 @@ def _simplified(step: ThinkingStructure) -> ThinkingStructure:
 class _OpenBlock:
     tag: ThinkingTag
     line: int
-    # The block's own text, one paragraph per stretch between its nested blocks.
-    paragraphs: list[str] = field(default_factory=lambda: [""])
+    # The block's own text, one paragraph per stretch between its nested blocks, each kept as its pieces
+    # (joined once, when the block closes: appending to one string is quadratic in a long block).
+    paragraphs: list[list[str]] = field(default_factory=lambda: [[]])
     children: list[ThinkingStructure] = field(default_factory=list)
 
     def add_child(self, step: ThinkingStructure) -> None:
         self.children.append(step)
-        self.paragraphs.append("")
+        self.paragraphs.append([])
 
 
 class _ThinkingReader:
@@ -373,7 +397,7 @@ class _ThinkingReader:
 
     def _text(self, number: int, text: str) -> None:
         if self.stack:
-            self.stack[-1].paragraphs[-1] += text
+            self.stack[-1].paragraphs[-1].append(text)
         elif self.roots:
             if text.strip() and self.first_stray_line is None:
                 self.first_stray_line = number
@@ -397,7 +421,7 @@ class _ThinkingReader:
             detail = f"{block.tag} opened at line {block.line} is closed by {tag} at line {number}"
             raise UnparseablePair("mismatched_tag", detail)
         step = ThinkingStructure(
-            text="\n".join(paragraph for paragraph in map(_clean_block, block.paragraphs) if paragraph),
+            text="\n".join(paragraph for paragraph in map(_clean_block, map("".join, block.paragraphs)) if paragraph),
             line=block.line,
             children=block.children,
         )

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import codecs
+import errno
+import os
+import re
+import stat
+from collections import Counter
 from pathlib import Path
 
-from qft_core.data.corpus import CorpusNotFoundError
 from qft_core.data.markdown import Notice, Unparseable
 
 # Text never has more control characters than this share; binary files that slip past the NUL test do.
 _MAX_CONTROL_SHARE = 0.01
 _BINARY_CONTROLS = {chr(code) for code in [*range(32), 127]} - set("\t\n\r\f\v")
+# GB18030 text has about two thirds of its non-ASCII bytes invalid as UTF-8; UTF-8 with a few damaged
+# bytes (a bad copy, a stray Latin-1 character) has a small share. Below this share the file is UTF-8.
+_MAX_INVALID_UTF8_SHARE = 0.1
+# Bytes that are not UTF-8, as `surrogateescape` decodes them.
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+_ASCII = bytes(range(128))
+
+
+class CorpusNotFoundError(FileNotFoundError):
+    """A corpus folder or file that does not exist."""
 
 
 class UnreadableFile(Unparseable):
@@ -18,20 +32,31 @@ class UnreadableFile(Unparseable):
 
 
 def read_markdown(path: Path, max_bytes: int) -> tuple[str, list[Notice]]:
-    """The text of a file, with a notice if it was not UTF-8; raises UnreadableFile."""
+    """The text of a file, with a notice if it was not UTF-8; raises UnreadableFile.
+
+    Only regular files are read (a FIFO or a device would block or never end), and never more than
+    `max_bytes` + 1 bytes, even if the file grows while it is read.
+    """
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            detail = f"{size} bytes is over the limit of {max_bytes} (data.max_file_bytes)"
-            raise UnreadableFile("file_too_large", detail)
-        data = path.read_bytes()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it changes nothing for regular files.
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(descriptor, "rb") as handle:
+            status = os.fstat(descriptor)
+            if not stat.S_ISREG(status.st_mode):
+                raise UnreadableFile("unreadable", "not a regular file (a FIFO, a device or a socket)")
+            data = handle.read(max_bytes + 1) if status.st_size <= max_bytes else b""
     except OSError as error:
         raise UnreadableFile("unreadable", error.strerror or str(error)) from None
+    size = max(status.st_size, len(data))
+    if size > max_bytes:
+        detail = f"{size} bytes is over the limit of {max_bytes} (data.max_file_bytes)"
+        raise UnreadableFile("file_too_large", detail)
     return decode_markdown(data)
 
 
 def decode_markdown(data: bytes) -> tuple[str, list[Notice]]:
-    """Bytes as text: UTF-8 (a BOM stays in the text for the parser to note), UTF-16 with a BOM, or GB18030."""
+    """Bytes as text: UTF-8 (a BOM stays in the text for the parser to note), UTF-16 with a BOM, GB18030,
+    or UTF-8 with a few damaged bytes, each replaced by U+FFFD with a notice naming its line."""
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         try:
             text, notices = data.decode("utf-16"), [Notice("encoding", "decoded as UTF-16 (not UTF-8)")]
@@ -43,15 +68,40 @@ def decode_markdown(data: bytes) -> tuple[str, list[Notice]]:
         try:
             text, notices = data.decode("utf-8"), []
         except UnicodeDecodeError as not_utf8:
-            try:
-                text, notices = data.decode("gb18030"), [Notice("encoding", "decoded as GB18030/GBK (not UTF-8)")]
-            except UnicodeDecodeError:
-                detail = f"neither UTF-8 (bad byte at offset {not_utf8.start}) nor GB18030"
-                raise UnreadableFile("undecodable", detail) from None
+            text, notices = _decode_not_utf8(data, not_utf8)
     controls = sum(1 for character in text if character in _BINARY_CONTROLS)
     if controls > _MAX_CONTROL_SHARE * max(len(text), 1):
         raise UnreadableFile("binary_file", f"{controls} control characters in {len(text)}: not a text file")
     return text, notices
+
+
+def _decode_not_utf8(data: bytes, not_utf8: UnicodeDecodeError) -> tuple[str, list[Notice]]:
+    """UTF-8 with U+FFFD for each damaged byte when few are damaged, else GB18030; raises UnreadableFile."""
+    escaped = data.decode("utf-8", errors="surrogateescape")
+    damaged = [match.start() for match in _ESCAPED_BYTE.finditer(escaped)]
+    if len(damaged) <= _MAX_INVALID_UTF8_SHARE * len(data.translate(None, _ASCII)):
+        per_line = Counter(_line_numbers(escaped, damaged))
+        notices = [
+            Notice("encoding", f"{count} byte(s) that are not UTF-8 replaced by U+FFFD", line)
+            for line, count in sorted(per_line.items())
+        ]
+        return _ESCAPED_BYTE.sub("\ufffd", escaped), notices
+    try:
+        return data.decode("gb18030"), [Notice("encoding", "decoded as GB18030/GBK (not UTF-8)")]
+    except UnicodeDecodeError:
+        detail = f"neither UTF-8 (bad byte at offset {not_utf8.start}) nor GB18030"
+        raise UnreadableFile("undecodable", detail) from None
+
+
+def _line_numbers(text: str, offsets: list[int]) -> list[int]:
+    """The 1-based line of each offset (ascending), counting line ends as the parser does: LF, CRLF, CR."""
+    lines, line, previous = [], 1, 0
+    for offset in offsets:
+        stretch = text[previous:offset]
+        line += stretch.count("\n") + stretch.count("\r") - stretch.count("\r\n")
+        lines.append(line)
+        previous = offset
+    return lines
 
 
 def markdown_files(paths: list[Path]) -> tuple[list[tuple[Path, str]], list[str]]:
@@ -90,7 +140,14 @@ def _markdown_files_under(root: Path) -> tuple[list[tuple[Path, str]], list[str]
     visited = {root_real}  # real folders already searched: a link back up the tree is not followed again
 
     def search(folder: Path) -> None:
-        for entry in sorted(folder.iterdir()):
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError as error:
+            name = folder.relative_to(root).as_posix()
+            detail = f"folder cannot be listed ({error.strerror or error}); skipped"
+            warnings.append(Notice("unreadable", detail).for_file(name))
+            return
+        for entry in entries:
             name = entry.relative_to(root).as_posix()
             if entry.is_symlink() and not _link_stays_inside(entry, name, root, root_real, warnings):
                 continue
@@ -111,8 +168,11 @@ def _link_stays_inside(link: Path, name: str, root: Path, root_real: Path, warni
     relevant = link.suffix == ".md" or link.is_dir()
     try:
         target = link.resolve(strict=True)
-    except (OSError, RuntimeError):
-        if relevant:
+    except (OSError, RuntimeError) as error:
+        # Python 3.12 reports a chain of links that never ends as RuntimeError, later versions as ELOOP.
+        if isinstance(error, RuntimeError) or error.errno == errno.ELOOP:
+            warnings.append(Notice("broken_symlink", "link loop: it never reaches a file; skipped").for_file(name))
+        elif relevant:
             warnings.append(Notice("broken_symlink", "link target does not exist; skipped").for_file(name))
         return False
     if target.is_relative_to(root_real):
