@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import dagster as dg
+from filelock import FileLock
 
 from qft_core.config import REPO_ROOT
 
@@ -21,5 +22,8 @@ def project_dagster_home() -> Path:
 
 
 def project_instance() -> dg.DagsterInstance:
-    os.environ["DAGSTER_HOME"] = str(project_dagster_home())
-    return dg.DagsterInstance.get()
+    home = project_dagster_home()
+    os.environ["DAGSTER_HOME"] = str(home)
+    # The first open creates the SQLite storage: processes doing that at once can leave it unusable.
+    with FileLock(home / ".instance.lock"):
+        return dg.DagsterInstance.get()

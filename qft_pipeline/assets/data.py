@@ -15,6 +15,8 @@ from qft_pipeline.metadata import markdown_table
 from qft_pipeline.resources import QftSettings
 
 GROUP = "data"
+# Each log line is a stored Dagster event: a corpus with thousands of warnings would flood the run log.
+LOGGED_WARNINGS = 50
 
 
 def _preview(examples: list[ThinkingExample], limit: int = 8) -> dg.MarkdownMetadataValue:
@@ -61,8 +63,10 @@ def parsed_thinking_examples(context: dg.AssetExecutionContext, qft: QftSettings
     path = write_parquet(result.examples, ThinkingExample, folder / "examples.parquet")
     report = result.report()
     (folder / "quarantine.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
-    for warning in result.warnings:
+    for warning in result.warnings[:LOGGED_WARNINGS]:
         context.log.warning(warning)
+    if len(result.warnings) > LOGGED_WARNINGS:
+        context.log.warning(f"… and {len(result.warnings) - LOGGED_WARNINGS} more warnings in {folder / 'quarantine.json'}")
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(path)),

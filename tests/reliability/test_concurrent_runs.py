@@ -173,11 +173,6 @@ def test_concurrent_runs_on_one_instance_keep_their_artifacts_apart(tmp_path: Pa
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="qft_pipeline/instance.py creates the SQLite storage without a lock: first runs that start together "
-    "race on its schema and can leave it unusable; see docs/reliability.md",
-)
 def test_first_runs_started_together_on_a_fresh_instance_all_open_it(tmp_path: Path) -> None:
     for attempt in range(2):
         scratch = tmp_path / f"attempt-{attempt}"
