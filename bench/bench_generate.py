@@ -64,7 +64,9 @@ def main() -> None:
           f"max_new_tokens {args.max_new_tokens}, thinking_budget {args.thinking_budget}")
     # One short warm-up, so neither timed run pays for first-call allocations.
     generate_answers(model, tokenizer, items[:2], config.model_copy(update={"max_new_tokens": 4, "thinking_budget": 2}))
-    batched_s, batched = timed(f"batched ({args.batch_size})", lambda: generate_answers(model, tokenizer, items, config))
+    batched_s, batched = timed(
+        f"batched ({args.batch_size})", lambda: generate_answers(model, tokenizer, items, config)
+    )
     single_s, single = timed(
         "one at a time", lambda: generate_answers(model, tokenizer, items, config.model_copy(update={"batch_size": 1}))
     )

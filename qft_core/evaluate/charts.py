@@ -34,7 +34,9 @@ def write_charts(set_name: str, summary: Mapping, main_metrics: Sequence[str], o
     return paths
 
 
-def _grouped_bars(axes, groups: Sequence[str], values: Mapping[str, Sequence[Mapping | None]], models: Sequence[str]) -> None:
+def _grouped_bars(
+    axes, groups: Sequence[str], values: Mapping[str, Sequence[Mapping | None]], models: Sequence[str]
+) -> None:
     """Bars of each model side by side per group, with interval whiskers; a missing value draws no bar."""
     positions = np.arange(len(groups))
     width = 0.8 / len(models)
@@ -70,7 +72,8 @@ def _by_category(summary: Mapping, main_metrics: Sequence[str], models: Sequence
             model: [summary["by_category"][model].get(category, {}).get(metric) for category in categories]
             for model in models
         }
-        _grouped_bars(axes, [f"{category} ({summary['categories'][category]})" for category in categories], values, models)
+        labels = [f"{category} ({summary['categories'][category]})" for category in categories]
+        _grouped_bars(axes, labels, values, models)
         axes.set_title(f"{set_name}: {metric} by category")
         axes.legend(fontsize="small")
     figure.tight_layout()

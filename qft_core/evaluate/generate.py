@@ -311,7 +311,9 @@ def _sampling_seed(config: EvalConfig, device: torch.device) -> Iterator[None]:
         yield
 
 
-def _answer(item: EvalItem, completion: _Completion, tokenizer: PreTrainedTokenizerBase, latency: float) -> GeneratedAnswer:
+def _answer(
+    item: EvalItem, completion: _Completion, tokenizer: PreTrainedTokenizerBase, latency: float
+) -> GeneratedAnswer:
     ids = completion.reasoning_ids + completion.forced_ids + completion.answer_ids
     prediction = tokenizer.decode(ids[:-1] if completion.finished else ids, skip_special_tokens=False)
     reasoning, answer = split_reasoning(prediction)

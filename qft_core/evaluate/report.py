@@ -167,13 +167,15 @@ def render_markdown(data: Mapping, charts: Mapping[str, Sequence[Path]]) -> str:
     primary = data["primary_set"]
     settings = data["settings"]
     models = data["models"]
+    decoding = "greedy" if settings["temperature"] == 0 else (
+        f"temperature {settings['temperature']}, top_p {settings['top_p']}"
+    )
     lines = [
         "# Evaluation report",
         "",
         *(f"- {MODEL_LABELS.get(model, model)}: {description}" for model, description in models.items()),
         f"- generation: at most {settings['max_new_tokens']} new tokens, thinking budget "
-        f"{settings['thinking_budget']} tokens, "
-        + ("greedy" if settings["temperature"] == 0 else f"temperature {settings['temperature']}, top_p {settings['top_p']}"),
+        f"{settings['thinking_budget']} tokens, {decoding}",
         f"- intervals: {settings['confidence_level']:.0%} percentile bootstrap of the mean, "
         f"{settings['bootstrap_samples']} resamples (seed {settings['bootstrap_seed']}); differences are paired "
         "(fine-tuned − base on the same question)",
@@ -220,7 +222,8 @@ def _set_section(name: str, summary: Mapping, main_metrics: Sequence[str], chart
     names = dict.fromkeys(metric for model in models for metric in summary["metrics"][model] if "." not in metric)
     for metric in names:
         count = max(summary["metrics"][model].get(metric, {}).get("n", 0) for model in models)
-        lines.append(_row([metric, str(count), *(_estimate(summary["metrics"][model].get(metric)) for model in models)]))
+        estimates = [_estimate(summary["metrics"][model].get(metric)) for model in models]
+        lines.append(_row([metric, str(count), *estimates]))
 
     lines += ["", "### By category (mean; base → fine-tuned)", ""]
     lines += [_row(["category", "n", *main_metrics]), _row(["---"] * (2 + len(main_metrics)))]
@@ -231,10 +234,12 @@ def _set_section(name: str, summary: Mapping, main_metrics: Sequence[str], chart
             cells.append(" → ".join(means))
         lines.append(_row(cells))
 
-    lines += ["", "### Term F1 by term category", "", _row(["term category", *labels]), _row(["---"] * (1 + len(models)))]
+    lines += ["", "### Term F1 by term category", ""]
+    lines += [_row(["term category", *labels]), _row(["---"] * (1 + len(models)))]
     term_categories = dict.fromkeys(cat for model in models for cat in summary["term_f1_by_category"][model])
     for category in term_categories:
-        lines.append(_row([category, *(_estimate(summary["term_f1_by_category"][model].get(category)) for model in models)]))
+        estimates = [_estimate(summary["term_f1_by_category"][model].get(category)) for model in models]
+        lines.append(_row([category, *estimates]))
 
     lines += ["", "### Generation", "", _row(["", *labels]), _row(["---"] * (1 + len(models)))]
     for stat in summary["generation"][models[0]]:
@@ -256,7 +261,9 @@ def _set_section(name: str, summary: Mapping, main_metrics: Sequence[str], chart
             lines.append("None.")
 
     lines += ["", "### Misconceptions stated", ""]
-    stated = [(label, hit) for model, label in zip(models, labels, strict=True) for hit in summary["misconceptions"][model]]
+    stated = [
+        (label, hit) for model, label in zip(models, labels, strict=True) for hit in summary["misconceptions"][model]
+    ]
     if stated:
         lines += [_row(["model", "misconception", "answers", "claim"]), _row(["---"] * 4)]
         lines += [_row([label, hit["id"], str(hit["count"]), hit["claim"]]) for label, hit in stated]
@@ -276,7 +283,8 @@ def _paired_differences(scores: Mapping[str, Scores], models: Sequence[str], boo
     differences = {}
     for metric in MAIN_METRICS:
         pairs = [
-            (tuned.get(metric), base.get(metric)) for tuned, base in zip(scores["finetuned"], scores["base"], strict=True)
+            (tuned.get(metric), base.get(metric))
+            for tuned, base in zip(scores["finetuned"], scores["base"], strict=True)
         ]
         values = [tuned - base for tuned, base in pairs if _finite(tuned) and _finite(base)]
         if values:
@@ -324,7 +332,9 @@ def _term_coverage(answers: Sequence[GeneratedAnswer], dictionary: TermDictionar
     for answer in answers:
         in_references.update(set(dictionary.term_ids(answer.reference_answer)))
         produced.update(dictionary.term_ids(answer.answer))
-    never = sorted((term for term in in_references if term not in produced), key=lambda term: (-in_references[term], term))
+    never = sorted(
+        (term for term in in_references if term not in produced), key=lambda term: (-in_references[term], term)
+    )
     return {
         "reference_terms": len(in_references),
         "produced": len(in_references) - len(never),

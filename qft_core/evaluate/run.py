@@ -54,13 +54,14 @@ def evaluate_models(
 
     spec = resolve_model(config.model, config.paths)
     tokenizer = load_tokenizer(spec)
-    tokenizer.padding_side = "left"
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(spec, dtype=config.model.dtype, device=device)
     generations: dict[str, dict[str, list[GeneratedAnswer]]] = {name: {} for name in sets}
     elapsed: dict[str, dict[str, float]] = {name: {} for name in sets}
     for role in MODELS:
         if role == "finetuned":
+            # Imported here: importing peft also loads the quantization backends, seconds of startup that
+            # importing this module (as the Dagster definitions do) should not pay.
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
@@ -72,6 +73,7 @@ def evaluate_models(
             )
             elapsed[name][role] = time.perf_counter() - began
             steps.advance(len(items))
+    # Scoring may fork worker processes; they need none of the weights.
     del model
 
     dictionary = TermDictionary.load(config.paths.resolve(config.paths.term_dictionary))

@@ -48,7 +48,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _items(questions: list[str] = QUESTIONS) -> list[EvalItem]:
-    return [EvalItem(id=f"q{index}", question=question, reference_answer="参考答案") for index, question in enumerate(questions)]
+    return [
+        EvalItem(id=f"q{index}", question=question, reference_answer="参考答案")
+        for index, question in enumerate(questions)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +166,8 @@ def test_items_take_expert_reasoning_only_and_gold_items_keep_their_references()
 
 def test_empty_thinking_budget_closes_at_once(tiny) -> None:
     model, tokenizer = tiny
-    (answer,) = generate_answers(model, tokenizer, _items(QUESTIONS[:1]), EvalConfig(max_new_tokens=6, thinking_budget=0))
+    config = EvalConfig(max_new_tokens=6, thinking_budget=0)
+    (answer,) = generate_answers(model, tokenizer, _items(QUESTIONS[:1]), config)
     close_ids = list(Stops.for_model(model, tokenizer).close_ids)
     assert answer.token_ids[: len(close_ids)] == close_ids
     assert (answer.reasoning_tokens, answer.reasoning, answer.forced_close) == (0, "", True)
