@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,6 +9,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+from qft_core.train.metrics_log import MetricsLog  # noqa: E402
 
 # Validation metrics on Chinese text the engine may log next to val_loss: accuracies (higher is better) and the
 # token loss on the reasoning and on the answer part of the targets (lower is better).
@@ -20,13 +21,10 @@ CHINESE_METRICS = CHINESE_ACCURACIES + CHINESE_LOSSES
 
 def read_metrics(path: str | Path) -> list[dict]:
     """The metrics records in order; a torn last line (a killed writer) is skipped."""
-    records = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no metrics file")
+    return MetricsLog(path).records()
 
 
 def series(records: list[dict], key: str) -> list[tuple[int, float]]:

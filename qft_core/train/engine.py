@@ -49,7 +49,7 @@ from qft_core.train.fast_path import apply_fast_path, build_optimizer, choose_fa
 from qft_core.train.faults import Faults
 from qft_core.train.job import SUMMARY_FILE, JobError, TrainingJob, TrainingSummary
 from qft_core.train.loss import TokenLossSum, causal_lm
-from qft_core.train.metrics_log import ConsoleReporter, MetricsLog, Reporter
+from qft_core.train.metrics_log import METRICS_FILE, ConsoleReporter, MetricsLog, Reporter
 from qft_core.train.parallel import (
     ParallelSetupError,
     Runtime,
@@ -64,7 +64,6 @@ from qft_core.train.schedule import build_scheduler
 
 ADAPTER_DIR = "adapter"
 CHECKPOINTS_DIR = "checkpoints"
-METRICS_FILE = "metrics.jsonl"
 # Written when training stops on purpose (anomalies), so torchrun's restart of the same run does not retry.
 HALT_FILE = "halted.json"
 # Grad-norm spikes are judged against the median of this many recent accepted steps, once there are MIN of them.

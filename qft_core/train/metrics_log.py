@@ -44,6 +44,9 @@ class ConsoleReporter:
         self._write(SUMMARY_PREFIX + json.dumps(summary, sort_keys=True))
 
 
+METRICS_FILE = "metrics.jsonl"
+
+
 class MetricsLog:
     """Append-only `metrics.jsonl`: one JSON object per line, flushed as written so a crash loses nothing."""
 

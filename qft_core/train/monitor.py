@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from qft_core.train.metrics_log import METRICS_FILE
 from qft_core.train.curves import (
     CHINESE_ACCURACIES,
     CHINESE_METRICS,
@@ -24,8 +25,6 @@ from qft_core.train.curves import (
 )
 from qft_core.train.job import SUMMARY_FILE, TrainingSummary
 
-# The engine's file name (engine.METRICS_FILE; the engine module itself imports torch and PEFT).
-METRICS_FILE = "metrics.jsonl"
 REPORT_FILE = "training_monitor.md"
 PANELS_FILE = "training_curves.png"
 CHINESE_FILE = "chinese_metrics.png"
