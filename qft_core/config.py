@@ -149,6 +149,10 @@ class QuantConfig(Section):
     verify_subset: int = Field(8, ge=1)
     # Tokens generated per answer of the verification subset.
     verify_max_new_tokens: int = Field(32, ge=1)
+    # gptqmodel kernel that quantizes and loads GPTQ packages (a gptqmodel BACKEND value). auto lets gptqmodel
+    # choose; on Hopper GPUs it picks Machete, which downloads CUTLASS on first use, so offline machines set
+    # gptq_triton (no build step) or gptq_marlin (compiled from gptqmodel's bundled sources).
+    gptq_kernel: str = "auto"
     max_perplexity_increase: float = Field(0.25, ge=0)
     # Blocking check: share of minimal-pair probes where a package must choose what the unquantized model chooses.
     min_probe_agreement: float = Field(0.8, ge=0, le=1)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPTQConfig, PreTrainedModel
 
 from qft_core.config import QuantConfig
 from qft_core.model.chat import generation_prompt_ids
@@ -40,6 +40,8 @@ FULL_PRECISION_MODULES = ("lm_head",)
 QUANTO_GROUP_SIZE = 128
 SOURCE_FILES_KEPT = ("generation_config.json",)
 RELOAD_CHECK_QUESTION = "什么是分组密码？"
+# Where `qft serve` and other config-less loaders take the GPTQ kernel from (quant.gptq_kernel otherwise).
+GPTQ_KERNEL_ENV = "QFT_GPTQ_KERNEL"
 
 
 class FormatUnavailableError(RuntimeError):
@@ -105,7 +107,8 @@ class QuantizedPackage:
 
 
 Writer = Callable[[Path, Path, QuantConfig, Sequence[str] | None, str], int]
-Loader = Callable[[Path, str], PreTrainedModel]
+# (package directory, device, gptq kernel): int8 and int4 have one kernel each and ignore the third.
+Loader = Callable[[Path, str, str], PreTrainedModel]
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,7 @@ def _write_torchao_int8(
     return 0
 
 
-def _load_torchao(directory: Path, device: str) -> PreTrainedModel:
+def _load_torchao(directory: Path, device: str, gptq_kernel: str) -> PreTrainedModel:
     return _from_pretrained(directory, device, dtype="auto")
 
 
@@ -160,7 +163,7 @@ def _write_quanto_int4(
     return 0
 
 
-def _load_quanto(directory: Path, device: str) -> PreTrainedModel:
+def _load_quanto(directory: Path, device: str, gptq_kernel: str) -> PreTrainedModel:
     from optimum.quanto import QuantizedModelForCausalLM
 
     return QuantizedModelForCausalLM.from_pretrained(directory)._wrapped.to(device)
@@ -190,11 +193,22 @@ def check_gptq_group_size(source: Path, group_size: int) -> None:
         )
 
 
+def _gptq_backend(kernel: str) -> Any:
+    from gptqmodel.utils.backend import BACKEND
+
+    try:
+        return BACKEND(kernel.lower())
+    except ValueError:
+        known = ", ".join(backend.value for backend in BACKEND if backend.value.startswith(("auto", "gptq_")))
+        raise QuantSettingsError(f"quant.gptq_kernel '{kernel}' is not a gptqmodel GPTQ kernel; one of: {known}") from None
+
+
 def _check_gptq_kernel(config: QuantConfig, device: str, dtype: torch.dtype) -> None:
     from gptqmodel.utils.importer import select_quant_linear
 
     try:
         select_quant_linear(
+            backend=_gptq_backend(config.gptq_kernel),
             bits=config.gptq_bits,
             group_size=config.gptq_group_size,
             desc_act=False,
@@ -205,8 +219,8 @@ def _check_gptq_kernel(config: QuantConfig, device: str, dtype: torch.dtype) -> 
         )
     except (ValueError, NotImplementedError) as error:
         raise FormatUnavailableError(
-            f"gptq: no GPTQ kernel for {config.gptq_bits}-bit, group size {config.gptq_group_size}, {dtype} on "
-            f"{device}: {error}"
+            f"gptq: no GPTQ kernel ({config.gptq_kernel}) for {config.gptq_bits}-bit, group size "
+            f"{config.gptq_group_size}, {dtype} on {device}: {error}"
         ) from None
 
 
@@ -234,7 +248,7 @@ def _write_gptq(source: Path, target: Path, config: QuantConfig, texts: Sequence
     from gptqmodel import GPTQModel, QuantizeConfig
 
     settings = QuantizeConfig(bits=config.gptq_bits, group_size=config.gptq_group_size, desc_act=False, sym=True)
-    model = GPTQModel.load(str(source), settings, device=device, dtype=dtype)
+    model = GPTQModel.load(str(source), settings, device=device, dtype=dtype, backend=_gptq_backend(config.gptq_kernel))
     # gptqmodel drops calibration rows shorter than its minimum; 1 keeps every text we chose.
     model.quantize(calibration, calibration_data_min_length=1)
     # Saved in the `gptq` checkpoint format (quantization_config in config.json), which vLLM and transformers load.
@@ -242,9 +256,12 @@ def _write_gptq(source: Path, target: Path, config: QuantConfig, texts: Sequence
     return len(calibration)
 
 
-def _load_gptq(directory: Path, device: str) -> PreTrainedModel:
+def _load_gptq(directory: Path, device: str, gptq_kernel: str) -> PreTrainedModel:
     # Never the in-memory model that quantized: it can give NaN logits until its weights are reloaded packed.
-    return _from_pretrained(directory, device, dtype=torch_dtype("auto", device))
+    # The kernel is a loading attribute: transformers merges it into the package's stored quantization config.
+    stored = json.loads((directory / "config.json").read_text(encoding="utf-8"))["quantization_config"]
+    kernel = GPTQConfig(bits=stored["bits"], backend=_gptq_backend(gptq_kernel).value)
+    return _from_pretrained(directory, device, dtype=torch_dtype("auto", device), quantization_config=kernel)
 
 
 METHODS: dict[str, QuantMethod] = {
@@ -311,8 +328,8 @@ def _keep_source_files(source: Path, target: Path) -> None:
 
 
 @torch.no_grad()
-def _check_reloaded(directory: Path, device: str) -> None:
-    model = load_quantized(directory, device=device)
+def _check_reloaded(directory: Path, device: str, gptq_kernel: str) -> None:
+    model = load_quantized(directory, device=device, gptq_kernel=gptq_kernel)
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     ids = torch.tensor([generation_prompt_ids(RELOAD_CHECK_QUESTION, tokenizer)], device=device)
     logits = model(input_ids=ids).logits
@@ -369,7 +386,7 @@ def quantize(
         )
         text = json.dumps(package.metadata(), ensure_ascii=False, indent=2)
         (staging / QUANT_METADATA_FILE).write_text(text + "\n", encoding="utf-8")
-        _check_reloaded(staging, device)
+        _check_reloaded(staging, device, config.gptq_kernel)
         _move_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -377,8 +394,13 @@ def quantize(
     return QuantizedPackage.read(out_dir)
 
 
-def load_quantized(package_dir: Path, *, device: str = "cpu") -> PreTrainedModel:
-    """The quantized model of a package, loaded the way its `qft_quantization.json` says, in eval mode."""
+def load_quantized(package_dir: Path, *, device: str = "cpu", gptq_kernel: str | None = None) -> PreTrainedModel:
+    """The quantized model of a package, loaded the way its `qft_quantization.json` says, in eval mode.
+
+    `gptq_kernel` (a gptqmodel backend; default $QFT_GPTQ_KERNEL, else auto) picks the kernel of GPTQ packages:
+    the kernel belongs to the machine that loads, not to the package.
+    """
     package = QuantizedPackage.read(package_dir)
     _check_no_pickles(package.directory)
-    return quant_method(package.format).load(package.directory, device).eval()
+    kernel = gptq_kernel or os.environ.get(GPTQ_KERNEL_ENV) or "auto"
+    return quant_method(package.format).load(package.directory, device, kernel).eval()

@@ -324,7 +324,7 @@ def evaluate_directory(
     started = time.perf_counter()
     if (model_dir / QUANT_METADATA_FILE).is_file():
         package = QuantizedPackage.read(model_dir)
-        model = load_quantized(model_dir, device=device)
+        model = load_quantized(model_dir, device=device, gptq_kernel=config.gptq_kernel)
         identity = {
             "variant": package.format,
             "quant_format": package.format,

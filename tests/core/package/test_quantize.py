@@ -17,6 +17,7 @@ from qft_core.model.registry import ensure_model_dir, resolve_model
 from qft_core.model.tokenizer import qwen3_thinking_chat_template
 from qft_core.package import quantize as quantize_module
 from qft_core.package.quantize import (
+    GPTQ_KERNEL_ENV,
     PICKLE_SUFFIXES,
     QUANT_METADATA_FILE,
     FormatUnavailableError,
@@ -162,7 +163,7 @@ def test_a_package_holding_a_pickle_is_refused(packages, tmp_path):
 
 
 @pytest.mark.slow
-def test_gptq_package_reloads_identically_and_records_its_settings(source_dir, tokenizer, tmp_path):
+def test_gptq_package_reloads_identically_and_records_its_settings(source_dir, tokenizer, tmp_path, monkeypatch):
     # The first GPTQ run on a CPU machine also compiles gptqmodel's CPU kernels (minutes; cached afterwards).
     package = quantize(source_dir, "gptq", tmp_path / "gptq", CONFIG, calibration_texts=list(PERPLEXITY_TEXTS) * 4)
     weight_files_are_safetensors_only(package.directory)
@@ -174,6 +175,24 @@ def test_gptq_package_reloads_identically_and_records_its_settings(source_dir, t
     second = prompt_logits(load_quantized(package.directory), tokenizer)
     assert torch.isfinite(first).all() and torch.equal(first, second)
 
+    # The kernel is the loader's choice: an argument, else $QFT_GPTQ_KERNEL.
+    chosen = load_quantized(package.directory, gptq_kernel="gptq_torch")
+    assert type(chosen.model.layers[0].self_attn.q_proj).__name__ == "TorchLinear"
+    monkeypatch.setenv(GPTQ_KERNEL_ENV, "gptq_torch")
+    from_env = load_quantized(package.directory)
+    assert type(from_env.model.layers[0].mlp.down_proj).__name__ == "TorchLinear"
+    torch.testing.assert_close(prompt_logits(from_env, tokenizer), first, rtol=1e-3, atol=1e-3)
+    monkeypatch.setenv(GPTQ_KERNEL_ENV, "fastest_please")
+    with pytest.raises(QuantSettingsError, match="quant.gptq_kernel 'fastest_please' is not a gptqmodel GPTQ kernel"):
+        load_quantized(package.directory)
+
+
+def test_an_unknown_gptq_kernel_is_refused_before_anything_is_written(source_dir, tmp_path):
+    settings = CONFIG.model_copy(update={"gptq_kernel": "warp_drive"})
+    with pytest.raises(QuantSettingsError, match="quant.gptq_kernel 'warp_drive'.*gptq_triton"):
+        quantize(source_dir, "gptq", tmp_path / "gptq", settings, calibration_texts=list(PERPLEXITY_TEXTS))
+    assert list(tmp_path.iterdir()) == []
+
 
 @pytest.mark.slow
 def test_gptq_without_a_kernel_for_the_settings_is_unavailable(source_dir, tmp_path, monkeypatch):
@@ -184,7 +203,7 @@ def test_gptq_without_a_kernel_for_the_settings_is_unavailable(source_dir, tmp_p
 
     monkeypatch.setattr(gptqmodel.utils.importer, "select_quant_linear", no_kernel)
     with pytest.raises(
-        FormatUnavailableError, match="gptq: no GPTQ kernel for 4-bit, group size 64.*No valid quant linear"
+        FormatUnavailableError, match=r"gptq: no GPTQ kernel \(auto\) for 4-bit, group size 64.*No valid quant linear"
     ):
         quantize(source_dir, "gptq", tmp_path / "gptq", CONFIG, calibration_texts=list(PERPLEXITY_TEXTS))
     assert list(tmp_path.iterdir()) == []
