@@ -206,9 +206,10 @@ def _gptq_backend(kernel: str) -> Any:
 def _check_gptq_kernel(config: QuantConfig, device: str, dtype: torch.dtype) -> None:
     from gptqmodel.utils.importer import select_quant_linear
 
+    backend = _gptq_backend(config.gptq_kernel)
     try:
         select_quant_linear(
-            backend=_gptq_backend(config.gptq_kernel),
+            backend=backend,
             bits=config.gptq_bits,
             group_size=config.gptq_group_size,
             desc_act=False,
