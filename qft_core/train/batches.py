@@ -115,17 +115,31 @@ def micro_batches(sequences: list[Sequence], layout: BatchLayout) -> list[list[S
     return [sequences[start : start + size] for start in range(0, len(sequences), size)]
 
 
+@dataclass
+class MicroBatch:
+    """One forward's model keyword arguments, and the target tokens' segment flags shaped like its labels."""
+
+    inputs: dict[str, torch.Tensor]
+    segments: torch.Tensor
+
+    def to(self, device: torch.device) -> MicroBatch:
+        return MicroBatch({name: value.to(device) for name, value in self.inputs.items()}, self.segments.to(device))
+
+
 def collate(
     sequences: list[Sequence], *, packing: bool, row_tokens: int, pad_id: int, dtype: torch.dtype, attention: str = SDPA
-) -> dict[str, torch.Tensor]:
-    """One micro-batch as model keyword arguments: sequences packed into rows of at most `row_tokens`, kept apart
-    as `attention` needs (a block-diagonal mask in `dtype`, or restarting positions for flex attention), or one
-    padded row each."""
+) -> MicroBatch:
+    """One micro-batch: sequences packed into rows of at most `row_tokens`, kept apart as `attention` needs (a
+    block-diagonal mask in `dtype`, or restarting positions for flex attention), or one padded row each."""
     if packing:
         rows = pack_sequences(sequences, row_tokens)
         batch = collate_packed([[sequences[i] for i in row] for row in rows], pad_id=pad_id)
-        return packed_model_inputs(batch, attention, dtype)
-    return collate_padded(sequences, pad_id).model_inputs()
+        inputs = packed_model_inputs(batch, attention, dtype)
+    else:
+        batch = collate_padded(sequences, pad_id)
+        inputs = batch.model_inputs()
+    # Flash attention flattens the rows; the flags follow the labels' layout, element for element.
+    return MicroBatch(inputs, batch.segments.reshape(inputs["labels"].shape))
 
 
 def count_tokens(sequences: list[Sequence]) -> tuple[int, int]:

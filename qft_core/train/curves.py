@@ -11,11 +11,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 from qft_core.train.metrics_log import MetricsLog  # noqa: E402
+from qft_core.train.validation_metrics import (  # noqa: E402
+    VAL_ANSWER_LOSS,
+    VAL_CHAR_ACCURACY,
+    VAL_REASONING_LOSS,
+    VAL_TERM_ACCURACY,
+)
 
-# Validation metrics on Chinese text the engine may log next to val_loss: accuracies (higher is better) and the
-# token loss on the reasoning and on the answer part of the targets (lower is better).
-CHINESE_ACCURACIES = ("val_char_accuracy", "val_term_accuracy")
-CHINESE_LOSSES = ("val_reasoning_loss", "val_answer_loss")
+# Validation metrics on Chinese text the engine logs next to val_loss (validation_metrics.py defines them):
+# accuracies (higher is better) and the token loss on the reasoning and on the answer part of the targets (lower
+# is better).
+CHINESE_ACCURACIES = (VAL_CHAR_ACCURACY, VAL_TERM_ACCURACY)
+CHINESE_LOSSES = (VAL_REASONING_LOSS, VAL_ANSWER_LOSS)
 CHINESE_METRICS = CHINESE_ACCURACIES + CHINESE_LOSSES
 
 

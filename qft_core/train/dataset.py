@@ -1,5 +1,5 @@
-"""Tokenized splits: encoded before any process group starts, length-checked, stored without pickle, and served
-to each rank in a deterministic, resumable order."""
+"""Tokenized splits: encoded before any process group starts, length-checked, labelled by segment (reasoning,
+answer, cryptography term), stored without pickle, and served to each rank in a deterministic, resumable order."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,8 +19,21 @@ from safetensors.numpy import save_file
 
 from qft_core.records import ThinkingExample
 
+if TYPE_CHECKING:
+    from qft_core.data.terms import TermDictionary
+    from qft_core.model.chat import EncodedExample
+    from qft_core.train.token_pieces import TokenPieces
+
 IGNORE_INDEX = -100
+# Files written before segments existed have no "segments" array and load with every flag 0.
 FORMAT = "qft-tokenized-v1"
+
+# Segment flags of a token (bits of `TokenizedSplit.segments`), set on supervised tokens (label != -100) only:
+# the final turn's reasoning, its answer, and the answer tokens whose characters overlap a cryptography term the
+# dictionary finds in the answer. The `</think>` scaffold and `<|im_end|>` are supervised but in no segment.
+REASONING = 1
+ANSWER = 2
+TERM = 4
 
 
 class TokenizedFormatError(ValueError):
@@ -66,28 +79,40 @@ def nearest_rank_percentile(values: Sequence[int], percent: float) -> int:
 
 @dataclass(eq=False)
 class TokenizedSplit:
-    """Sequences stored flat: sequence i is `input_ids[offsets[i]:offsets[i + 1]]` (labels likewise)."""
+    """Sequences stored flat: sequence i is `input_ids[offsets[i]:offsets[i + 1]]` (labels and segment flags
+    likewise)."""
 
     ids: list[str]
     input_ids: np.ndarray
     labels: np.ndarray
     offsets: np.ndarray
     report: LengthReport
+    segments: np.ndarray
 
     @classmethod
     def from_sequences(
-        cls, ids: list[str], input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], report: LengthReport
+        cls,
+        ids: list[str],
+        input_ids: Sequence[Sequence[int]],
+        labels: Sequence[Sequence[int]],
+        report: LengthReport,
+        segments: Sequence[Sequence[int]] | None = None,
     ) -> TokenizedSplit:
+        """A split from per-sequence lists; without `segments` every token's segment flags are 0."""
         lengths = [len(sequence) for sequence in input_ids]
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         total = int(offsets[-1])
+        flags = np.zeros(total, dtype=np.uint8)
+        if segments is not None:
+            flags = np.fromiter((flag for row in segments for flag in row), dtype=np.uint8, count=total)
         return cls(
             ids=list(ids),
             input_ids=_flatten(input_ids, total),
             labels=_flatten(labels, total),
             offsets=offsets,
             report=report,
+            segments=flags,
         )
 
     def __len__(self) -> int:
@@ -99,6 +124,9 @@ class TokenizedSplit:
     def sequence(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         start, end = int(self.offsets[index]), int(self.offsets[index + 1])
         return self.input_ids[start:end], self.labels[start:end]
+
+    def sequence_segments(self, index: int) -> np.ndarray:
+        return self.segments[int(self.offsets[index]) : int(self.offsets[index + 1])]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, TokenizedSplit):
@@ -112,6 +140,7 @@ class TokenizedSplit:
                     (self.input_ids, other.input_ids),
                     (self.labels, other.labels),
                     (self.offsets, other.offsets),
+                    (self.segments, other.segments),
                 )
             )
         )
@@ -128,16 +157,27 @@ def tokenize_examples(
     max_length: int,
     loss_on_reasoning: bool,
     mask_empty_thinking: bool,
+    dictionary: TermDictionary | None = None,
 ) -> TokenizedSplit:
-    """Encode every example; those longer than `max_length` or with no trained token are excluded and reported,
-    never truncated."""
-    # Imported here: the chat format pulls in transformers and the tokenizer code, which ranks that only load
-    # an already tokenized split never need.
-    from qft_core.model.chat import encode_example
+    """Encode every example with its segment flags; those longer than `max_length` or with no trained token are
+    excluded and reported, never truncated.
 
+    Terms come from `dictionary` (default: the project's, `data/crypto_terms.yaml`). They are flagged only with
+    a byte-level BPE tokenizer, whose tokens map exactly onto characters (`TokenPieces`); with any other tokenizer
+    the TERM flag stays 0 and the term accuracy is not measured.
+    """
+    # Imported here: the chat format pulls in transformers and the tokenizer code, and the dictionary OpenCC,
+    # which ranks that only load an already tokenized split never need.
+    from qft_core.data.terms import load_default_dictionary
+    from qft_core.model.chat import encode_example
+    from qft_core.train.token_pieces import TokenPieces
+
+    dictionary = dictionary if dictionary is not None else load_default_dictionary()
+    pieces = TokenPieces.of(tokenizer)
     kept_ids: list[str] = []
     kept_inputs: list[list[int]] = []
     kept_labels: list[list[int]] = []
+    kept_segments: list[list[int]] = []
     over_length: list[OverLength] = []
     without_targets: list[str] = []
     all_lengths: list[int] = []
@@ -155,6 +195,7 @@ def tokenize_examples(
             kept_ids.append(example.id)
             kept_inputs.append(list(encoded.input_ids))
             kept_labels.append(list(encoded.labels))
+            kept_segments.append(segment_flags(encoded, pieces, dictionary, what=f"example {example.id}"))
     report = LengthReport(
         limit=max_length,
         examples=len(all_lengths),
@@ -167,17 +208,44 @@ def tokenize_examples(
         total_tokens=sum(len(ids) for ids in kept_inputs),
         target_tokens=sum(label != IGNORE_INDEX for labels in kept_labels for label in labels),
     )
-    return TokenizedSplit.from_sequences(kept_ids, kept_inputs, kept_labels, report)
+    return TokenizedSplit.from_sequences(kept_ids, kept_inputs, kept_labels, report, kept_segments)
+
+
+def segment_flags(
+    encoded: EncodedExample, pieces: TokenPieces | None, dictionary: TermDictionary, what: str = "example"
+) -> list[int]:
+    """Each token's segment flags (REASONING | ANSWER | TERM), 0 where the label is -100.
+
+    Reasoning and answer are the chat encoding's token spans. A TERM token is an answer token whose characters
+    overlap a term occurrence `dictionary.find` reports in the answer tokens' text: a term cut mid-token flags
+    every token it touches, and a character split over several byte tokens flags all of them.
+    """
+    flags = [0] * len(encoded.input_ids)
+    for index in range(*encoded.reasoning_span):
+        flags[index] |= REASONING
+    answer_start, answer_end = encoded.answer_span
+    for index in range(answer_start, answer_end):
+        flags[index] |= ANSWER
+    if pieces is not None and answer_start < answer_end:
+        text, spans = pieces.char_spans(encoded.input_ids, what)
+        text_start, text_end = spans[answer_start][0], spans[answer_end - 1][1]
+        for match in dictionary.find(text[text_start:text_end]):
+            term_start, term_end = text_start + match.start, text_start + match.end
+            for index in range(answer_start, answer_end):
+                token_start, token_end = spans[index]
+                if token_start < term_end and term_start < token_end:
+                    flags[index] |= TERM
+    return [flag if label != IGNORE_INDEX else 0 for flag, label in zip(flags, encoded.labels, strict=True)]
 
 
 def save_tokenized(split: TokenizedSplit, path: str | Path) -> Path:
-    """Write a split as one safetensors file (flat int32 tokens and labels, int64 offsets; ids and report in its
-    metadata), atomically."""
+    """Write a split as one safetensors file (flat int32 tokens and labels, uint8 segment flags, int64 offsets; ids
+    and report in its metadata), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
     save_file(
-        {"input_ids": split.input_ids, "labels": split.labels, "offsets": split.offsets},
+        {"input_ids": split.input_ids, "labels": split.labels, "offsets": split.offsets, "segments": split.segments},
         str(temporary),
         metadata={
             "format": FORMAT,
@@ -208,23 +276,26 @@ def load_tokenized(path: str | Path) -> TokenizedSplit:
         labels=arrays["labels"],
         offsets=arrays["offsets"],
         report=LengthReport.model_validate_json(metadata["report"]),
+        segments=arrays.get("segments", np.zeros(len(arrays["input_ids"]), dtype=np.uint8)),
     )
     offsets = split.offsets
     consistent = (
         len(offsets) == len(split.ids) + 1
         and offsets[0] == 0
-        and offsets[-1] == len(split.input_ids) == len(split.labels)
+        and offsets[-1] == len(split.input_ids) == len(split.labels) == len(split.segments)
         and bool(np.all(np.diff(offsets) >= 0))
     )
     if not consistent:
         raise TokenizedFormatError(
-            f"{path}: offsets do not match {len(split.ids)} ids and {len(split.input_ids)} tokens"
+            f"{path}: offsets do not match {len(split.ids)} ids and {len(split.input_ids)} tokens "
+            f"({len(split.labels)} labels, {len(split.segments)} segment flags)"
         )
     return split
 
 
 class TokenizedDataset(torch.utils.data.Dataset):
-    """Item i of a tokenized split as {'input_ids', 'labels'}: 1-D int64 tensors."""
+    """Item i of a tokenized split as {'input_ids', 'labels', 'segments'}: 1-D int64 tensors (segment flags
+    uint8)."""
 
     def __init__(self, split: TokenizedSplit) -> None:
         self.split = split
@@ -237,6 +308,7 @@ class TokenizedDataset(torch.utils.data.Dataset):
         return {
             "input_ids": torch.from_numpy(input_ids.astype(np.int64)),
             "labels": torch.from_numpy(labels.astype(np.int64)),
+            "segments": torch.from_numpy(self.split.sequence_segments(index).copy()),
         }
 
     def lengths(self) -> list[int]:

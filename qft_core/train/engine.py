@@ -37,6 +37,7 @@ from qft_core.train.adapter import adapter_state, build_lora_model, load_adapter
 from qft_core.train.batches import (
     LAYOUT_FILE,
     BatchError,
+    MicroBatch,
     StepFeed,
     collate,
     count_tokens,
@@ -61,6 +62,8 @@ from qft_core.train.parallel import (
     wrap_for_parallelism,
 )
 from qft_core.train.schedule import build_scheduler
+from qft_core.train.token_pieces import TokenPieces
+from qft_core.train.validation_metrics import VAL_LOSS, ValidationTally, tally_batch
 
 ADAPTER_DIR = "adapter"
 CHECKPOINTS_DIR = "checkpoints"
@@ -70,6 +73,10 @@ HALT_FILE = "halted.json"
 GRAD_NORM_WINDOW = 50
 GRAD_NORM_MIN_HISTORY = 5
 GIB = 1024**3
+# Steps at the start of every process (a first run, each restart or resume) left out of the steady-state
+# throughput: the first step compiles kernels (torch.compile, flex attention), autotunes and fills the
+# allocator's cache, so on a GPU it can take many times a steady step.
+WARMUP_STEPS = 1
 
 
 class TrainingError(RuntimeError):
@@ -100,6 +107,9 @@ class TrainerState:
     tokens: int = 0
     target_tokens: int = 0
     train_seconds: float = 0.0
+    # Tokens and step time of the steps after each process's first WARMUP_STEPS: the steady-state throughput.
+    steady_tokens: int = 0
+    steady_seconds: float = 0.0
     wall_seconds: float = 0.0
     last_loss: float | None = None
     last_val_loss: float | None = None
@@ -180,6 +190,8 @@ class Trainer:
         seed_everything(job.training.seed)
         self.train_data = TokenizedDataset(load_tokenized(job.train_data))
         self.validation_data = TokenizedDataset(load_tokenized(job.validation_data)) if job.validation_data else None
+        # The characters behind token ids, for the validation character accuracy (none without a tokenizer).
+        self.token_pieces = TokenPieces.load(job.tokenizer_dir) if job.tokenizer_dir and self.validation_data else None
         self.feed = StepFeed(self.train_data, job.training.seed, runtime.rank, runtime.world_size, self.layout.per_rank)
         self.total_steps = job.training.max_steps or max(1, math.ceil(job.training.epochs * self.feed.steps_per_epoch))
 
@@ -205,6 +217,7 @@ class Trainer:
         if resume_from is not None:
             self._resume(resume_from)
         self.faults = Faults.from_env(runtime.rank, resumed=resume_from is not None)
+        self.steps_this_process = 0
 
     # -- resume and checkpoint ---------------------------------------------------------------------------------
 
@@ -279,9 +292,9 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.runtime.device)
         for index, chunk in enumerate(chunks):
             with gradient_sync(self.model, enabled=index == len(chunks) - 1):
-                batch = self._model_inputs(chunk)
+                batch = self._micro_batch(chunk)
                 self.faults.raise_oom_if_due(step)
-                chunk_loss, _ = self.model(**batch)
+                chunk_loss, _ = self.model(**batch.inputs)
                 chunk_loss = self.faults.poison_loss_if_due(step, chunk_loss)
                 (chunk_loss * scale).backward()
             loss_sum += chunk_loss.detach().double()
@@ -329,8 +342,8 @@ class Trainer:
             self.scheduler.step()
         return grad_norm, anomaly
 
-    def _model_inputs(self, sequences: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        inputs = collate(
+    def _micro_batch(self, sequences: list[dict[str, torch.Tensor]]) -> MicroBatch:
+        batch = collate(
             sequences,
             packing=self.job.training.packing,
             row_tokens=self.job.plan.seq_len,
@@ -338,16 +351,18 @@ class Trainer:
             dtype=self.compute_dtype,
             attention=self.fast_path.attention,
         )
-        return {name: value.to(self.runtime.device) for name, value in inputs.items()}
+        return batch.to(self.runtime.device)
 
     # -- evaluation --------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def evaluate(self) -> float | None:
-        """Mean token loss over the whole validation split, shared out across ranks.
+    def evaluate(self) -> ValidationTally | None:
+        """The validation tally over the whole split, shared out across ranks and summed over them: the token
+        loss and the Chinese metrics (validation_metrics.py) from the same forwards.
 
-        Every rank runs the same number of forwards (a short rank repeats a batch and ignores it): under FSDP
-        each forward is a collective.
+        Batches are collated as in training (packed when training packs), carrying the segment flags. Every rank
+        runs the same number of forwards (a short rank repeats a batch and ignores it): under FSDP each forward
+        is a collective.
         """
         if self.validation_data is None or len(self.validation_data) == 0:
             return None
@@ -357,17 +372,15 @@ class Trainer:
         rounds = math.ceil(math.ceil(len(self.validation_data) / self.runtime.world_size) / micro)
         module = unwrapped(self.model)
         module.eval()
-        loss_sum, targets = 0.0, 0
+        tally = ValidationTally()
         for round_index in range(rounds):
             chosen = batches[round_index] if round_index < len(batches) else batches[0] if batches else [0]
-            items = [self.validation_data[index] for index in chosen]
-            batch_loss, batch_targets = module(**self._model_inputs(items))
+            batch = self._micro_batch([self.validation_data[index] for index in chosen])
+            scores = module(**batch.inputs, token_scores=True)
             if round_index < len(batches):
-                loss_sum += float(batch_loss)
-                targets += batch_targets
+                tally += tally_batch(scores, batch.inputs["labels"], batch.segments, self.token_pieces)
         module.train()
-        loss_sum, targets = self.runtime.all_reduce_sum([loss_sum, targets])
-        return loss_sum / max(targets, 1)
+        return tally.summed_over_ranks(self.runtime.all_reduce_sum)
 
     # -- the loop ----------------------------------------------------------------------------------------------
 
@@ -421,6 +434,10 @@ class Trainer:
         state.tokens += result.tokens
         state.target_tokens += result.target_tokens
         state.train_seconds += elapsed
+        self.steps_this_process += 1
+        if self.steps_this_process > WARMUP_STEPS:
+            state.steady_tokens += result.tokens
+            state.steady_seconds += elapsed
         if anomaly is None:
             state.last_loss = result.loss
         record = {
@@ -454,11 +471,13 @@ class Trainer:
             )
 
     def _record_validation(self, record: dict[str, Any]) -> None:
-        val_loss = self.evaluate()
+        tally = self.evaluate()
         record["comm_s"] += self.runtime.take_comm_seconds()
-        if val_loss is None:
+        if tally is None:
             return
-        record["val_loss"] = val_loss
+        val_loss = tally.val_loss
+        record[VAL_LOSS] = val_loss
+        record.update(tally.metrics())
         self.state.last_val_loss = val_loss
         if self.state.best_val_loss is None or val_loss < self.state.best_val_loss:
             self.state.best_val_loss = val_loss
@@ -473,7 +492,7 @@ class Trainer:
             steps=self.state.step,
             tokens=self.state.tokens,
             target_tokens=self.state.target_tokens,
-            tokens_per_s=self.state.tokens / self.state.train_seconds if self.state.train_seconds else 0.0,
+            tokens_per_s=self._throughput(),
             wall_time_s=self.state.wall_seconds,
             world_size=self.runtime.world_size,
             micro_batch_size=self.layout.micro_batch_size,
@@ -501,6 +520,15 @@ class Trainer:
         return summary
 
     # -- reporting ---------------------------------------------------------------------------------------------
+
+    def _throughput(self) -> float:
+        """Steady-state tokens per second of step time: the steps after each process's first WARMUP_STEPS, or
+        every step when none came after a warm-up (a run of WARMUP_STEPS steps per process). Evaluation and
+        checkpoint time are in neither; the summary's wall time has them."""
+        state = self.state
+        if state.steady_seconds > 0:
+            return state.steady_tokens / state.steady_seconds
+        return state.tokens / state.train_seconds if state.train_seconds else 0.0
 
     def _memory_gib(self) -> float:
         if self.runtime.device.type == "cuda":

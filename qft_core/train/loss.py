@@ -4,6 +4,7 @@ cross-entropy run chunk by chunk, and each chunk's gradient is formed while its 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from functools import cache
 
 import torch
@@ -79,6 +80,22 @@ def _chunked_loss_without_grad(hidden: torch.Tensor, weight: torch.Tensor, targe
     return total
 
 
+def scored_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Which next-token targets count, flattened: position t of row b predicts labels[b, t + 1], scored unless
+    that label is IGNORE_INDEX. Anything aligned with the labels (segment flags) selects its targets with it."""
+    return labels[:, 1:].reshape(-1) != IGNORE_INDEX
+
+
+def _scored_states(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    scored = scored_positions(labels)
+    return hidden[:, :-1, :].reshape(-1, hidden.shape[-1])[scored], labels[:, 1:].reshape(-1)[scored]
+
+
+def _check_chunk(chunk_tokens: int) -> None:
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be at least 1, got {chunk_tokens}")
+
+
 def chunked_cross_entropy_sum(
     hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_tokens: int = DEFAULT_CHUNK_TOKENS
 ) -> tuple[torch.Tensor, int]:
@@ -88,19 +105,43 @@ def chunked_cross_entropy_sum(
     as in `model(input_ids, labels=labels)`: position t is scored against labels[t + 1], and
     IGNORE_INDEX labels contribute nothing. Ignored positions are dropped before the projection.
     """
-    if chunk_tokens < 1:
-        raise ValueError(f"chunk_tokens must be at least 1, got {chunk_tokens}")
-    targets = labels[:, 1:].reshape(-1)
-    states = hidden[:, :-1, :].reshape(-1, hidden.shape[-1])
-    scored = targets != IGNORE_INDEX
-    count = int(scored.sum())
+    _check_chunk(chunk_tokens)
+    states, targets = _scored_states(hidden, labels)
+    count = len(targets)
     if count == 0:
         # Keeps the graph connected so every rank still runs a backward through the same parameters.
         return hidden.sum() * 0.0, 0
-    states, targets = states[scored], targets[scored]
     if torch.is_grad_enabled() and (states.requires_grad or weight.requires_grad):
         return _ChunkedLinearCrossEntropy.apply(states, weight, targets, chunk_tokens), count
     return _chunked_loss_without_grad(states, weight, targets, chunk_tokens), count
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """Per scored target, in `scored_positions` order: its cross-entropy (float32), the model's most likely
+    token (argmax of the logits; the lowest id on a tie) and the target itself."""
+
+    losses: torch.Tensor
+    predictions: torch.Tensor
+    targets: torch.Tensor
+
+
+@torch.no_grad()
+def chunked_token_scores(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+) -> TokenScores:
+    """Every scored target's loss and argmax prediction, `chunk_tokens` logit rows at a time (the inputs and
+    layout of `chunked_cross_entropy_sum`); for evaluation, so nothing is kept for a backward."""
+    _check_chunk(chunk_tokens)
+    states, targets = _scored_states(hidden, labels)
+    losses = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
+    predictions = torch.empty(len(targets), dtype=torch.long, device=hidden.device)
+    for start in range(0, len(targets), chunk_tokens):
+        logits = (states[start : start + chunk_tokens] @ weight.T).float()
+        rows = slice(start, start + len(logits))
+        losses[rows] = F.cross_entropy(logits, targets[rows], reduction="none")
+        predictions[rows] = logits.argmax(dim=-1)
+    return TokenScores(losses=losses, predictions=predictions, targets=targets)
 
 
 class UnsupportedModelError(TypeError):
@@ -136,13 +177,19 @@ class TokenLossSum(nn.Module):
         labels: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, int]:
+        token_scores: bool = False,
+    ) -> tuple[torch.Tensor, int] | TokenScores:
+        """(summed token loss, target count), or with `token_scores` each target's loss and argmax prediction
+        (validation). Both go through this forward so FSDP's hooks gather the head's weight for either."""
         lm = causal_lm(self.model)
         with self._precision(input_ids.device):
             hidden = lm.get_decoder()(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
             ).last_hidden_state
-        return chunked_cross_entropy_sum(hidden, lm.get_output_embeddings().weight, labels, self.chunk_tokens)
+        weight = lm.get_output_embeddings().weight
+        if token_scores:
+            return chunked_token_scores(hidden, weight, labels, self.chunk_tokens)
+        return chunked_cross_entropy_sum(hidden, weight, labels, self.chunk_tokens)
 
     def _precision(self, device: torch.device) -> contextlib.AbstractContextManager:
         if self.compute_dtype is None:

@@ -4,6 +4,10 @@ positions and labels keep every packed sequence to itself.
 Labels follow the transformers convention: they align with `input_ids` and the loss scores position t against
 labels[t + 1]. So the label at each sequence's first position is set to -100: the last token of the sequence
 before it must not learn to predict it.
+
+Items may carry `segments` (the dataset's per-token segment flags: reasoning, answer, term); batches carry them
+aligned with the labels, 0 wherever the label is -100 (padding, each sequence's first position), so validation
+can score the same packed rows training runs on instead of a second, unpacked layout.
 """
 
 from __future__ import annotations
@@ -58,7 +62,8 @@ def pack_sequences(items: Sequence[int | Item | Sequence[int] | torch.Tensor], m
 
 @dataclass
 class PackedBatch:
-    """B rows of T tokens, each row several whole sequences followed by padding.
+    """B rows of T tokens, each row several whole sequences followed by padding; `segments` are the tokens'
+    segment flags (uint8, 0 for items without them).
 
     `block_mask` (B, 1, T, T) is True where a query may attend a key: causal and inside the same sequence
     (a row's padding is one more sequence, so no query row is empty). `position_ids` restart at 0 for every
@@ -74,6 +79,7 @@ class PackedBatch:
     cu_seqlens: torch.Tensor
     max_seqlen: int
     seq_lengths: list[list[int]]
+    segments: torch.Tensor
 
     @property
     def num_target_tokens(self) -> int:
@@ -125,6 +131,16 @@ def _as_tensor(values: torch.Tensor | Sequence[int]) -> torch.Tensor:
     return torch.as_tensor(values, dtype=torch.long)
 
 
+def _item_segments(item: Item, length: int, where: str) -> torch.Tensor | None:
+    """The item's segment flags, checked against its length; None when it has none."""
+    if "segments" not in item:
+        return None
+    flags = torch.as_tensor(item["segments"], dtype=torch.uint8)
+    if flags.shape != (length,):
+        raise PackingError(f"{where}: {length} input ids but {len(flags)} segment flags")
+    return flags
+
+
 def collate_packed(
     rows: Sequence[Item] | Sequence[Sequence[Item]], *, pad_id: int = 0, row_length: int | None = None
 ) -> PackedBatch:
@@ -143,7 +159,8 @@ def collate_packed(
     labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros((batch, width), dtype=torch.long)
     sequence_ids = torch.zeros((batch, width), dtype=torch.long)
-    segments: list[int] = []
+    segment_flags = torch.zeros((batch, width), dtype=torch.uint8)
+    attention_segments: list[int] = []
     seq_lengths: list[list[int]] = []
     for b, row in enumerate(rows):
         start = 0
@@ -156,6 +173,10 @@ def collate_packed(
             input_ids[b, start:end] = ids
             labels[b, start:end] = item_labels
             labels[b, start] = IGNORE_INDEX
+            flags = _item_segments(item, len(ids), f"row {b} sequence {number}")
+            if flags is not None:
+                segment_flags[b, start:end] = flags
+                segment_flags[b, start] = 0
             position_ids[b, start:end] = torch.arange(len(ids))
             sequence_ids[b, start:end] = number
             lengths.append(len(ids))
@@ -164,11 +185,11 @@ def collate_packed(
             position_ids[b, start:] = torch.arange(width - start)
             sequence_ids[b, start:] = len(row)
         seq_lengths.append(lengths)
-        segments += lengths + ([width - start] if start < width else [])
+        attention_segments += lengths + ([width - start] if start < width else [])
     same_sequence = sequence_ids[:, :, None] == sequence_ids[:, None, :]
     causal = torch.ones(width, width, dtype=torch.bool).tril()
-    cu_seqlens = torch.zeros(len(segments) + 1, dtype=torch.int32)
-    cu_seqlens[1:] = torch.cumsum(torch.tensor(segments), dim=0)
+    cu_seqlens = torch.zeros(len(attention_segments) + 1, dtype=torch.int32)
+    cu_seqlens[1:] = torch.cumsum(torch.tensor(attention_segments), dim=0)
     return PackedBatch(
         input_ids=input_ids,
         labels=labels,
@@ -176,19 +197,22 @@ def collate_packed(
         sequence_ids=sequence_ids,
         block_mask=(same_sequence & causal)[:, None],
         cu_seqlens=cu_seqlens,
-        max_seqlen=max(segments),
+        max_seqlen=max(attention_segments),
         seq_lengths=seq_lengths,
+        segments=segment_flags,
     )
 
 
 @dataclass
 class PaddedBatch:
-    """One sequence per row, right-padded; `attention_mask` is 1 on real tokens, 0 on padding."""
+    """One sequence per row, right-padded; `attention_mask` is 1 on real tokens, 0 on padding; `segments` are the
+    tokens' segment flags (uint8, 0 on padding and for items without them)."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
     attention_mask: torch.Tensor
     lengths: list[int]
+    segments: torch.Tensor
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         return {"input_ids": self.input_ids, "labels": self.labels, "attention_mask": self.attention_mask}
@@ -199,6 +223,7 @@ class PaddedBatch:
             input_ids=self.input_ids.to(device),
             labels=self.labels.to(device),
             attention_mask=self.attention_mask.to(device),
+            segments=self.segments.to(device),
         )
 
 
@@ -211,8 +236,14 @@ def collate_padded(seqs: Sequence[Item], pad_id: int) -> PaddedBatch:
     input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     labels = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    segment_flags = torch.zeros((len(seqs), width), dtype=torch.uint8)
     for row, (item, length) in enumerate(zip(seqs, lengths, strict=True)):
         input_ids[row, :length] = _as_tensor(item["input_ids"])
         labels[row, :length] = _as_tensor(item["labels"])
         attention_mask[row, :length] = 1
-    return PaddedBatch(input_ids=input_ids, labels=labels, attention_mask=attention_mask, lengths=lengths)
+        flags = _item_segments(item, length, f"sequence {row}")
+        if flags is not None:
+            segment_flags[row, :length] = flags
+    return PaddedBatch(
+        input_ids=input_ids, labels=labels, attention_mask=attention_mask, lengths=lengths, segments=segment_flags
+    )

@@ -1,12 +1,20 @@
+import json
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from safetensors.numpy import save_file
 
-from qft_core.records import ThinkingExample, ThinkingStructure
+from qft_core.data.terms import TermDictionary
+from qft_core.model.chat import EncodedExample
+from qft_core.records import CryptoTerm, ThinkingExample, ThinkingStructure
 from qft_core.train.dataset import (
+    ANSWER,
+    REASONING,
+    TERM,
     DataPosition,
+    FORMAT,
     DataShardError,
     EpochOrder,
     LengthReport,
@@ -34,15 +42,27 @@ def example(example_id: str, answer: str, reasoning: str = "") -> ThinkingExampl
 
 
 def fake_encoder(lengths: dict[str, tuple[int, int]]):
-    """An encode_example stand-in: id → (length, trained tokens at the end)."""
+    """An encode_example stand-in: id → (length, trained tokens at the end, all of them answer)."""
 
     def encode(example, tokenizer, *, loss_on_reasoning, mask_empty_thinking):
         length, trained = lengths[example.id]
         input_ids = [1000 + i for i in range(length)]
         labels = [-100] * (length - trained) + input_ids[length - trained :]
-        return SimpleNamespace(input_ids=input_ids, labels=labels)
+        return EncodedExample(input_ids, labels, (length - trained, length - trained), (length - trained, length))
 
     return encode
+
+
+# A dictionary of four terms; 鬱 (in the made-up term 鬱金香算法) is rare enough that Qwen3 splits it into two byte
+# tokens.
+TERMS = TermDictionary(
+    [
+        CryptoTerm(id="sm4", zh="SM4分组密码", en="SM4", abbreviation="SM4", category="chinese_standard", complexity=2),
+        CryptoTerm(id="block_cipher", zh="分组密码", en="block cipher", category="symmetric", complexity=2),
+        CryptoTerm(id="key", zh="密钥", en="key", category="fundamentals", complexity=1),
+        CryptoTerm(id="tulip", zh="鬱金香算法", en="tulip algorithm", category="classical", complexity=1),
+    ]
+)
 
 
 def test_over_length_and_untrained_examples_are_excluded_and_reported(monkeypatch):
@@ -50,7 +70,10 @@ def test_over_length_and_untrained_examples_are_excluded_and_reported(monkeypatc
     monkeypatch.setattr("qft_core.model.chat.encode_example", fake_encoder(lengths))
     examples = [example(name, "答") for name in lengths]
 
-    split = tokenize_examples(examples, None, max_length=10, loss_on_reasoning=True, mask_empty_thinking=True)
+    tokenizer = SimpleNamespace()  # not byte-level BPE: no term flags
+    split = tokenize_examples(
+        examples, tokenizer, max_length=10, loss_on_reasoning=True, mask_empty_thinking=True, dictionary=TERMS
+    )
 
     assert split.ids == ["a", "c", "e"]  # b is over, d trains nothing; e is exactly at the limit
     assert split.lengths() == [5, 8, 10]
@@ -69,6 +92,7 @@ def test_over_length_and_untrained_examples_are_excluded_and_reported(monkeypatc
     input_ids, labels = split.sequence(1)
     assert input_ids.tolist() == [1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007]
     assert labels.tolist() == [-100] * 5 + [1005, 1006, 1007]
+    assert split.sequence_segments(1).tolist() == [0] * 5 + [ANSWER] * 3
 
 
 def test_nearest_rank_percentile():
@@ -84,35 +108,72 @@ def qwen3_tokenizer(tmp_path_factory):
     return load_qwen3_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
-def test_real_chat_encoding_keeps_labels_aligned_and_excludes_the_long_example(qwen3_tokenizer):
-    from qft_core.model.chat import encode_example
-
-    examples = [
-        example("short", "AES是一种对称分组密码。", "先回忆定义。"),
-        example("long", "AES" * 400, "很长的推理。" * 50),
+def supervised_tokens(split: TokenizedSplit, index: int, tokenizer) -> list[tuple[str, int]]:
+    """(decoded token, segment flags) of every supervised token of sequence `index`; a token holding part of a
+    character decodes as '�'."""
+    input_ids, labels = split.sequence(index)
+    flags = split.sequence_segments(index)
+    return [
+        (tokenizer.decode([token]), int(flag))
+        for token, label, flag in zip(input_ids.tolist(), labels.tolist(), flags.tolist(), strict=True)
+        if label != -100
     ]
-    short = encode_example(examples[0], qwen3_tokenizer, loss_on_reasoning=True, mask_empty_thinking=True)
-    long = encode_example(examples[1], qwen3_tokenizer, loss_on_reasoning=True, mask_empty_thinking=True)
-    limit = len(short.input_ids) + 1
-    assert len(long.input_ids) > limit
 
-    split = tokenize_examples(
-        examples, qwen3_tokenizer, max_length=limit, loss_on_reasoning=True, mask_empty_thinking=True
+
+R, A, T = REASONING, ANSWER, ANSWER | TERM
+
+
+def tokenize(tokenizer, answer: str, reasoning: str = "", *, loss_on_reasoning: bool = True) -> TokenizedSplit:
+    return tokenize_examples(
+        [example("hand", answer, reasoning)],
+        tokenizer,
+        max_length=100,
+        loss_on_reasoning=loss_on_reasoning,
+        mask_empty_thinking=True,
+        dictionary=TERMS,
     )
 
-    assert split.ids == ["short"]
-    assert split.report.over_length == [OverLength(id="long", length=len(long.input_ids))]
-    assert split.sequence(0)[0].tolist() == short.input_ids
-    assert split.sequence(0)[1].tolist() == short.labels
-    assert split.report.target_tokens == short.trained_tokens
+
+def test_segment_flags_mark_reasoning_answer_and_term_tokens_by_hand(qwen3_tokenizer):
+    split = tokenize(qwen3_tokenizer, "SM4是分组密码，密钥长128位。", "先回忆国密算法。")
+
+    # Qwen3's tokens of the trained part, counted by hand: the reasoning (6 tokens, its last one fusing 。 with
+    # the scaffold's \n), </think> and \n\n (no segment), the answer (15 tokens) and <|im_end|> (no segment).
+    # The terms are SM4 (2 tokens), 分组密码 (分, 组, 密码) and 密钥 (密, 钥); SM4分组密码 is not in the text.
+    assert supervised_tokens(split, 0, qwen3_tokenizer) == [
+        ("先", R), ("回忆", R), ("国", R), ("密", R), ("算法", R), ("。\n", R),
+        ("</think>", 0), ("\n\n", 0),
+        ("SM", T), ("4", T), ("是", A), ("分", T), ("组", T), ("密码", T), ("，", A), ("密", T), ("钥", T),
+        ("长", A), ("1", A), ("2", A), ("8", A), ("位", A), ("。", A),
+        ("<|im_end|>", 0),
+    ]  # fmt: skip
+    flags = split.sequence_segments(0)
+    assert [int(((flags & bit) != 0).sum()) for bit in (REASONING, ANSWER, TERM)] == [6, 15, 7]
+    assert not flags[split.sequence(0)[1] == -100].any()  # the prompt is in no segment
+
+
+def test_a_character_split_over_byte_tokens_flags_every_byte_token_of_a_term(qwen3_tokenizer):
+    split = tokenize(qwen3_tokenizer, "鬱金香算法很老。")
+
+    answer = [(text, flag) for text, flag in supervised_tokens(split, 0, qwen3_tokenizer) if flag & ANSWER]
+    # 鬱 is two byte tokens; both overlap the term.
+    assert answer == [("�", T), ("�", T), ("金", T), ("香", T), ("算法", T), ("很", A), ("老", A), ("。", A)]
+
+
+def test_reasoning_tokens_have_no_flags_when_the_reasoning_is_not_trained(qwen3_tokenizer):
+    split = tokenize(qwen3_tokenizer, "密钥很长。", "先想一想。", loss_on_reasoning=False)
+
+    assert [flag for _, flag in supervised_tokens(split, 0, qwen3_tokenizer)] == [0, 0, T, T, A, A, 0]
+    assert not (split.sequence_segments(0) & REASONING).any()
 
 
 def synthetic_split(lengths: list[int]) -> TokenizedSplit:
     rng = np.random.default_rng(0)
     inputs = [rng.integers(0, 151_936, size=n).tolist() for n in lengths]
     labels = [[-100] * (n // 2) + ids[n // 2 :] for ids, n in zip(inputs, lengths)]
+    segments = [[0] * (n // 2) + rng.integers(1, 8, size=n - n // 2).tolist() for n in lengths]
     report = LengthReport(limit=64, examples=len(lengths), count=len(lengths), total_tokens=sum(lengths))
-    return TokenizedSplit.from_sequences([f"ex-{i}" for i in range(len(lengths))], inputs, labels, report)
+    return TokenizedSplit.from_sequences([f"ex-{i}" for i in range(len(lengths))], inputs, labels, report, segments)
 
 
 def test_saved_split_reloads_identically(tmp_path):
@@ -124,6 +185,7 @@ def test_saved_split_reloads_identically(tmp_path):
 
     assert loaded == split
     assert loaded.input_ids.dtype == np.int32 and loaded.offsets.tolist() == [0, 3, 20, 21, 85, 94]
+    assert loaded.segments.dtype == np.uint8 and loaded.segments.any()
     assert path.read_bytes()[:1] != b"\x80"  # not a pickle
     assert not list(tmp_path.glob(".*.tmp"))
 
@@ -132,6 +194,21 @@ def test_empty_split_round_trips(tmp_path):
     split = synthetic_split([])
 
     assert load_tokenized(save_tokenized(split, tmp_path / "empty.safetensors")) == split
+
+
+def test_split_saved_before_segment_flags_loads_with_every_flag_zero(tmp_path):
+    split = synthetic_split([4, 6])
+    path = tmp_path / "old.safetensors"
+    save_file(
+        {"input_ids": split.input_ids, "labels": split.labels, "offsets": split.offsets},
+        str(path),
+        metadata={"format": FORMAT, "ids": json.dumps(split.ids), "report": split.report.model_dump_json()},
+    )
+
+    loaded = load_tokenized(path)
+
+    assert loaded.segments.tolist() == [0] * 10
+    assert np.array_equal(loaded.labels, split.labels)
 
 
 def test_file_with_inconsistent_offsets_is_rejected_naming_it(tmp_path):
@@ -161,6 +238,7 @@ def test_dataset_yields_int64_tensors_of_each_sequence():
     assert item["input_ids"].dtype == torch.int64
     assert item["input_ids"].tolist() == split.input_ids[3:8].tolist()
     assert item["labels"].tolist() == [-100, -100] + split.input_ids[5:8].tolist()
+    assert item["segments"].tolist() == split.segments[3:8].tolist()
 
 
 def test_epoch_order_depends_only_on_seed_and_epoch():

@@ -17,11 +17,26 @@ from qft_core.train import checkpoint as ckpt
 from qft_core.train import faults
 from qft_core.train.adapter import ADAPTER_WEIGHTS, adapter_state
 from qft_core.train.batches import BatchError, BatchLayout
-from qft_core.train.engine import AnomalyStop, Trainer, TrainingError, anomaly_reason, main, rescale_position, train
-from qft_core.train.job import TrainingSummary
+from qft_core.config import QftConfig
+from qft_core.records import ThinkingExample, ThinkingStructure
+from qft_core.train.curves import CHINESE_METRICS
+from qft_core.train.dataset import ANSWER, REASONING, TERM
+from qft_core.train.engine import (
+    WARMUP_STEPS,
+    AnomalyStop,
+    Trainer,
+    TrainingError,
+    anomaly_reason,
+    main,
+    rescale_position,
+    train,
+)
+from qft_core.train.job import TrainingJob, TrainingSummary
+from qft_core.train.launch import prepare_run
 from qft_core.train.metrics_log import MetricsLog
+from qft_core.train.monitor import monitor_run, write_monitor_report
 from qft_core.train.parallel import Runtime
-from tiny_run import cpu_plan, make_job, write_synthetic_split, write_tiny_qwen3
+from tiny_run import TARGETS, cpu_plan, make_job, write_synthetic_split, write_tiny_qwen3
 
 STEP_FIELDS = {
     "step", "epoch", "loss", "lr", "grad_norm", "tokens", "target_tokens", "tokens_per_s", "step_time_s", "comm_s",
@@ -113,6 +128,14 @@ def test_training_lowers_loss_and_logs_every_step(baseline: dict) -> None:
     assert summary.tokens == sum(record["tokens"] for record in records)
     assert summary.final_val_loss == records[-1]["val_loss"]
     assert summary.best_val_loss == min(records[3]["val_loss"], records[7]["val_loss"])
+    # Synthetic splits have no segment flags and the job no tokenizer: no Chinese metrics, rather than zeros.
+    assert not any(set(CHINESE_METRICS) & record.keys() for record in records)
+    # Steady-state throughput leaves out the process's first (warm-up) step; the wall time keeps everything.
+    steady = records[WARMUP_STEPS:]
+    assert summary.tokens_per_s == pytest.approx(
+        sum(r["tokens"] for r in steady) / sum(r["step_time_s"] for r in steady), rel=1e-9
+    )
+    assert summary.wall_time_s >= sum(r["step_time_s"] for r in records)
     assert TrainingSummary.read(output / "training_summary.json") == summary
     assert baseline["reporter"].records == records
     assert baseline["reporter"].summaries == [summary.model_dump(mode="json")]
@@ -259,3 +282,55 @@ def test_data_position_carries_over_to_another_world_size() -> None:
     assert rescale_position({"epoch": 0, "index": 12}, saved_world=1, world=4) == {"epoch": 0, "index": 3}
     with pytest.raises(TrainingError, match="resume with 1 ranks"):
         rescale_position({"epoch": 0, "index": 3}, saved_world=1, world=2)
+
+
+def _crypto_example(number: int, split: str) -> ThinkingExample:
+    return ThinkingExample(
+        id=f"{split}-{number}",
+        question=f"第{number}题：SM4 和 AES 的密钥长度各是多少？",
+        answer=f"SM4 是分组密码，密钥长度为 128 位；AES 的密钥长度可以是 {128 + 64 * (number % 3)} 位。",
+        source_file="tests.md",
+        source_line=number + 1,
+        thinking=[ThinkingStructure(text=f"先回忆两个分组密码标准。第{number}步：比较密钥长度。")],
+        split=split,
+    )
+
+
+def test_validation_records_carry_the_chinese_metrics_on_qwen3_tiny(tmp_path: Path) -> None:
+    """qwen3-tiny (the default model: full Qwen3 vocabulary, the offline tokenizer), tokenized by prepare_run with
+    the project's term dictionary, two steps and a validation."""
+    config = QftConfig.model_validate({
+        "model": {"name": "qwen3-tiny", "max_length": 256},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": TARGETS},
+        "training": {"max_steps": 2, "eval_every": 2, "checkpoint_every": 10, "learning_rate": 0.05, "seed": 3},
+    })
+    splits = {
+        "train": [_crypto_example(number, "train") for number in range(4)],
+        "validation": [_crypto_example(number, "validation") for number in range(4, 7)],
+    }
+    job = TrainingJob.read(prepare_run(config, splits, tmp_path / "run", plan=cpu_plan(seq_len=256)))
+
+    trainer = Trainer(job, Runtime.single(), RecordingReporter())
+    summary = trainer.run()
+
+    # Every flagged target of the split reaches the tally through packing and the scores, once.
+    flags = torch.cat([trainer.validation_data[i]["segments"] for i in range(len(trainer.validation_data))]).long()
+    tally = trainer.evaluate()
+    assert tally.reasoning_tokens == int((flags & REASONING).bool().sum()) > 0
+    assert tally.answer_tokens == int((flags & ANSWER).bool().sum()) > tally.term_tokens
+    assert tally.term_tokens == int((flags & TERM).bool().sum()) > 0
+    validation = [record for record in _step_records(tmp_path / "run") if "val_loss" in record]
+    assert [record["step"] for record in validation] == [2]
+    record = validation[0]
+    assert set(CHINESE_METRICS) <= record.keys()
+    for key in ("val_char_accuracy", "val_term_accuracy"):
+        assert 0.0 <= record[key] <= 1.0, key
+    for key in ("val_reasoning_loss", "val_answer_loss"):
+        assert 0.0 < record[key] < 2 * math.log(151_936), key
+    assert summary.final_val_loss == record["val_loss"] == pytest.approx(tally.val_loss)
+    assert record["val_term_accuracy"] == pytest.approx(tally.metrics()["val_term_accuracy"])
+    # The monitor reads them back and draws their curves.
+    report = monitor_run(tmp_path / "run" / "metrics.jsonl")
+    assert set(report.stats.chinese) == set(CHINESE_METRICS)
+    _, pngs = write_monitor_report(report, tmp_path / "monitor")
+    assert [png.name for png in pngs] == ["training_curves.png", "chinese_metrics.png"]

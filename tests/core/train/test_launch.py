@@ -16,6 +16,7 @@ from qft_core.model.chat import encode_example
 from qft_core.model.tokenizer import qwen3_tokenizer_dir
 from qft_core.records import ThinkingExample, ThinkingStructure, write_parquet
 from qft_core.train import faults
+from qft_core.train.curves import CHINESE_METRICS
 from qft_core.train.dataset import load_tokenized
 from qft_core.train.engine import train
 from qft_core.train.job import TrainingJob
@@ -171,6 +172,14 @@ def test_two_rank_ddp_run_keeps_replicas_equal_and_matches_one_process(
     single_summary = train(single)
     assert single_summary.final_train_loss == pytest.approx(summary.final_train_loss, abs=1e-5)
     assert single_summary.final_val_loss == pytest.approx(summary.final_val_loss, abs=1e-5)
+    # The Chinese validation metrics are sums over both ranks' shares of the split, not a mean of rank means.
+    last_validation = [
+        [r for r in MetricsLog(folder / "metrics.jsonl").records() if "val_loss" in r][-1]
+        for folder in (run_dir, tmp_path / "single")
+    ]
+    assert set(CHINESE_METRICS) <= last_validation[0].keys()
+    for key in CHINESE_METRICS:
+        assert last_validation[0][key] == pytest.approx(last_validation[1][key], abs=1e-5), key
     distributed = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
     alone = load_file(str(tmp_path / "single" / "adapter" / "adapter_model.safetensors"))
     for name in distributed:

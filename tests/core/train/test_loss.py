@@ -107,3 +107,24 @@ def test_loss_without_gradients_equals_the_training_loss() -> None:
     assert count == eval_count == 10
     assert training.requires_grad and not evaluation.requires_grad
     torch.testing.assert_close(evaluation, training.detach())
+
+
+@pytest.mark.parametrize("chunk_tokens", [5, 1024])
+def test_token_scores_are_each_targets_loss_and_argmax_of_the_full_logits(chunk_tokens: int) -> None:
+    input_ids, labels = _batch()
+    model = _tiny_qwen3(tie=True)
+    objective = TokenLossSum(model, chunk_tokens=chunk_tokens)
+
+    with torch.no_grad():
+        scores = objective(input_ids, labels, token_scores=True)
+        loss_sum, count = objective(input_ids, labels)
+        logits = model(input_ids=input_ids).logits[:, :-1].reshape(-1, 512)
+    scored = labels[:, 1:].reshape(-1) != IGNORE_INDEX
+    targets = labels[:, 1:].reshape(-1)[scored]
+
+    assert len(scores.losses) == count == 38
+    assert torch.equal(scores.targets, targets)
+    assert torch.equal(scores.predictions, logits[scored].argmax(dim=-1))
+    expected = torch.nn.functional.cross_entropy(logits[scored], targets, reduction="none")
+    torch.testing.assert_close(scores.losses, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scores.losses.sum(), loss_sum, rtol=1e-5, atol=1e-5)

@@ -91,6 +91,32 @@ def test_padded_collate_pads_right_and_ignores_padding():
     assert batch.lengths == [3, 1]
 
 
+def flagged(ids: list[int], flags: list[int]) -> dict[str, torch.Tensor]:
+    return {**item(ids), "segments": torch.tensor(flags, dtype=torch.uint8)}
+
+
+def test_packed_rows_carry_segment_flags_zeroed_where_a_sequence_starts_and_on_padding():
+    batch = collate_packed([[flagged([1, 2, 3], [1, 2, 6])], [flagged([4, 5], [2, 2]), item([6, 7])]], row_length=5)
+
+    # 1 and 4 start their sequences (never a target); item [6, 7] has no flags; padding has none
+    assert batch.segments.tolist() == [[0, 2, 6, 0, 0], [0, 2, 0, 0, 0]]
+    assert batch.segments.dtype == torch.uint8
+    assert batch.to("cpu").segments.tolist() == batch.segments.tolist()
+
+
+def test_padded_batch_carries_segment_flags_and_zero_padding():
+    batch = collate_padded([flagged([1, 2, 3], [0, 2, 6]), flagged([4], [1])], pad_id=9)
+
+    assert batch.segments.tolist() == [[0, 2, 6], [1, 0, 0]]
+
+
+def test_segment_flags_of_the_wrong_length_are_rejected():
+    with pytest.raises(PackingError, match="row 0 sequence 0: 2 input ids but 3 segment flags"):
+        collate_packed([flagged([1, 2], [0, 1, 2])])
+    with pytest.raises(PackingError, match="sequence 1: 1 input ids but 2 segment flags"):
+        collate_padded([item([1]), flagged([1], [0, 1])], pad_id=0)
+
+
 @pytest.fixture(scope="module")
 def tiny_model():
     torch.manual_seed(0)
