@@ -4,6 +4,7 @@ import dagster as dg
 
 from qft_pipeline import checks
 from qft_pipeline.assets import data, evaluation, packaging, training
+from qft_pipeline.automation import deploy_after_quantize_sensor, quantize_after_main_sensor
 from qft_pipeline.jobs import MAIN_JOB, deploy_job, main_job, quantize_job
 from qft_pipeline.resources import QftSettings
 from qft_pipeline.schedules import retraining_schedule
@@ -16,6 +17,6 @@ defs = dg.Definitions(
     asset_checks=dg.load_asset_checks_from_modules([checks]),
     jobs=[main_job, quantize_job, deploy_job],
     schedules=[retraining_schedule()],
-    sensors=[corpus_change_sensor()],
+    sensors=[corpus_change_sensor(), quantize_after_main_sensor(), deploy_after_quantize_sensor()],
     resources={"qft": QftSettings(), "pipes_subprocess_client": dg.PipesSubprocessClient()},
 )

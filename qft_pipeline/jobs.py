@@ -7,6 +7,12 @@ MAIN_JOB = "qft_main"
 QUANTIZE_JOB = "qft_quantize"
 DEPLOY_JOB = "qft_deploy"
 
+# Run tags that tie the three jobs of one pass over the graph together in the UI's run list.
+TRIGGER_TAG = "qft/trigger"  # what started the pass: schedule, corpus_changed, cli, manual
+LINEAGE_TAG = "qft/lineage"  # the qft_main run whose merged model a quantize or deploy run packages
+FORMAT_TAG = "qft/format"  # the quantization format of a qft_quantize run
+CLI_TRIGGER = "cli"  # `qft run`, which runs all three jobs in-process itself
+
 _PACKAGES = dg.AssetSelection.assets("quantized_package", "deployment_package")
 
 main_job = dg.define_asset_job(

@@ -7,16 +7,16 @@ format, then the deployment package. A selection runs only the main job's matchi
 from __future__ import annotations
 
 import threading
+import uuid
 from dataclasses import dataclass, field
 
 import dagster as dg
-from dagster._core.utils import make_new_run_id
 from tqdm import tqdm
 
 from qft_core.config import load_config
 from qft_pipeline.definitions import defs
 from qft_pipeline.instance import project_instance
-from qft_pipeline.jobs import DEPLOY_JOB, MAIN_JOB, QUANTIZE_JOB
+from qft_pipeline.jobs import CLI_TRIGGER, DEPLOY_JOB, FORMAT_TAG, LINEAGE_TAG, MAIN_JOB, QUANTIZE_JOB, TRIGGER_TAG
 
 _QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -58,9 +58,22 @@ def _plan(config_file: str | None, selection: str | None) -> list[_Step]:
     ]
 
 
-def _execute(step: _Step, instance: dg.DagsterInstance, config_file: str | None, bar: tqdm) -> tuple[str, object]:
+def _tags(step: _Step, lineage: str | None) -> dict[str, str]:
+    """The trigger on every run; the packaging runs also name the main run they package, as the sensors' runs do."""
+    tags = {TRIGGER_TAG: CLI_TRIGGER}
+    if lineage is not None:
+        tags[LINEAGE_TAG] = lineage
+    if step.partition is not None:
+        tags[FORMAT_TAG] = step.partition
+    return tags
+
+
+def _execute(
+    step: _Step, instance: dg.DagsterInstance, config_file: str | None, lineage: str | None, bar: tqdm
+) -> tuple[str, object]:
     """Run one job on a worker thread while this thread advances the bar as materializations land."""
-    run_id = make_new_run_id()
+    # Chosen here rather than by Dagster so that this thread can follow the run's events while it executes.
+    run_id = str(uuid.uuid4())
     outcome: dict = {}
 
     def execute() -> None:
@@ -69,6 +82,7 @@ def _execute(step: _Step, instance: dg.DagsterInstance, config_file: str | None,
                 run_config=_run_config(config_file),
                 instance=instance,
                 run_id=run_id,
+                tags=_tags(step, lineage),
                 raise_on_error=False,
                 asset_selection=list(step.assets),
                 partition_key=step.partition,
@@ -112,7 +126,8 @@ def materialize_graph(config_file: str | None = None, selection: str | None = No
     outcome = RunOutcome()
     with tqdm(desc="materializing", unit="asset", total=sum(len(step.assets) for step in steps)) as bar:
         for step in steps:
-            run_id, result = _execute(step, instance, config_file, bar)
+            lineage = outcome.run_ids[0] if outcome.run_ids else None
+            run_id, result = _execute(step, instance, config_file, lineage, bar)
             outcome.run_ids.append(run_id)
             for record in instance.all_logs(run_id, of_type={dg.DagsterEventType.ASSET_MATERIALIZATION}):
                 materialization = record.dagster_event.event_specific_data.materialization

@@ -1,4 +1,6 @@
-"""Periodic retraining: the whole graph on a cron schedule, weekly unless QFT_RETRAIN_CRON or the caller says otherwise."""
+"""Periodic retraining: the whole graph on a cron schedule, weekly unless QFT_RETRAIN_CRON or the caller says otherwise.
+
+The schedule starts `qft_main`; the packaging chain (automation.py) then quantizes and packages what it merged."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import os
 
 import dagster as dg
 
-from qft_pipeline.jobs import MAIN_JOB
+from qft_pipeline.jobs import MAIN_JOB, TRIGGER_TAG
 
 DEFAULT_RETRAIN_CRON = "0 3 * * 1"  # Monday 03:00, when nobody waits for the GPUs
 RETRAIN_CRON_ENV = "QFT_RETRAIN_CRON"
@@ -32,11 +34,13 @@ def retraining_schedule(
     timezone: str = "UTC",
     default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.STOPPED,
 ) -> dg.ScheduleDefinition:
-    """Rerun the whole graph (data → training → evaluation → package) on a cron schedule.
+    """Rerun the whole graph (data → training → evaluation → merge, then quantize and package) on a cron schedule.
 
     The cron expression is `cron`, else $QFT_RETRAIN_CRON, else weekly (Monday 03:00). `config_file` is handed
     to each run as the qft resource's YAML file; without it runs use what the Definitions' resource holds.
     The schedule starts stopped: switch it on in the UI (Automation) and keep the daemon (`qft ui`) running.
+    Each tick requests a `qft_main` run tagged `qft/trigger: schedule`; the sensors of automation.py follow it
+    with the quantize runs and the deployment package, under the same tag.
     """
     expression, source = _cron_in_force(cron)
     run_config = {"resources": {"qft": {"config": {"config_file": config_file}}}} if config_file else {}
@@ -47,7 +51,7 @@ def retraining_schedule(
             cron_schedule=expression,
             execution_timezone=timezone,
             run_config=run_config,
-            tags={"qft/trigger": "schedule"},
+            tags={TRIGGER_TAG: "schedule"},
             default_status=default_status,
             description="Retrain on the current corpus: the whole qft graph.",
         )

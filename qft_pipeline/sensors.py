@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from qft_core.data.corpus import CorpusNotFoundError, scan_corpus
-from qft_pipeline.jobs import MAIN_JOB
+from qft_pipeline.jobs import MAIN_JOB, TRIGGER_TAG
 from qft_pipeline.resources import QftSettings
 
 CORPUS_SENSOR = "qft_corpus_changed"
@@ -15,7 +15,8 @@ def corpus_change_sensor(
     minimum_interval_seconds: int = 60,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
 ) -> dg.SensorDefinition:
-    """Watch `paths.corpus_dir` for new, changed or removed Markdown files and request a `qft_main` run.
+    """Watch `paths.corpus_dir` for new, changed or removed Markdown files and request a `qft_main` run (which
+    the packaging chain of automation.py carries on to the deployment package).
 
     The run key is the corpus content hash (every file's relative path and sha256), so Dagster never starts two
     runs for the same content, not even when a file is edited and later put back; the cursor holds the last hash.
@@ -42,7 +43,7 @@ def corpus_change_sensor(
             return dg.SkipReason(f"corpus unchanged: {len(manifest.files)} files, content hash {content_hash[:12]}")
         request = dg.RunRequest(
             run_key=content_hash,
-            tags={"qft/trigger": "corpus_changed", "qft/corpus_hash": content_hash, "qft/corpus_files": str(len(manifest.files))},
+            tags={TRIGGER_TAG: "corpus_changed", "qft/corpus_hash": content_hash, "qft/corpus_files": str(len(manifest.files))},
         )
         return dg.SensorResult(run_requests=[request], cursor=content_hash)
 

@@ -38,10 +38,12 @@ class CorpusManifest(BaseModel):
 
 
 def scan_corpus(root: str | Path) -> CorpusManifest:
-    """Every `*.md` file under root that the parser reads, sorted, with its size and sha256.
+    """Every Markdown file under root that the parser reads (`.md` or `.markdown`, any case), sorted, with
+    its size and sha256.
 
-    The files are chosen exactly as `parse_paths` chooses them: links are followed only inside the root
-    and a file reached twice is listed once, so the manifest never hashes a file outside the corpus.
+    The files are chosen by the same walk as `parse_paths` (`sources.markdown_files`): links are followed
+    only inside the root and a file reached twice is listed once, so the manifest never hashes a file outside
+    the corpus, and the content hash changes exactly when what a parse reads changes.
     """
     root = Path(root)
     if not root.is_dir():

@@ -21,6 +21,8 @@ _MAX_INVALID_UTF8_SHARE = 0.1
 # Bytes that are not UTF-8, as `surrogateescape` decodes them.
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 _ASCII = bytes(range(128))
+# Suffixes of the files a folder walk reads, compared without case: `a.md`, `B.MD` and `c.markdown` are all read.
+MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
 
 
 class CorpusNotFoundError(FileNotFoundError):
@@ -104,12 +106,17 @@ def _line_numbers(text: str, offsets: list[int]) -> list[int]:
     return lines
 
 
+def is_markdown_name(path: Path) -> bool:
+    """Whether a folder walk reads the file at `path`: its suffix is `.md` or `.markdown`, in any case."""
+    return path.suffix.lower() in MARKDOWN_SUFFIXES
+
+
 def markdown_files(paths: list[Path]) -> tuple[list[tuple[Path, str]], list[str]]:
     """Every file to parse with the name its examples carry, and warnings about what was skipped.
 
-    A file given directly is named by its file name; a file found in a folder by its path relative to
-    that folder. Folders are searched recursively for `*.md` in sorted order. A file reached twice
-    (through a symlink) is read once.
+    A file given directly is read whatever its name and named by its file name; a file found in a folder
+    by its path relative to that folder. Folders are searched recursively, in sorted order, for files that
+    `is_markdown_name` accepts. A file reached twice (through a symlink) is read once.
     """
     files: list[tuple[Path, str]] = []
     warnings: list[str] = []
@@ -156,7 +163,7 @@ def _markdown_files_under(root: Path) -> tuple[list[tuple[Path, str]], list[str]
                 if real not in visited:
                     visited.add(real)
                     search(entry)
-            elif entry.suffix == ".md" and entry.is_file():
+            elif is_markdown_name(entry) and entry.is_file():
                 found.append((entry, name))
 
     search(root)
@@ -165,7 +172,7 @@ def _markdown_files_under(root: Path) -> tuple[list[tuple[Path, str]], list[str]
 
 def _link_stays_inside(link: Path, name: str, root: Path, root_real: Path, warnings: list[str]) -> bool:
     """Whether to follow a link: only to an existing target inside the scanned folder, never elsewhere."""
-    relevant = link.suffix == ".md" or link.is_dir()
+    relevant = is_markdown_name(link) or link.is_dir()
     try:
         target = link.resolve(strict=True)
     except (OSError, RuntimeError) as error:

@@ -2,24 +2,30 @@
 
 import functools
 import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from transformers import AutoTokenizer
 
+from qft_core.config import QuantConfig
+from qft_core.data.corpus import CorpusManifest
 from qft_core.data.terms import TermDictionary
 from qft_core.evaluate.metrics import mean_scores
 from qft_core.evaluate.misconceptions import load_misconceptions
 from qft_core.model.registry import resolve_model
 from qft_core.package.bundle import archive_path, build_package
+from qft_core.package.layout import METADATA_FILE
 from qft_core.package.merge import merge_adapter
 from qft_core.package.model_card import ModelCardInfo
 from qft_core.package.quantize import FormatUnavailableError, QuantSettingsError, quantize
 from qft_core.package.verify import chat_formatted_texts, check_degradation, compare_packages, evaluate_directory, verification_set
 from qft_core.records import ThinkingExample, read_parquet
 from qft_pipeline.artifacts import run_folder, upstream_path
-from qft_pipeline.assets.data import raw_thinking_documents, term_balanced_splits
+from qft_pipeline.assets.data import LOGGED_WARNINGS, raw_thinking_documents, term_balanced_splits
 from qft_pipeline.assets.evaluation import evaluation_report
-from qft_pipeline.assets.training import lora_checkpoint
+from qft_pipeline.assets.training import TRAINING_POOL, lora_checkpoint
 from qft_pipeline.metadata import markdown_table
 from qft_pipeline.resources import QftSettings
 
@@ -50,6 +56,8 @@ def _score_fn(config):
     group_name=GROUP,
     deps=[merged_model, term_balanced_splits],
     partitions_def=QUANT_FORMATS,
+    # The packaging chain launches every format at once; like a training, each holds the accelerators.
+    pool=TRAINING_POOL,
     kinds={"safetensors"},
     check_specs=[dg.AssetCheckSpec("degradation_within_thresholds", asset="quantized_package", blocking=True)],
 )
@@ -74,6 +82,8 @@ def quantized_package(context: dg.AssetExecutionContext, qft: QftSettings):
     yield dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(package.directory)),
+            # The deployment package lists a variant only if it was quantized from the model it packages.
+            "merged_model": dg.MetadataValue.path(str(merged_dir)),
             "method": package.method,
             "weights_bytes": package.weights_bytes,
             "quantize_seconds": package.seconds,
@@ -90,39 +100,79 @@ def quantized_package(context: dg.AssetExecutionContext, qft: QftSettings):
 @dg.asset(group_name=GROUP, deps=[merged_model, quantized_package, evaluation_report, raw_thinking_documents])
 def deployment_package(context: dg.AssetExecutionContext, qft: QftSettings) -> dg.MaterializeResult:
     """The merged model as a self-checking package (folder + .tar.gz): weights, tokenizer, template, model card,
-    metadata and a sha256 manifest; the quantized variants compared in the metadata."""
+    metadata and a sha256 manifest; the quantized variants of this merged model compared in the metadata.
+
+    What a user should know before shipping it — corpus files the scan left out, formats with no variant of this
+    model, variants over a degradation limit — is logged, shown as `warnings` and kept in qft_metadata.json."""
     config = qft.load()
-    instance = context.instance
-    rows = []
-    for fmt in QUANT_FORMATS.get_partition_keys():
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("quantized_package"), asset_partitions=[fmt]), limit=1
-        ).records
-        if records:
-            rows.append(records[0].asset_materialization.metadata["comparison"].value)
-    report_dir = upstream_path(context, "evaluation_report").parent
-    manifest_event = instance.get_latest_materialization_event(dg.AssetKey("raw_thinking_documents"))
+    merged_dir = upstream_path(context, "merged_model")
+    corpus_path = upstream_path(context, "raw_thinking_documents")
+    corpus = CorpusManifest.model_validate_json(corpus_path.read_text(encoding="utf-8"))
+    variants = _latest_variants(context.instance, config.quant.formats)
+    rows, variant_warnings = quantized_variants(variants, merged_dir, config.quant)
+    warnings = [*(f"corpus: {warning}" for warning in corpus.warnings), *variant_warnings]
     metadata = {
         "config": config.model_dump(mode="json"),
-        "data_hash": manifest_event.asset_materialization.metadata["content_hash"].value,
-        "metrics": _headline(report_dir),
+        "data_hash": corpus.content_hash,
+        "metrics": _headline(upstream_path(context, "evaluation_report").parent),
         "quantized_variants": rows,
+        "warnings": warnings,
     }
     spec = resolve_model(config.model, config.paths)
     package_dir = build_package(
-        upstream_path(context, "merged_model"),
+        merged_dir,
         run_folder(context, config) / config.export.package_name,
         metadata=metadata,
         model_card=ModelCardInfo(model_name=config.export.package_name, base_model=spec.name),
     )
+    shown = _shown_warnings(warnings, package_dir)
+    for warning in shown:
+        context.log.warning(warning)
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(package_dir)),
             "archive": dg.MetadataValue.path(str(archive_path(package_dir))),
             "formats": markdown_table(rows or [{"variant": "none built yet"}]),
+            "warnings": dg.MetadataValue.md("\n".join(f"- {warning}" for warning in shown) or "none"),
             "serve": dg.MetadataValue.md(f"`uv run qft serve {package_dir}`"),
         }
     )
+
+
+def _latest_variants(instance: dg.DagsterInstance, formats: list[str]) -> dict[str, Mapping[str, Any] | None]:
+    """The metadata of each format's latest quantized package (None where none was ever built)."""
+    variants: dict[str, Mapping[str, Any] | None] = {}
+    for fmt in formats:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("quantized_package"), asset_partitions=[fmt]), limit=1
+        ).records
+        metadata = records[0].asset_materialization.metadata if records else None
+        variants[fmt] = {key: entry.value for key, entry in metadata.items()} if metadata is not None else None
+    return variants
+
+
+def quantized_variants(
+    variants: Mapping[str, Mapping[str, Any] | None], merged_dir: Path, config: QuantConfig
+) -> tuple[list[dict], list[str]]:
+    """The comparison rows of the variants quantized from `merged_dir`, and a warning for each format without one
+    and for each degradation limit a listed variant exceeds."""
+    rows, warnings = [], []
+    for fmt, metadata in variants.items():
+        if metadata is None or metadata.get("merged_model") != str(merged_dir):
+            built = "no package was ever built" if metadata is None else "the latest package came from another model"
+            warnings.append(f"{fmt}: no quantized variant of this merged model ({built}); not listed")
+            continue
+        rows.append(metadata["comparison"])
+        warnings += check_degradation(metadata["comparison"], config)
+    return rows, warnings
+
+
+def _shown_warnings(warnings: list[str], package_dir: Path) -> list[str]:
+    """The first warnings for the run log and the UI; the package's metadata file keeps them all."""
+    if len(warnings) <= LOGGED_WARNINGS:
+        return warnings
+    more = f"… and {len(warnings) - LOGGED_WARNINGS} more in {package_dir / METADATA_FILE}"
+    return [*warnings[:LOGGED_WARNINGS], more]
 
 
 def _headline(report_dir) -> dict:

@@ -5,9 +5,10 @@ import pytest
 from dagster._utils.schedules import schedule_execution_time_iterator
 
 from qft_pipeline.definitions import defs
-from qft_pipeline.jobs import MAIN_JOB
+from qft_pipeline.jobs import LINEAGE_TAG, MAIN_JOB, QUANTIZE_JOB, TRIGGER_TAG
 from qft_pipeline.resources import QftSettings
 from qft_pipeline.schedules import RETRAIN_CRON_ENV, RETRAINING_SCHEDULE, ScheduleConfigError, retraining_schedule
+from tests.pipeline.chain import quantize_requests
 
 
 @pytest.fixture(autouse=True)
@@ -61,6 +62,23 @@ def test_config_file_travels_in_the_run_config(tmp_path):
     resource_config = validated["resources"]["qft"]["config"]
     assert resource_config["config_file"] == str(config_file)
     assert QftSettings(config_file=resource_config["config_file"]).load().training.epochs == 3.0
+
+
+def test_scheduled_run_is_quantized_under_the_schedule_trigger_and_config(tmp_path):
+    config_file = tmp_path / "qft.yaml"
+    config_file.write_text("quant:\n  formats: [int8, int4]\n", encoding="utf-8")
+    definitions = _with_schedule(retraining_schedule(config_file=str(config_file)))
+    schedule = definitions.resolve_schedule_def(RETRAINING_SCHEDULE)
+    (scheduled,) = schedule.evaluate_tick(dg.build_schedule_context()).run_requests
+    with dg.DagsterInstance.ephemeral() as instance:
+        main_run_id, requests = quantize_requests(instance, tags=scheduled.tags, run_config=scheduled.run_config)
+    assert [(request.job_name, request.partition_key) for request in requests] == [
+        (QUANTIZE_JOB, "int8"),
+        (QUANTIZE_JOB, "int4"),
+    ]
+    lineages = {(request.tags[TRIGGER_TAG], request.tags[LINEAGE_TAG]) for request in requests}
+    assert lineages == {("schedule", main_run_id)}
+    assert all(request.run_config == scheduled.run_config for request in requests)
 
 
 def test_cron_comes_from_the_environment(monkeypatch):

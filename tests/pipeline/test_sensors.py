@@ -3,9 +3,10 @@ import pytest
 
 from qft_core.data.corpus import scan_corpus
 from qft_pipeline.definitions import defs
-from qft_pipeline.jobs import MAIN_JOB
+from qft_pipeline.jobs import MAIN_JOB, TRIGGER_TAG
 from qft_pipeline.resources import QftSettings
 from qft_pipeline.sensors import CORPUS_SENSOR, corpus_change_sensor
+from tests.pipeline.chain import quantize_requests
 from tests.pipeline.conftest import write_corpus
 
 # The project's graph, job and resources with only this sensor (whether or not definitions.py wires one).
@@ -45,6 +46,17 @@ def test_first_tick_requests_a_run_keyed_by_the_corpus_hash(project, tick):
     assert _only_run_key(result) == content_hash
     assert result.cursor == content_hash
     assert result.run_requests[0].tags["qft/corpus_files"] == "4"
+
+
+def test_corpus_run_is_quantized_under_the_corpus_trigger_and_hash(project, tick):
+    write_corpus(project["corpus"], pairs=8)
+    (request,) = tick(None).run_requests
+    with dg.DagsterInstance.ephemeral() as instance:
+        _, requests = quantize_requests(instance, tags=request.tags, run_config=request.run_config)
+    assert len(requests) == 3
+    for quantize in requests:
+        assert quantize.tags[TRIGGER_TAG] == "corpus_changed"
+        assert quantize.tags["qft/corpus_hash"] == scan_corpus(project["corpus"]).content_hash
 
 
 def test_unchanged_corpus_is_skipped_without_a_run(project, tick):

@@ -1,0 +1,97 @@
+"""The deployment package's warnings — corpus files its data scan left out, formats with no variant of the merged
+model it packages, variants over a degradation limit — in the run log, the UI metadata and qft_metadata.json."""
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from qft_core.config import ModelConfig, PathsConfig, QuantConfig
+from qft_core.data.corpus import scan_corpus
+from qft_core.model.registry import ensure_model_dir, resolve_model
+from qft_pipeline.assets.packaging import deployment_package, quantized_variants
+from qft_pipeline.resources import QftSettings
+
+MERGED = Path("/artifacts/runs/r1/merged_model/merged")
+CLEAN_ROW = {"variant": "int8", "perplexity": 10.5, "perplexity_ratio": 1.05, "probe_agreement": 0.95}
+# 50 % above the unquantized perplexity (the default limit is 25 %), probes still agree.
+DEGRADED_ROW = {"variant": "int4", "perplexity": 15.0, "perplexity_ratio": 1.5, "probe_agreement": 0.9}
+DEGRADED = "int4: perplexity 15 is 50.0% above the unquantized model's (quant.max_perplexity_increase 25%)"
+
+
+def _variant(row: dict, merged: Path = MERGED) -> dict:
+    return {"path": "/somewhere", "merged_model": str(merged), "comparison": row}
+
+
+def test_variants_of_this_merged_model_are_listed_without_warnings():
+    rows, warnings = quantized_variants({"int8": _variant(CLEAN_ROW)}, MERGED, QuantConfig())
+    assert (rows, warnings) == ([CLEAN_ROW], [])
+
+
+def test_missing_stale_and_degraded_variants_are_warned():
+    variants = {
+        "int8": _variant(CLEAN_ROW, merged=Path("/artifacts/runs/r0/merged_model/merged")),
+        "int4": _variant(DEGRADED_ROW),
+        "gptq": None,
+    }
+    rows, warnings = quantized_variants(variants, MERGED, QuantConfig())
+    assert rows == [DEGRADED_ROW]
+    assert warnings == [
+        "int8: no quantized variant of this merged model (the latest package came from another model); not listed",
+        DEGRADED,
+        "gptq: no quantized variant of this merged model (no package was ever built); not listed",
+    ]
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+def test_deployment_package_shows_its_warnings_in_log_metadata_and_package(tmp_path):
+    merged = ensure_model_dir(resolve_model(ModelConfig(name="qwen3-tiny"), PathsConfig()))
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.md").write_text("Q: 什么是 AES？\nA: 一种分组密码。\n", encoding="utf-8")
+    (tmp_path / "secret.md").write_text("Q: 外面？\nA: 外面。\n", encoding="utf-8")
+    (corpus / "escape.md").symlink_to(tmp_path / "secret.md")
+    manifest = scan_corpus(corpus)
+    manifest_path = tmp_path / "manifest.json"
+    manifest_path.write_text(manifest.model_dump_json(), encoding="utf-8")
+    report = tmp_path / "evaluation" / "report.md"
+    report.parent.mkdir()
+    report.write_text("# report\n", encoding="utf-8")
+    (report.parent / "report.json").write_text(json.dumps({"headline": {"term_f1": 0.5}}), encoding="utf-8")
+    config_file = tmp_path / "qft.yaml"
+    config = {"paths": {"artifacts_dir": str(tmp_path / "artifacts")}, "model": {"name": "qwen3-tiny"},
+              "quant": {"formats": ["int4", "gptq"]}}
+    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        for asset, path in [("merged_model", merged), ("raw_thinking_documents", manifest_path),
+                            ("evaluation_report", report)]:
+            metadata = {"path": dg.MetadataValue.path(str(path))}
+            instance.report_runless_asset_event(dg.AssetMaterialization(asset, metadata=metadata))
+        int4 = {"merged_model": dg.MetadataValue.path(str(merged)), "comparison": dg.MetadataValue.json(DEGRADED_ROW)}
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization("quantized_package", partition="int4", metadata=int4)
+        )
+        result = dg.materialize(
+            [deployment_package], instance=instance, resources={"qft": QftSettings(config_file=str(config_file))}
+        )
+        logged = [entry.user_message for entry in instance.all_logs(result.run_id) if entry.level == logging.WARNING]
+
+    expected = [
+        f"corpus: escape.md: symlink_outside_root: points to {tmp_path.resolve() / 'secret.md'}, outside {corpus}; "
+        "skipped",
+        DEGRADED,
+        "gptq: no quantized variant of this merged model (no package was ever built); not listed",
+    ]
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node("deployment_package")
+    assert materialization.metadata["warnings"].value == "\n".join(f"- {warning}" for warning in expected)
+    assert logged == expected
+    package_metadata = json.loads((Path(materialization.metadata["path"].value) / "qft_metadata.json").read_text())
+    assert package_metadata["warnings"] == expected
+    assert package_metadata["quantized_variants"] == [DEGRADED_ROW]
+    assert package_metadata["data_hash"] == manifest.content_hash
