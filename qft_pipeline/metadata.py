@@ -8,6 +8,10 @@ from pathlib import Path
 
 import dagster as dg
 
+# Each log line is a stored Dagster event, so a corpus with thousands of warnings would flood the run log: the
+# log and the UI show the first ones, and the file that keeps them all is named.
+SHOWN_WARNINGS = 50
+
 
 def _cell(value: object, width: int) -> str:
     text = str(value).replace("\n", " ").replace("|", "\\|")
@@ -28,3 +32,14 @@ def image(path: Path, caption: str) -> dg.MarkdownMetadataValue:
     """A PNG embedded in Markdown so the Dagster UI shows the picture itself."""
     encoded = base64.b64encode(path.read_bytes()).decode("ascii")
     return dg.MetadataValue.md(f"![{caption}](data:image/png;base64,{encoded})")
+
+
+def report_warnings(context: dg.AssetExecutionContext, warnings: Sequence[str], kept_in: Path) -> dg.MarkdownMetadataValue:
+    """Log the first warnings to the run log and return them as a Markdown list for the metadata; `kept_in` is
+    the file that holds them all, named when some are left out."""
+    shown = list(warnings[:SHOWN_WARNINGS])
+    if len(warnings) > SHOWN_WARNINGS:
+        shown.append(f"… and {len(warnings) - SHOWN_WARNINGS} more in {kept_in}")
+    for warning in shown:
+        context.log.warning(warning)
+    return dg.MetadataValue.md("\n".join(f"- {warning}" for warning in shown) or "none")

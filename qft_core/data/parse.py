@@ -84,7 +84,7 @@ def _claim_id(example: ThinkingExample, taken: set[str]) -> str:
 
 
 def parse_paths(paths: Iterable[str | Path], config: DataConfig, progress: Progress | None = None) -> ParseResult:
-    """Parse files and folders (searched recursively for `*.md`, in sorted order).
+    """Parse files and folders (searched recursively for `.md` and `.markdown` files of any case, in sorted order).
 
     A file that fails in any way is quarantined whole; the others are still parsed.
     """

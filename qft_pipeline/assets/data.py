@@ -11,12 +11,10 @@ from qft_core.data.split import term_balanced_split
 from qft_core.data.terms import TermDictionary
 from qft_core.records import ThinkingExample, read_parquet, write_parquet
 from qft_pipeline.artifacts import run_folder, upstream_path
-from qft_pipeline.metadata import markdown_table
+from qft_pipeline.metadata import markdown_table, report_warnings
 from qft_pipeline.resources import QftSettings
 
 GROUP = "data"
-# Each log line is a stored Dagster event: a corpus with thousands of warnings would flood the run log.
-LOGGED_WARNINGS = 50
 
 
 def _preview(examples: list[ThinkingExample], limit: int = 8) -> dg.MarkdownMetadataValue:
@@ -41,6 +39,7 @@ def raw_thinking_documents(context: dg.AssetExecutionContext, qft: QftSettings) 
     manifest = scan_corpus(config.paths.resolve(config.paths.corpus_dir))
     path = run_folder(context, config) / "manifest.json"
     path.write_text(json.dumps(manifest.model_dump(mode="json"), ensure_ascii=False, indent=2), encoding="utf-8")
+    shown_warnings = report_warnings(context, manifest.warnings, path)
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(path)),
@@ -48,6 +47,7 @@ def raw_thinking_documents(context: dg.AssetExecutionContext, qft: QftSettings) 
             "bytes": manifest.total_bytes,
             "content_hash": manifest.content_hash,
             "files_table": markdown_table([entry.model_dump() for entry in manifest.files[:50]]),
+            "warnings": shown_warnings,
         },
         data_version=dg.DataVersion(manifest.content_hash),
     )
@@ -63,10 +63,7 @@ def parsed_thinking_examples(context: dg.AssetExecutionContext, qft: QftSettings
     path = write_parquet(result.examples, ThinkingExample, folder / "examples.parquet")
     report = result.report()
     (folder / "quarantine.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
-    for warning in result.warnings[:LOGGED_WARNINGS]:
-        context.log.warning(warning)
-    if len(result.warnings) > LOGGED_WARNINGS:
-        context.log.warning(f"… and {len(result.warnings) - LOGGED_WARNINGS} more warnings in {folder / 'quarantine.json'}")
+    shown_warnings = report_warnings(context, result.warnings, folder / "quarantine.json")
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(path)),
@@ -76,6 +73,7 @@ def parsed_thinking_examples(context: dg.AssetExecutionContext, qft: QftSettings
             "parsed": report["parsed"],
             "quarantined": report["quarantined"],
             "warnings": len(result.warnings),
+            "warning_list": shown_warnings,
             "preview": _preview(result.examples),
             "quarantine": markdown_table(report["quarantine"][:50]),
         }

@@ -23,10 +23,10 @@ from qft_core.package.quantize import FormatUnavailableError, QuantSettingsError
 from qft_core.package.verify import chat_formatted_texts, check_degradation, compare_packages, evaluate_directory, verification_set
 from qft_core.records import ThinkingExample, read_parquet
 from qft_pipeline.artifacts import run_folder, upstream_path
-from qft_pipeline.assets.data import LOGGED_WARNINGS, raw_thinking_documents, term_balanced_splits
+from qft_pipeline.assets.data import raw_thinking_documents, term_balanced_splits
 from qft_pipeline.assets.evaluation import evaluation_report
 from qft_pipeline.assets.training import TRAINING_POOL, lora_checkpoint
-from qft_pipeline.metadata import markdown_table
+from qft_pipeline.metadata import markdown_table, report_warnings
 from qft_pipeline.resources import QftSettings
 
 GROUP = "packaging"
@@ -125,15 +125,13 @@ def deployment_package(context: dg.AssetExecutionContext, qft: QftSettings) -> d
         metadata=metadata,
         model_card=ModelCardInfo(model_name=config.export.package_name, base_model=spec.name),
     )
-    shown = _shown_warnings(warnings, package_dir)
-    for warning in shown:
-        context.log.warning(warning)
+    shown_warnings = report_warnings(context, warnings, package_dir / METADATA_FILE)
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(package_dir)),
             "archive": dg.MetadataValue.path(str(archive_path(package_dir))),
             "formats": markdown_table(rows or [{"variant": "none built yet"}]),
-            "warnings": dg.MetadataValue.md("\n".join(f"- {warning}" for warning in shown) or "none"),
+            "warnings": shown_warnings,
             "serve": dg.MetadataValue.md(f"`uv run qft serve {package_dir}`"),
         }
     )
@@ -165,14 +163,6 @@ def quantized_variants(
         rows.append(metadata["comparison"])
         warnings += check_degradation(metadata["comparison"], config)
     return rows, warnings
-
-
-def _shown_warnings(warnings: list[str], package_dir: Path) -> list[str]:
-    """The first warnings for the run log and the UI; the package's metadata file keeps them all."""
-    if len(warnings) <= LOGGED_WARNINGS:
-        return warnings
-    more = f"… and {len(warnings) - LOGGED_WARNINGS} more in {package_dir / METADATA_FILE}"
-    return [*warnings[:LOGGED_WARNINGS], more]
 
 
 def _headline(report_dir) -> dict:

@@ -1,7 +1,13 @@
 import json
+import logging
 from pathlib import Path
 
+import dagster as dg
 import pyarrow.parquet as pq
+import yaml
+
+from qft_pipeline.assets.data import raw_thinking_documents
+from qft_pipeline.resources import QftSettings
 
 from qft_pipeline.runner import materialize_graph
 from tests.pipeline.conftest import write_corpus
@@ -39,3 +45,29 @@ def test_failing_quarantine_check_blocks_downstream_assets(project):
     assert "parsed_thinking_examples" in outcome.artifacts
     assert "term_annotated_examples" not in outcome.artifacts
     assert "term_balanced_splits" not in outcome.artifacts
+
+
+def test_corpus_files_left_out_are_warned_in_the_log_and_the_metadata(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.md").write_text("Q: 什么是 AES？\nA: 一种分组密码。\n", encoding="utf-8")
+    (tmp_path / "secret.md").write_text("Q: 外面？\nA: 外面。\n", encoding="utf-8")
+    (corpus / "escape.md").symlink_to(tmp_path / "secret.md")
+    config_file = tmp_path / "qft.yaml"
+    config = {"paths": {"artifacts_dir": str(tmp_path / "artifacts"), "corpus_dir": str(corpus)}}
+    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize(
+            [raw_thinking_documents], instance=instance, resources={"qft": QftSettings(config_file=str(config_file))}
+        )
+        assert result.success
+        metadata = result.asset_materializations_for_node("raw_thinking_documents")[0].metadata
+        logged = [
+            event.message
+            for event in instance.all_logs(result.run_id)
+            if event.level == logging.WARNING and "escape.md" in event.message
+        ]
+    assert metadata["files"].value == 1
+    assert "escape.md" in metadata["warnings"].value and metadata["warnings"].value.startswith("- ")
+    assert len(logged) == 1
