@@ -15,6 +15,9 @@ import psutil
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from qft_core.train.attention import FLEX_MIN_CAPABILITY, flex_unavailable_reason
+from qft_core.train.compiler import compile_unavailable_reason
+
 GIB = 1024**3
 
 LinkKind = Literal["nvlink", "pcie", "other"]
@@ -86,6 +89,11 @@ class HardwareProfile(HardwareRecord):
     cuda_version: str | None = None
     nccl_version: str | None = None
     bf16_supported: bool = False
+    # The engine's fast path on these GPUs (fast_path.choose_fast_path): torch.compile builds GPU kernels here
+    # (compiled decoder layers and loss kernel), and flex attention trains packed rows. False when unknown, which
+    # makes the plan assume the eager path's larger activations.
+    compiled_kernels: bool = False
+    flex_attention: bool = False
     notes: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -119,6 +127,8 @@ class HardwareProfile(HardwareRecord):
         ]
         if self.gpus:
             lines += [
+                f"- fast path: compiled kernels {'yes' if self.compiled_kernels else 'no'},"
+                f" flex attention {'yes' if self.flex_attention else 'no'}",
                 "",
                 "| GPU | name | memory GiB | compute capability | PCI bus | NUMA node | CPU affinity |",
                 "|---|---|---|---|---|---|---|",
@@ -435,6 +445,7 @@ def profile_hardware() -> HardwareProfile:
         gpus, links = [], []
     elif gpus and torch.cuda.device_count() != len(gpus):
         notes.append(f"torch sees {torch.cuda.device_count()} GPU(s), the driver lists {len(gpus)}")
+    compiled, flex = _fast_path_support(gpus, notes)
     logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     physical = psutil.cpu_count(logical=False) or logical
     return HardwareProfile(
@@ -449,5 +460,23 @@ def profile_hardware() -> HardwareProfile:
         cuda_version=torch.version.cuda,
         nccl_version=_nccl_version(),
         bf16_supported=bool(gpus) and all(gpu.supports_bf16 for gpu in gpus),
+        compiled_kernels=compiled,
+        flex_attention=flex,
         notes=notes,
     )
+
+
+def _fast_path_support(gpus: list[GpuInfo], notes: list[str]) -> tuple[bool, bool]:
+    """(compiled kernels, flex attention) on these GPUs, asked the way the engine asks; reasons go to `notes`."""
+    if not gpus:
+        return False, False
+    device = torch.device("cuda", 0)
+    compile_reason = compile_unavailable_reason(device)
+    flex_reason = flex_unavailable_reason(device)
+    oldest = min(tuple(int(part) for part in gpu.compute_capability.split(".")) for gpu in gpus)
+    if flex_reason is None and oldest < FLEX_MIN_CAPABILITY:
+        flex_reason = f"flex attention needs compute capability {FLEX_MIN_CAPABILITY} on every GPU, one has {oldest}"
+    reason = compile_reason or flex_reason
+    if reason:
+        notes.append(f"fast path: {reason}")
+    return compile_reason is None, flex_reason is None

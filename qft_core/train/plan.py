@@ -1,41 +1,62 @@
 """The training plan: a per-device memory model of LoRA fine-tuning and the choices it leads to, each explained.
 
-Memory model (bytes per GPU, or per process on CPU; `a` = bytes of the compute dtype, 2 for bf16, 4 for fp32).
-It follows what the engine does: base model in the compute dtype, PEFT adapters kept in fp32 (PEFT's default),
-no autocast, sdpa attention with packing's 4D mask, the chunked loss of `loss.py`.
+Memory model, in bytes per GPU (or per process on CPU). It models what qft's engine runs: the base model in the
+compute dtype (`a` bytes: 2 for bf16, 4 for fp32), PEFT adapters in fp32 whose products run in the compute dtype
+(autocast), the chunked loss of `loss.py`, and the fast path as `fast_path.choose_fast_path` picks it for the
+device: compiled decoder layers, the attention kernel, the compiled loss kernel (`MemorySetting`). Symbols: h
+hidden, q = heads·head_dim, kv = kv_heads·head_dim, i intermediate, r LoRA rank, V vocabulary, L layers,
+T = micro-batch·seq_len tokens. The allocator terms are checked against the peaks measured on GPUs
+(torch.cuda.max_memory_allocated, docs/performance.md "Plan vs measured memory"); each per-layer term below was
+pinned to the byte by measuring 2- and 6-layer models of Qwen3-4B's width on an H200.
 
-- base weights: params·a (bf16 on GPU, fp32 on CPU); FSDP divides them by the world size and adds the
-  all-gathered parameters of two decoder layers (the one computing and the one prefetched).
-- LoRA: r·(in+out) parameters per targeted linear per layer, 16 bytes each: the fp32 adapter weight (it is
-  its own master copy when compute runs in bf16), its fp32 gradient and AdamW's two fp32 moments. FSDP shards
-  them; DDP adds a gradient bucket (4 bytes each) when the world has more than one rank.
-- activations, per token per decoder layer, what autograd keeps for backward with an attention kernel that
-  never materialises the scores (memory-efficient / flash, the CUDA case):
-      a·(4h + 4·q + 3·kv + 4·i) + 4·heads + Σ_targets (in·(c + m) + 4·r)
-  h: two RMSNorm inputs and outputs; q (= heads·head_dim): query before q_norm and after RoPE, the attention
-  output and its contiguous copy fed to o_proj; kv (= kv_heads·head_dim): key before k_norm and after RoPE,
-  value; i: gate, up, SiLU(gate) and their product fed to down_proj; 4·heads: the fp32 log-sum-exp per head.
-  Each LoRA branch keeps an fp32 copy of its input (c = 4 when compute is not fp32, since PEFT casts the input
-  to the adapter's dtype, or when dropout makes a new tensor; else 0), a 1-byte dropout mask (m = 1 when
-  dropout > 0) and the fp32 r-wide output of lora_A. The final norm adds 2·a·h per token. On CPU, attention
-  runs the math kernel, which keeps the softmax probabilities: heads·seq² per sequence and layer in fp32 (plus
-  a compute-dtype copy if that is not fp32).
-- gradient checkpointing keeps only each layer's input (a·h per token per layer).
-- backward working set: a layer's backward has the gradients of gate, up and their product in flight
-  (3·a·i per token); with checkpointing it also holds the recomputed layer's full activations (and, on CPU,
-  its softmax probabilities). That happens after the loss buffers are freed, so the peak counts the larger of
-  the two: `backward_working_set` is its excess over `logits`.
-- logits: the loss runs over chunks of `loss_chunk_tokens` tokens; at its peak (backward) a chunk holds fp32
-  logits, fp32 softmax, the fp32 scaled gradient and that gradient in the compute dtype: chunk·vocab·(12 + a)
-  bytes (12 in fp32, where the cast is a no-op).
-- packing's block-diagonal mask: seq² entries of the compute dtype per row.
-- safety margin: only USABLE_FRACTION of device memory is planned; the rest is for the CUDA context, NCCL
-  buffers and allocator fragmentation.
+Held all step long:
+- base_weights: params·a, frozen. FSDP divides them by the world and adds the all-gathered parameters of two
+  decoder layers (the one computing and the one prefetched).
+- lora_weights, lora_grads, optimizer_states: 16 bytes per adapter parameter (the fp32 weight, its fp32 gradient,
+  AdamW's two fp32 moments); FSDP shards them. ddp_grad_buckets: DDP copies the fp32 gradients into its buckets.
+- attention_mask: the batch's own mask, where sdpa is given one: packed rows an additive mask (micro·seq²·a),
+  padded rows a bool one (micro·seq²).
+
+activations: what autograd keeps for backward, per token per decoder layer (`layer_activation_terms`):
+- norm_inputs: each of the two RMSNorms upcasts its input to fp32; eager keeps that fp32 copy (4h), a compiled
+  layer keeps the compute-dtype input and recomputes the upcast (a·h); plus the fp32 1/rms (4 bytes).
+- qk_norm_inputs: q_norm and k_norm the same way over q + kv values, plus an fp32 1/rms per head.
+- attention_inputs: the roped query and key and the value, a·(q + 2·kv). A kernel that is given a mask gets no
+  GQA path from transformers, which then repeats k and v to every query head: a·(q + 2·q).
+- attention_output: a·q (also o_proj's adapter input) and the fp32 log-sum-exp per head (4·heads).
+- attention_mask: sdpa turns the bool padding mask into an additive one in every layer, and keeps it:
+  a·seq_len per token (padded rows, micro-batch > 1).
+- mlp: gate and up (a·i each) and, in an eager layer, SiLU(gate) (a compiled layer recomputes it).
+- adapter_inputs: what the adapters' weight gradients need. Without dropout that is the shared inputs: the first
+  norm's output for q/k/v (a·h), the second's for gate/up (a·h), SiLU(gate)·up for down_proj (a·i); o_proj reads
+  the attention output, kept already. With dropout every adapted projection keeps its own dropped-out input and
+  its 1-byte mask, (a + 1)·in, and the shared inputs are freed.
+- adapter_outputs: the r-wide lora_A output, kept twice: 2·a·r per adapted projection.
+- ddp_graph_split: under DDP, dynamo splits each compiled layer where DDP's 1 MiB first gradient bucket fills
+  (inside the MLP), and the two graphs keep one i-wide tensor more (a·i).
+With gradient checkpointing a layer keeps only its input (a·h). Outside the layers: the final norm's fp32 input
+(4h) and the loss's gradient of the hidden states (a·h). attention_scores (CPU): the math kernel keeps the softmax
+probabilities, heads·seq² per sequence and layer in fp32 (plus a compute-dtype copy if that is not fp32).
+
+Transients, on top of everything kept; the peak counts the larger of the two, since they never overlap:
+- logits: the loss holds one chunk of `loss_chunk_tokens`: compiled, the logits (a), the kernel's fp32 buffer
+  (4) and the gradient (a) while the previous chunk's gradient (a) is still referenced, chunk·V·(3a + 4); eager
+  (CPU), logits, their fp32 copy, the shifted logits, their exp and the previous gradient, 16 bytes per logit.
+  Plus the copy of the scored hidden states the chunks are cut from (a·h per token).
+- backward_working_set (its excess over logits): one layer's backward has the gradients of gate, up, SiLU and
+  the product and of the layer's input and residual in flight, 4a·i + 2a·h compiled (one graph holds them all),
+  2a·i + 2a·h eager (autograd frees them as it goes); with checkpointing also the recomputed layer (and, on
+  CPU, its softmax probabilities).
+
+Outside the allocator (not in max_memory_allocated):
+- cuda_context: the CUDA context, cuBLAS/cuDNN handles and loaded kernels, 0.75 GiB on an H200 with torch 2.11;
+  NCCL's communicator buffers add 0.55 GiB when the world has more than one rank.
+- allocator_slack: the caching allocator reserves more than it hands out (3-11% above the peak measured); 10%.
+The plan fits all of it into USABLE_FRACTION of the device: 95% of a GPU, keeping the rest for what nothing here
+counts (another process on the GPU, evaluation between steps); 85% of the RAM, which the OS and other programs share.
 
 Micro-batches count sequences of at most seq_len tokens (with packing they share rows), so micro·seq_len tokens
-is an upper bound. Checked on an H200 with a randomly initialised Qwen3-4B, r=16 on all projections, dropout
-0.05, bf16 without autocast: measured peaks (above weights and optimizer state) came within 3% of the estimate
-without checkpointing (estimate higher) and within 0.15 GiB with it, from 1,024 to 8,192 tokens per micro-batch.
+is an upper bound.
 """
 
 from __future__ import annotations
@@ -50,14 +71,45 @@ from pydantic import BaseModel, ConfigDict, Field
 from qft_core.config import ModelConfig, QftConfig
 from qft_core.train.hardware import GIB, HardwareProfile
 
-USABLE_FRACTION = 0.85
-ADAPTER_DTYPE_BYTES = 4
-LOGIT_FP32_BUFFERS = 3
+USABLE_FRACTION = {"cuda": 0.95, "cpu": 0.85}
+FP32_BYTES = 4
+# Bytes per logit of the loss's chunk kernel run eagerly: logits, fp32 copy, shifted logits, exp, previous grad.
+EAGER_LOSS_BYTES_PER_LOGIT = 16
+CUDA_CONTEXT_BYTES = 3 * GIB // 4
+NCCL_BUFFER_BYTES = 11 * GIB // 20
+ALLOCATOR_SLACK = 0.10
+OVERHEAD_TERMS = ("cuda_context", "allocator_slack")
+# torch.distributed._DEFAULT_FIRST_BUCKET_BYTES: dynamo's DDPOptimizer cuts a compiled graph once it holds this
+# many bytes of trainable parameters.
+DDP_FIRST_BUCKET_BYTES = 1024**2
 MIN_LORA_RANK = 4
 ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+# The tensor each projection's adapter reads: q/k/v share the first norm's output, gate/up the second's.
+ADAPTER_INPUTS = {
+    "q_proj": "attention_norm",
+    "k_proj": "attention_norm",
+    "v_proj": "attention_norm",
+    "o_proj": "attention_output",
+    "gate_proj": "mlp_norm",
+    "up_proj": "mlp_norm",
+    "down_proj": "mlp_product",
+}
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 Dtype = Literal["bfloat16", "float16", "float32"]
+# How a micro-batch's sequences sit in rows: packed, one padded row each, or rows of exactly seq_len tokens (no
+# mask at all: what the benchmark feeds, and what padded rows are at micro-batch 1).
+Rows = Literal["packed", "padded", "full"]
+Attention = Literal["flash", "flex", "dense_mask", "padding_mask", "math"]
+MASKED_ATTENTION = ("dense_mask", "padding_mask", "math")
+ATTENTION_WHY = {
+    "flash": "sdpa's flash kernel (rows without padding need no mask)",
+    "flex": "flex attention with a block mask per packed document",
+    "dense_mask": "sdpa with the packed rows' dense mask, which repeats k and v to every query head",
+    "padding_mask": "sdpa with a padding mask, which repeats k and v to every query head and is made additive in"
+    " every layer (training.packing avoids both)",
+    "math": "the CPU's sdpa, counted as the math kernel that keeps the softmax probabilities",
+}
 
 
 class PlanError(ValueError):
@@ -201,42 +253,107 @@ class MemorySetting:
     lora_targets: tuple[str, ...]
     lora_dropout: float
     loss_chunk_tokens: int | None
+    rows: Rows
+    # What the GPU offers the engine's fast path (hardware profile): torch.compile builds kernels, flex attention runs.
+    compiled_kernels: bool
+    flex_attention: bool
+
+    @property
+    def tokens(self) -> int:
+        return self.micro_batch * self.seq_len
+
+    @property
+    def compiled_layers(self) -> bool:
+        """`choose_fast_path` keeps decoder layers eager under FSDP2 across ranks (a lone rank is never wrapped)."""
+        return self.compiled_kernels and not (self.sharded and self.world_size > 1)
+
+    @property
+    def attention(self) -> Attention:
+        """The kernel attention runs: `attention.choose_attention`, then transformers' sdpa dispatch (a padding
+        mask of all ones, as one row has, is dropped for the causal flag)."""
+        if self.device == "cpu":
+            return "math"
+        if self.rows == "packed":
+            return "flex" if self.flex_attention else "dense_mask"
+        if self.rows == "padded" and self.micro_batch > 1:
+            return "padding_mask"
+        return "flash"
+
+
+def layer_activation_terms(shape: ModelShape, setting: MemorySetting) -> dict[str, int]:
+    """Bytes one decoder layer without checkpointing keeps for backward per token, by what keeps them (module
+    docstring: why each)."""
+    a = dtype_bytes(setting.dtype)
+    h, q, kv, i = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate
+    compiled = setting.compiled_layers
+    upcast = a if compiled else FP32_BYTES
+    shapes = shape.linear_shapes()
+    targets = setting.lora_targets
+    if setting.lora_dropout > 0:
+        adapter_inputs = sum(shapes[name][0] for name in targets) * (a + 1)
+    else:
+        shared = {ADAPTER_INPUTS[name]: shapes[name][0] for name in targets}
+        adapter_inputs = a * sum(width for source, width in shared.items() if source != "attention_output")
+    kv_kept = q if setting.attention in MASKED_ATTENTION else kv
+    layer_adapter_bytes = FP32_BYTES * shape.lora_params(setting.lora_r, list(targets)) // shape.layers
+    graph_split = compiled and not setting.sharded and setting.world_size > 1
+    return {
+        "norm_inputs": 2 * (upcast * h + FP32_BYTES),
+        "qk_norm_inputs": upcast * (q + kv) + FP32_BYTES * (shape.heads + shape.kv_heads),
+        "attention_inputs": a * (q + 2 * kv_kept),
+        "attention_output": a * q + FP32_BYTES * shape.heads,
+        "attention_mask": a * setting.seq_len if setting.attention == "padding_mask" else 0,
+        "mlp": a * i * (2 if compiled else 3),
+        "adapter_inputs": adapter_inputs,
+        "adapter_outputs": len(targets) * 2 * a * setting.lora_r,
+        "ddp_graph_split": a * i if graph_split and layer_adapter_bytes > DDP_FIRST_BUCKET_BYTES else 0,
+    }
 
 
 def layer_activation_bytes_per_token(shape: ModelShape, setting: MemorySetting) -> int:
-    """What one decoder layer keeps for backward per token (module docstring: the formula and why)."""
+    """The sum of `layer_activation_terms`."""
+    return sum(layer_activation_terms(shape, setting).values())
+
+
+def backward_bytes_per_token(shape: ModelShape, setting: MemorySetting) -> int:
+    """Gradients one layer's backward has in flight per token (module docstring: backward_working_set)."""
     a = dtype_bytes(setting.dtype)
-    kept = a * (4 * shape.hidden + 4 * shape.q_dim + 3 * shape.kv_dim + 4 * shape.intermediate) + 4 * shape.heads
-    copy = ADAPTER_DTYPE_BYTES if (setting.dtype != "float32" or setting.lora_dropout > 0) else 0
-    mask = 1 if setting.lora_dropout > 0 else 0
-    shapes = shape.linear_shapes()
-    kept += sum(shapes[name][0] * (copy + mask) + ADAPTER_DTYPE_BYTES * setting.lora_r for name in setting.lora_targets)
-    return kept
+    mlp_gradients = 4 if setting.compiled_layers else 2
+    return a * (mlp_gradients * shape.intermediate + 2 * shape.hidden)
+
+
+def loss_chunk_bytes(shape: ModelShape, setting: MemorySetting) -> int:
+    """The loss's transient: one chunk of logits and their gradients, and the scored hidden states' copy."""
+    a = dtype_bytes(setting.dtype)
+    chunk = min(setting.loss_chunk_tokens or setting.tokens, setting.tokens)
+    per_logit = 3 * a + FP32_BYTES if setting.compiled_kernels else EAGER_LOSS_BYTES_PER_LOGIT
+    return chunk * shape.vocab * per_logit + setting.tokens * a * shape.hidden
 
 
 def estimate_memory(shape: ModelShape, setting: MemorySetting) -> dict[str, int]:
-    """Bytes per device, by component (module docstring: the memory model)."""
+    """Bytes per device, by component (module docstring: the memory model). `allocated_bytes` of the result is what
+    torch.cuda.max_memory_allocated should show; the OVERHEAD_TERMS come on top."""
     a = dtype_bytes(setting.dtype)
     shards = setting.world_size if setting.sharded else 1
     adapter = shape.lora_params(setting.lora_r, list(setting.lora_targets))
-    tokens = setting.micro_batch * setting.seq_len
-    final_norm = 2 * a * shape.hidden
+    tokens = setting.tokens
+    outside_layers = FP32_BYTES * shape.hidden + a * shape.hidden
     layer_set = tokens * layer_activation_bytes_per_token(shape, setting)
     layer_scores = 0
-    if setting.device == "cpu":
+    if setting.attention == "math":
         layer_scores = setting.micro_batch * shape.heads * setting.seq_len**2 * (4 + (0 if a == 4 else a))
-    chunk = min(setting.loss_chunk_tokens or tokens, tokens)
-    logits = chunk * shape.vocab * (LOGIT_FP32_BUFFERS * 4 + (0 if a == 4 else a))
-    gradients_in_flight = tokens * 3 * a * shape.intermediate
+    logits = loss_chunk_bytes(shape, setting)
+    gradients_in_flight = tokens * backward_bytes_per_token(shape, setting)
     if setting.checkpointing:
-        activations = tokens * (shape.layers * a * shape.hidden + final_norm)
+        activations = tokens * (shape.layers * a * shape.hidden + outside_layers)
         scores = 0
         backward = gradients_in_flight + layer_set + layer_scores
     else:
-        activations = shape.layers * layer_set + tokens * final_norm
+        activations = shape.layers * layer_set + tokens * outside_layers
         scores = shape.layers * layer_scores
         backward = gradients_in_flight
-    return {
+    mask_entry = {"dense_mask": a, "math": a, "padding_mask": 1}.get(setting.attention, 0)
+    allocated = {
         "base_weights": math.ceil(shape.params * a / shards),
         "fsdp_gathered_layers": 2 * shape.layer_params * a if setting.sharded else 0,
         "lora_weights": math.ceil(4 * adapter / shards),
@@ -245,10 +362,20 @@ def estimate_memory(shape: ModelShape, setting: MemorySetting) -> dict[str, int]
         "ddp_grad_buckets": 4 * adapter if not setting.sharded and setting.world_size > 1 else 0,
         "activations": activations,
         "attention_scores": scores,
-        "backward_working_set": max(0, backward - logits),
-        "attention_mask": setting.micro_batch * setting.seq_len**2 * a,
+        "attention_mask": setting.micro_batch * setting.seq_len**2 * mask_entry,
         "logits": logits,
+        "backward_working_set": max(0, backward - logits),
     }
+    context = 0
+    if setting.device == "cuda":
+        context = CUDA_CONTEXT_BYTES + (NCCL_BUFFER_BYTES if setting.world_size > 1 else 0)
+    slack = math.ceil(ALLOCATOR_SLACK * sum(allocated.values()))
+    return allocated | {"cuda_context": context, "allocator_slack": slack}
+
+
+def allocated_bytes(breakdown: dict[str, int]) -> int:
+    """The part of an `estimate_memory` breakdown that PyTorch's allocator hands out (its peak)."""
+    return sum(value for name, value in breakdown.items() if name not in OVERHEAD_TERMS)
 
 
 class TrainingPlan(BaseModel):
@@ -272,6 +399,9 @@ class TrainingPlan(BaseModel):
     lora_r: int = Field(ge=1)
     lora_targets: list[str]
     lora_params: int = Field(ge=0)
+    # The fast path the memory estimate assumes (the engine picks its own at start and logs what it left off).
+    compiled_layers: bool = False
+    attention: Attention | None = None
     memory_gib: dict[str, float]
     fits: bool
     tokens_per_step: int = Field(ge=1)
@@ -295,6 +425,8 @@ class TrainingPlan(BaseModel):
             f"| sequence length / tokens per step (at most) | {self.seq_len} / {self.tokens_per_step} |",
             f"| gradient checkpointing | {'on' if self.gradient_checkpointing else 'off'} |",
             f"| LoRA | r={self.lora_r} on {', '.join(self.lora_targets)} ({self.lora_params:,} parameters) |",
+            f"| decoder layers / attention (memory estimate) | {'compiled' if self.compiled_layers else 'eager'}"
+            f" / {self.attention or '-'} |",
             f"| fits | {'yes' if self.fits else 'NO'} |",
             f"| recommended tensor / pipeline parallel | {self.recommended_tp} / {self.recommended_pp} |",
             f"| torchrun | `torchrun {' '.join(self.torchrun_args)}` |",
@@ -453,10 +585,10 @@ def plan_training(config: QftConfig, hardware: HardwareProfile, shape: ModelShap
     else:
         capacity = int(hardware.ram_gib * GIB / nproc)
         where = f"{hardware.ram_gib:.1f} GiB RAM shared by {nproc} process(es)"
-    budget = int(capacity * USABLE_FRACTION)
+    budget = int(capacity * USABLE_FRACTION[device])
     why.append(
-        f"Memory budget {_gib(budget)} per {'GPU' if device == 'cuda' else 'process'}: {USABLE_FRACTION:.0%} of"
-        f" {where}; the rest is the safety margin for the CUDA context, communication buffers and fragmentation."
+        f"Memory budget {_gib(budget)} per {'GPU' if device == 'cuda' else 'process'}: {USABLE_FRACTION[device]:.0%} of"
+        f" {where}; the estimate inside it counts the CUDA context, NCCL buffers and the allocator's slack."
     )
     seq_len = config.model.max_length
     micro_cap = max(1, training.global_batch_size // world)
@@ -473,6 +605,9 @@ def plan_training(config: QftConfig, hardware: HardwareProfile, shape: ModelShap
         lora_targets=tuple(lora.target_modules),
         lora_dropout=lora.dropout,
         loss_chunk_tokens=training.loss_chunk_tokens,
+        rows="packed" if training.packing else "padded",
+        compiled_kernels=device == "cuda" and hardware.compiled_kernels,
+        flex_attention=device == "cuda" and hardware.flex_attention,
     )
     sharded, fit = _choose_strategy(planner, base, training.sharding, world, why)
     if fit is None:
@@ -512,14 +647,22 @@ def plan_training(config: QftConfig, hardware: HardwareProfile, shape: ModelShap
         f" one optimizer step sees at most {effective * seq_len} tokens, the bound the memory estimate uses."
     )
     _explain_checkpointing(why, planner, setting, training.gradient_checkpointing)
+    _explain_fast_path(why, setting)
     breakdown = estimate_memory(shape, setting)
     total = sum(breakdown.values())
     memory_gib = {name: value / GIB for name, value in breakdown.items()}
-    memory_gib |= {"total": total / GIB, "budget": budget / GIB, "capacity": capacity / GIB}
+    memory_gib |= {
+        "allocated": allocated_bytes(breakdown) / GIB,
+        "total": total / GIB,
+        "budget": budget / GIB,
+        "capacity": capacity / GIB,
+    }
     largest = sorted(breakdown.items(), key=lambda item: -item[1])[:3]
     why.append(
         f"Estimated {_gib(total)} of the {_gib(budget)} budget per device at micro-batch {micro} × {seq_len} tokens"
-        f" (largest items: {', '.join(f'{name} {_gib(value)}' for name, value in largest)})."
+        f" (largest items: {', '.join(f'{name} {_gib(value)}' for name, value in largest)}); the engine's logged"
+        f" peak (max_memory_allocated) should be near {_gib(allocated_bytes(breakdown))}, the total less"
+        " cuda_context and allocator_slack."
     )
     return TrainingPlan(
         world_size=world,
@@ -538,6 +681,8 @@ def plan_training(config: QftConfig, hardware: HardwareProfile, shape: ModelShap
         lora_r=setting.lora_r,
         lora_targets=list(setting.lora_targets),
         lora_params=shape.lora_params(setting.lora_r, list(setting.lora_targets)),
+        compiled_layers=setting.compiled_layers,
+        attention=setting.attention,
         memory_gib=memory_gib,
         fits=total <= budget,
         tokens_per_step=effective * seq_len,
@@ -658,3 +803,22 @@ def _explain_checkpointing(why: list[str], planner: _Planner, setting: MemorySet
         )
     else:
         why.append("gradient checkpointing off: micro-batch 1 fits without it, so no forward pass is recomputed.")
+
+
+
+def _explain_fast_path(why: list[str], setting: MemorySetting) -> None:
+    if setting.device == "cpu":
+        pieces = "eager decoder layers and loss kernel (torch.compile is used on CUDA only)"
+    elif not setting.compiled_kernels:
+        pieces = (
+            "eager decoder layers and loss kernel: the hardware profile says torch.compile cannot build kernels here"
+            " (its notes say why), so every layer keeps its fp32 norm copies and SiLU output"
+        )
+    elif setting.compiled_layers:
+        pieces = "compiled decoder layers and loss kernel"
+    else:
+        pieces = "eager decoder layers (not compiled under FSDP2 across ranks), compiled loss kernel"
+    why.append(
+        f"Fast path as the engine will pick it (fast_path.choose_fast_path): {pieces}; attention: "
+        f"{ATTENTION_WHY[setting.attention]}. The memory estimate counts the activations these kernels keep."
+    )

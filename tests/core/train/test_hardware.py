@@ -1,5 +1,7 @@
 import pytest
+import torch
 
+from qft_core.train.compiler import compile_unavailable_reason
 from qft_core.train.hardware import (
     GpuInfo,
     GpuLink,
@@ -259,6 +261,25 @@ def test_profile_of_this_machine_is_valid_and_round_trips():
     assert profile.bf16_supported == (bool(profile.gpus) and all(gpu.supports_bf16 for gpu in profile.gpus))
     assert HardwareProfile.model_validate_json(profile.model_dump_json()) == profile
     assert f"device: **{profile.device}**" in profile.to_markdown()
+
+
+def test_profile_records_the_fast_path_the_engine_can_use_here():
+    profile = profile_hardware()
+
+    compiles = bool(profile.gpus) and compile_unavailable_reason(torch.device("cuda", 0)) is None
+    assert profile.compiled_kernels == compiles
+    assert profile.flex_attention <= profile.compiled_kernels  # flex attention needs compiled kernels
+    if profile.gpus and not (profile.compiled_kernels and profile.flex_attention):
+        assert any(note.startswith("fast path: ") for note in profile.notes)
+
+
+def test_profile_written_before_the_fast_path_fields_reads_as_eager():
+    old = _profile(1, []).model_dump(exclude={"compiled_kernels", "flex_attention"})
+
+    profile = HardwareProfile.model_validate(old)
+
+    assert (profile.compiled_kernels, profile.flex_attention) == (False, False)
+    assert "fast path: compiled kernels no, flex attention no" in profile.to_markdown()
 
 
 def test_markdown_lists_every_gpu_and_link():
