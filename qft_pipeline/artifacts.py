@@ -1,4 +1,5 @@
-"""Where assets write their files: one folder per run and asset, found again through materialization metadata."""
+"""Where assets write their files: one folder per run and asset (or, for resumable work, per chain of failed
+attempts), found again through materialization metadata."""
 
 from __future__ import annotations
 
@@ -11,9 +12,35 @@ from qft_core.config import QftConfig
 
 def run_folder(context: dg.AssetExecutionContext, config: QftConfig) -> Path:
     """A fresh folder for this run's copy of this asset, so concurrent runs never share files."""
-    folder = config.paths.resolve(config.paths.artifacts_dir) / "runs" / context.run.run_id / context.asset_key.to_user_string()
+    return _asset_folder(config, context.run.run_id, context.asset_key)
+
+
+def resumable_run_folder(context: dg.AssetExecutionContext, config: QftConfig) -> Path:
+    """This asset's folder, shared with the failed attempts this one repeats, so their work (checkpoints) is
+    picked up: a retry within the run uses the run's folder, and a run re-executed from a failure uses the
+    folder of the run it re-executes, following parent runs back for as long as the asset failed in them. A
+    re-execution of a run where the asset succeeded starts afresh in its own folder."""
+    instance, key = context.instance, context.asset_key
+    run = context.run
+    while run.parent_run_id and not _materialized_in(instance, run.parent_run_id, key):
+        parent = instance.get_run_by_id(run.parent_run_id)
+        if parent is None:
+            break
+        run = parent
+    return _asset_folder(config, run.run_id, key)
+
+
+def _asset_folder(config: QftConfig, run_id: str, key: dg.AssetKey) -> Path:
+    folder = config.paths.resolve(config.paths.artifacts_dir) / "runs" / run_id / key.to_user_string()
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def _materialized_in(instance: dg.DagsterInstance, run_id: str, key: dg.AssetKey) -> bool:
+    return any(
+        entry.asset_materialization and entry.asset_materialization.asset_key == key
+        for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+    )
 
 
 def upstream_path(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, asset: str) -> Path:

@@ -113,7 +113,9 @@ def _adapted_model(spec: ModelSpec, adapter_dir: Path, dtype: torch.dtype, devic
 
 
 def _load_merged(merged_dir: Path, dtype: torch.dtype, device: str) -> PreTrainedModel:
-    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=dtype, use_safetensors=True, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        merged_dir, dtype=dtype, use_safetensors=True, local_files_only=True, trust_remote_code=False
+    )
     return model.to(device).eval()
 
 

@@ -320,7 +320,7 @@ def evaluate_directory(
 ) -> ModelEvaluation:
     """Load and measure a quantized package (it has `qft_quantization.json`) or the unquantized merged model."""
     model_dir = Path(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
     started = time.perf_counter()
     if (model_dir / QUANT_METADATA_FILE).is_file():
         package = QuantizedPackage.read(model_dir)
@@ -334,7 +334,11 @@ def evaluate_directory(
     else:
         model = (
             AutoModelForCausalLM.from_pretrained(
-                model_dir, dtype=torch_dtype("auto", device), use_safetensors=True, local_files_only=True
+                model_dir,
+                dtype=torch_dtype("auto", device),
+                use_safetensors=True,
+                local_files_only=True,
+                trust_remote_code=False,
             )
             .to(device)
             .eval()

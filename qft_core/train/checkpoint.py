@@ -1,19 +1,24 @@
 """Training checkpoints on disk: staged in a hidden folder, sealed by a sha256 manifest written last, then
-renamed into place, so a folder named `step-N` is complete; loading falls back past damaged ones."""
+renamed into place, so a folder named `step-N` is complete; loading falls back past damaged ones. A write that
+fails (a full disk) removes the staged folder and leaves the sealed checkpoints as they were."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import pickle
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
@@ -58,17 +63,16 @@ def seal(staging: Path, keep_last: int) -> Path:
     step = checkpoint_step(Path(staging.name[len(_STAGING_PREFIX) :]))
     if step is None or not staging.name.startswith(_STAGING_PREFIX):
         raise CheckpointError(f"{staging}: not a staging folder made by start_staging")
-    files = {}
-    for path in sorted(staging.rglob("*")):
-        if path.is_file():
-            _fsync(path)
-            files[path.relative_to(staging).as_posix()] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
-    manifest = staging / MANIFEST
-    with manifest.open("w", encoding="utf-8") as handle:
-        json.dump({"step": step, "files": files}, handle, indent=1, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    _fsync(staging)
+    with writing(staging, MANIFEST):
+        files = {}
+        for path in sorted(staging.rglob("*")):
+            if path.is_file():
+                _fsync(path)
+                files[path.relative_to(staging).as_posix()] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
+        manifest = staging / MANIFEST
+        _write_file(manifest, json.dumps({"step": step, "files": files}, indent=1, sort_keys=True).encode("utf-8"))
+        _fsync(manifest)
+        _fsync(staging)
     target = checkpoint_path(staging.parent, step)
     if target.exists():
         # A damaged checkpoint of the same step (we resumed from an earlier one): replace it.
@@ -83,7 +87,7 @@ def seal(staging: Path, keep_last: int) -> Path:
 
 
 def prune(checkpoints_dir: Path, keep_last: int) -> list[Path]:
-    """Delete every `step-N` folder but the `keep_last` newest, and stale staging folders; returns what went."""
+    """Delete every `step-N` folder but the `keep_last` newest; returns what went."""
     removed = []
     for path in list_checkpoints(checkpoints_dir)[keep_last:]:
         shutil.rmtree(path)
@@ -137,17 +141,38 @@ def latest_valid(checkpoints_dir: Path, warn: Callable[[str], None]) -> Path | N
     return None
 
 
+@contextmanager
+def writing(staging: Path, name: str) -> Iterator[None]:
+    """Around a write of file `name` into a staged checkpoint: a failure (a full disk, an I/O error) removes the
+    staged folder and is raised as CheckpointError naming the folder, the file and the cause. The sealed
+    checkpoints are untouched, so the next start resumes from the newest of them."""
+    try:
+        yield
+    except (OSError, SafetensorError) as error:
+        staged = staging.name.startswith(_STAGING_PREFIX)
+        if staged:
+            shutil.rmtree(staging, ignore_errors=True)
+        cause = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        message = f"{staging}: cannot write checkpoint file {name}: {cause.lower()}"
+        if staged:
+            sealed = list_checkpoints(staging.parent)
+            kept = f"{sealed[0].name} is the newest checkpoint and intact" if sealed else "no checkpoint is sealed yet"
+            message += f"; the staged checkpoint was removed, {kept}"
+        raise CheckpointError(message) from error
+
+
 def save_optimizer_state(directory: Path, optimizer_state: dict, scheduler_state: dict) -> None:
-    torch.save({"optimizer": optimizer_state, "scheduler": scheduler_state}, directory / OPTIMIZER_STATE)
+    _save_tensors({"optimizer": optimizer_state, "scheduler": scheduler_state}, directory, OPTIMIZER_STATE)
 
 
 def load_optimizer_state(checkpoint: Path) -> tuple[dict, dict]:
-    state = torch.load(checkpoint / OPTIMIZER_STATE, map_location="cpu", weights_only=True)
+    state = _load_tensors(checkpoint / OPTIMIZER_STATE)
     return state["optimizer"], state["scheduler"]
 
 
 def write_trainer_state(directory: Path, state: dict[str, Any]) -> None:
-    (directory / TRAINER_STATE).write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
+    with writing(directory, TRAINER_STATE):
+        _write_file(directory / TRAINER_STATE, json.dumps(state, indent=1, sort_keys=True).encode("utf-8"))
 
 
 def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
@@ -182,15 +207,62 @@ def rng_file(directory: Path, rank: int) -> Path:
 
 
 def save_rng(directory: Path, rank: int) -> None:
-    path = rng_file(directory, rank)
-    path.parent.mkdir(exist_ok=True)
-    torch.save(capture_rng(), path)
+    _save_tensors(capture_rng(), directory, rng_file(directory, rank).relative_to(directory).as_posix())
 
 
 def load_rng(checkpoint: Path, rank: int) -> dict[str, Any] | None:
     """This rank's saved random state, or None when the checkpoint came from a run with fewer ranks."""
     path = rng_file(checkpoint, rank)
-    return torch.load(path, weights_only=True) if path.is_file() else None
+    return _load_tensors(path) if path.is_file() else None
+
+
+def _save_tensors(value: Any, directory: Path, name: str) -> None:
+    # Serialized in memory first: torch.save writing to a failing file reports a bare "unexpected pos" and loses
+    # the cause (ENOSPC), which _write_file keeps.
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    with writing(directory, name):
+        path = directory / name
+        path.parent.mkdir(exist_ok=True)
+        # A copy, not getbuffer(): a failed write keeps a view of the buffer in its traceback, and clearing
+        # that cycle crashes the garbage collector of the Python 3.12 here (python/cpython#111049).
+        _write_file(path, buffer.getvalue())
+
+
+def _load_tensors(path: Path) -> Any:
+    """torch.load with weights_only: a file that holds anything but tensors and plain containers is refused
+    (its pickled code never runs), and an unreadable one is named."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        message = f"{path}: not a weights-only checkpoint file ({_unpickler_reason(str(error))}); refusing to unpickle it"
+        raise CheckpointError(message) from error
+    except (OSError, RuntimeError, EOFError) as error:
+        raise CheckpointError(f"{path}: unreadable checkpoint file ({_first_sentence(str(error))})") from error
+
+
+def _unpickler_reason(message: str) -> str:
+    """The unpickler's own words in torch's weights_only error, without the advice around them (which opens
+    with how to load the file unsafely)."""
+    lines = [line.strip() for line in message.splitlines()[1:] if line.strip()]
+    kept = " ".join(line for line in lines if not line.startswith(("(1)", "(2)", "Check the documentation")))
+    return _first_sentence(kept.rpartition("WeightsUnpickler error:")[2]) or "rejected by torch.load(weights_only=True)"
+
+
+def _first_sentence(text: str) -> str:
+    return text.strip().split("\n")[0].split(". ")[0].rstrip(".")
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write `data` through os.write, going on after short writes: a disk that fills up part-way through a file
+    shows as a short write and then ENOSPC, which is raised."""
+    view = memoryview(data)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        while view:
+            view = view[os.write(descriptor, view) :]
+    finally:
+        os.close(descriptor)
 
 
 def _sha256(path: Path) -> str:

@@ -6,13 +6,15 @@ import dagster as dg
 
 from qft_core.model.registry import ensure_model_dir, resolve_model
 from qft_core.train.advice import advise, suggestions_markdown
+from qft_core.train.checkpoint import list_checkpoints
 from qft_core.train.curves import plot_loss_curve, read_metrics
+from qft_core.train.engine import CHECKPOINTS_DIR
 from qft_core.train.hardware import HardwareProfile, profile_hardware
 from qft_core.train.job import TrainingSummary
 from qft_core.train.launch import prepare_run, torchrun_command, worker_environment
 from qft_core.train.monitor import monitor_run, write_monitor_report
 from qft_core.train.plan import ModelShape, TrainingPlan, plan_training
-from qft_pipeline.artifacts import run_folder, upstream_path
+from qft_pipeline.artifacts import resumable_run_folder, run_folder, upstream_path
 from qft_pipeline.assets.data import term_balanced_splits
 from qft_pipeline.metadata import image
 from qft_pipeline.resources import QftSettings
@@ -21,6 +23,12 @@ GROUP = "training"
 PIPES_ENTRY = "qft_pipeline.pipes_entry"
 # Only one training holds the accelerators at a time (set the pool's limit with `dagster instance concurrency`).
 TRAINING_POOL = "training_gpus"
+# Dagster attempts of lora_checkpoint after a failed one, once torchrun has spent training.max_restarts. Fixed
+# here because a retry policy belongs to the asset definition, not to run config. Each retry resumes from the
+# newest checkpoint and so repeats at most checkpoint_every steps; two ride out a killed or lost worker twice in
+# a run, while a failure that repeats on every attempt (bad data, a bug) still fails the run soon.
+TRAINING_RETRIES = 2
+TRAINING_RETRY_DELAY_S = 5
 
 
 @dg.asset(group_name=GROUP, kinds={"nvml"})
@@ -67,18 +75,25 @@ def training_plan(context: dg.AssetExecutionContext, qft: QftSettings) -> dg.Mat
     deps=[training_plan, term_balanced_splits],
     kinds={"pytorch"},
     pool=TRAINING_POOL,
-    # A retry runs in the same run folder, so the engine resumes from its last checkpoint instead of restarting.
-    retry_policy=dg.RetryPolicy(max_retries=2, delay=5),
+    retry_policy=dg.RetryPolicy(max_retries=TRAINING_RETRIES, delay=TRAINING_RETRY_DELAY_S),
 )
 def lora_checkpoint(
     context: dg.AssetExecutionContext, qft: QftSettings, pipes_subprocess_client: dg.PipesSubprocessClient
 ) -> dg.MaterializeResult:
-    """The LoRA adapter trained by qft's engine under torchrun; rank 0 streams progress through Dagster Pipes."""
+    """The LoRA adapter trained by qft's engine under torchrun; rank 0 streams progress through Dagster Pipes.
+
+    A retry, or a run re-executed from this asset's failure, trains in the failed attempt's folder: the engine
+    resumes from its newest valid checkpoint instead of starting again.
+    """
     config = qft.load()
     plan = TrainingPlan.model_validate_json(upstream_path(context, "training_plan").read_text(encoding="utf-8"))
-    run_dir = run_folder(context, config)
-    if context.retry_number:
-        context.log.info(f"retry {context.retry_number}: resuming from the checkpoints in {run_dir}")
+    run_dir = resumable_run_folder(context, config)
+    earlier = list_checkpoints(run_dir / CHECKPOINTS_DIR)
+    if earlier:
+        context.log.info(
+            f"attempt {context.retry_number + 1}: {len(earlier)} checkpoint(s) of an earlier attempt in "
+            f"{run_dir / CHECKPOINTS_DIR} (newest {earlier[0].name}); training resumes from the newest valid one"
+        )
     job_path = prepare_run(config, upstream_path(context, "term_balanced_splits"), run_dir, plan)
     pipes_subprocess_client.run(
         context=context,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import pickle
 import shutil
 import stat
 import subprocess
@@ -28,10 +27,11 @@ import uvicorn
 from starlette.testclient import TestClient
 
 from qft_core.cli import main
-from qft_core.config import ConfigError, ModelConfig, PathsConfig, QftConfig, load_config
+from qft_core.config import ConfigError, ModelConfig, PathsConfig, QftConfig, QuantConfig, load_config
 from qft_core.data.parse import parse_text
 from qft_core.model import registry
 from qft_core.model.registry import ModelNotAvailableError, ensure_model_dir, has_weights, load_model, resolve_model
+from qft_core.package import merge, verify
 from qft_core.package.bundle import build_package, unpack_package
 from qft_core.package.layout import PackageError
 from qft_core.package.manifest import MANIFEST_FILE, ManifestError, check_manifest, file_sha256, write_manifest
@@ -218,6 +218,44 @@ def test_code_shipped_with_a_model_never_runs_by_default(tiny_model_dir: Path, t
     assert not marker.exists()
 
 
+class ModelLoaded(Exception):
+    """Stops package verification once its model is loaded: what it does next is not about loading."""
+
+
+def test_merge_and_package_verification_say_trust_remote_code_false_and_run_no_shipped_code(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model_dir, marker = Path(shutil.copytree(tiny_model_dir, tmp_path / "hostile")), tmp_path / "marker"
+    add_remote_code(model_dir, marker)
+    calls: list[dict] = []
+    models, tokenizers = [], []
+    load_model_, load_tokenizer = verify.AutoModelForCausalLM.from_pretrained, verify.AutoTokenizer.from_pretrained
+
+    def recorded_model(directory, **kwargs):
+        calls.append(kwargs)
+        models.append(load_model_(directory, **kwargs))
+        raise ModelLoaded
+
+    def recorded_tokenizer(directory, **kwargs):
+        calls.append(kwargs)
+        tokenizers.append(load_tokenizer(directory, **kwargs))
+        return tokenizers[-1]
+
+    monkeypatch.setattr(verify.AutoModelForCausalLM, "from_pretrained", recorded_model)
+    monkeypatch.setattr(verify.AutoTokenizer, "from_pretrained", recorded_tokenizer)
+    # The merged model is reloaded to compare its logits; verification loads the unquantized reference to measure
+    # it (and never reaches its verification set here).
+    with pytest.raises(ModelLoaded):
+        merge._load_merged(model_dir, torch.float32, "cpu")
+    with pytest.raises(ModelLoaded):
+        verify.evaluate_directory(model_dir, verification=None, config=QuantConfig())
+
+    assert [call["trust_remote_code"] for call in calls] == [False, False, False]
+    assert [type(model).__name__ for model in models] == ["Qwen3ForCausalLM", "Qwen3ForCausalLM"]
+    assert len(tokenizers) == 1 and type(tokenizers[0]).__name__ != "EvilTokenizer"
+    assert not marker.exists()
+
+
 TRUSTED_LOAD = """
 import sys
 from qft_core.config import ModelConfig, PathsConfig
@@ -258,10 +296,16 @@ def test_checkpoint_loader_refuses_a_pickle_that_runs_code(tmp_path: Path) -> No
     checkpoint = ckpt.latest_valid(checkpoints, warn=warnings.append)
     assert checkpoint == ckpt.checkpoint_path(checkpoints, 10) and warnings == []
 
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        ckpt.load_optimizer_state(checkpoint)
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        ckpt.load_rng(checkpoint, 0)
+    loads = {
+        checkpoint / ckpt.OPTIMIZER_STATE: lambda: ckpt.load_optimizer_state(checkpoint),
+        ckpt.rng_file(checkpoint, 0): lambda: ckpt.load_rng(checkpoint, 0),
+    }
+    for path, load in loads.items():
+        with pytest.raises(ckpt.CheckpointError) as failure:
+            load()
+        message = str(failure.value)
+        assert message.startswith(f"{path}: not a weights-only checkpoint file (") and "posix.mkdir" in message
+        assert message.endswith("); refusing to unpickle it")
     assert not marker.exists()
     assert_payload_is_live(checkpoint / ckpt.OPTIMIZER_STATE, marker)
 

@@ -1,5 +1,6 @@
 """Checkpoints: sealed by a manifest and a rename, pruned to the newest K, damaged ones skipped with a
-warning, and their optimizer and RNG state reloading exactly."""
+warning, their optimizer and RNG state reloading exactly, and unreadable state files named. (A disk that fills
+up mid-save: tests/reliability/test_training_faults.py.)"""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from qft_core.train import checkpoint as ckpt
@@ -107,3 +109,30 @@ def test_restored_rng_replays_python_numpy_and_torch_draws(tmp_path: Path) -> No
 
     assert first[0] == again[0] and first[1] == again[1] and torch.equal(first[2], again[2])
     assert ckpt.load_rng(tmp_path, rank=4) is None
+
+
+def test_an_unreadable_optimizer_state_is_a_checkpoint_error_naming_the_file(tmp_path: Path) -> None:
+    ckpt.save_optimizer_state(tmp_path, {"state": {}, "param_groups": []}, {"last_epoch": 3})
+    whole = (tmp_path / ckpt.OPTIMIZER_STATE).read_bytes()
+    (tmp_path / ckpt.OPTIMIZER_STATE).write_bytes(whole[: len(whole) // 2])
+
+    with pytest.raises(ckpt.CheckpointError) as failure:
+        ckpt.load_optimizer_state(tmp_path)
+
+    assert str(failure.value) == (
+        f"{tmp_path / ckpt.OPTIMIZER_STATE}: unreadable checkpoint file "
+        "(PytorchStreamReader failed reading zip archive: failed finding central directory)"
+    )
+
+
+def test_bytes_that_are_no_torch_file_are_refused_unpickled_with_the_unpicklers_reason(tmp_path: Path) -> None:
+    ckpt.rng_file(tmp_path, 0).parent.mkdir()
+    ckpt.rng_file(tmp_path, 0).write_bytes(b"garbage")
+
+    with pytest.raises(ckpt.CheckpointError) as failure:
+        ckpt.load_rng(tmp_path, 0)
+
+    assert str(failure.value) == (
+        f"{ckpt.rng_file(tmp_path, 0)}: not a weights-only checkpoint file (Unsupported operand 103); "
+        "refusing to unpickle it"
+    )
