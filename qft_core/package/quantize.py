@@ -129,7 +129,7 @@ class QuantMethod:
 
 def _from_pretrained(directory: Path, device: str, **kwargs: Any) -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(
-        directory, use_safetensors=True, local_files_only=True, device_map=device, **kwargs
+        directory, use_safetensors=True, local_files_only=True, trust_remote_code=False, device_map=device, **kwargs
     )
 
 
@@ -229,7 +229,7 @@ def _calibration_batches(source: Path, texts: Sequence[str] | None, config: Quan
     """The first `calibration_samples` texts as token ids, each cut to `calibration_max_tokens`."""
     if not texts:
         raise QuantSettingsError("gptq needs calibration_texts (training-split text); none were given")
-    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, trust_remote_code=False)
     batches = []
     for text in texts[: config.calibration_samples]:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"][: config.calibration_max_tokens]
@@ -322,7 +322,7 @@ def _check_no_pickles(directory: Path) -> None:
 def _keep_source_files(source: Path, target: Path) -> None:
     # The tokenizer (with its chat template) and generation settings are the merged model's, byte for byte:
     # quantization libraries re-save them with their own fixes.
-    AutoTokenizer.from_pretrained(source, local_files_only=True).save_pretrained(target)
+    AutoTokenizer.from_pretrained(source, local_files_only=True, trust_remote_code=False).save_pretrained(target)
     for name in SOURCE_FILES_KEPT:
         if (source / name).is_file():
             shutil.copyfile(source / name, target / name)
@@ -331,7 +331,7 @@ def _keep_source_files(source: Path, target: Path) -> None:
 @torch.no_grad()
 def _check_reloaded(directory: Path, device: str, gptq_kernel: str) -> None:
     model = load_quantized(directory, device=device, gptq_kernel=gptq_kernel)
-    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
     ids = torch.tensor([generation_prompt_ids(RELOAD_CHECK_QUESTION, tokenizer)], device=device)
     logits = model(input_ids=ids).logits
     if not torch.isfinite(logits).all():

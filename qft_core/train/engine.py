@@ -33,7 +33,7 @@ from torch.distributed.checkpoint.state_dict import (
 from qft_core.model.cache import fingerprint
 from qft_core.model.registry import torch_dtype
 from qft_core.train import checkpoint as ckpt
-from qft_core.train.adapter import adapter_state, build_lora_model, load_adapter_weights, save_adapter
+from qft_core.train.adapter import ADAPTER_WEIGHTS, adapter_state, build_lora_model, load_adapter_weights, save_adapter
 from qft_core.train.batches import (
     LAYOUT_FILE,
     BatchError,
@@ -266,7 +266,8 @@ class Trainer:
         )
         ckpt.save_rng(staging, self.runtime.rank)
         if self.runtime.is_main:
-            save_adapter(self.peft_model, weights, staging)
+            with ckpt.writing(staging, ADAPTER_WEIGHTS):
+                save_adapter(self.peft_model, weights, staging)
             ckpt.save_optimizer_state(staging, optimizer_state, self.scheduler.state_dict())
             self.state.data_position = self.feed.position.model_dump()
             self.state.data_world_size = self.runtime.world_size
@@ -593,7 +594,7 @@ def main(argv: list[str] | None = None, reporter: Reporter | None = None) -> int
     reporter = reporter or ConsoleReporter()
     try:
         train(TrainingJob.read(args.job), reporter)
-    except (TrainingError, BatchError, ParallelSetupError, JobError) as error:
+    except (TrainingError, BatchError, ParallelSetupError, JobError, ckpt.CheckpointError) as error:
         reporter.log(f"ERROR: {error}")
         return 1
     return 0

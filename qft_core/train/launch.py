@@ -69,6 +69,7 @@ def prepare_run(
 
     Rerunning it on the same inputs rewrites identical files, so a run folder with checkpoints resumes.
     """
+    from qft_core.data.terms import TermDictionary
     from qft_core.model.registry import ensure_model_dir, load_tokenizer, resolve_model
     from qft_core.train.dataset import save_tokenized, tokenize_examples
 
@@ -77,6 +78,7 @@ def prepare_run(
     model_dir = ensure_model_dir(spec)
     tokenizer = load_tokenizer(spec)
     examples = read_splits(splits)
+    dictionary = TermDictionary.load(config.paths.resolve(config.paths.term_dictionary))
     paths: dict[str, Path | None] = {}
     for name, relative in (("train", TRAIN_FILE), ("validation", VALIDATION_FILE)):
         if not examples[name]:
@@ -88,6 +90,7 @@ def prepare_run(
             max_length=spec.max_length,
             loss_on_reasoning=config.training.loss_on_reasoning,
             mask_empty_thinking=config.training.mask_empty_thinking,
+            dictionary=dictionary,
         )
         paths[name] = save_tokenized(split, run_dir / relative)
     if paths["train"] is None:

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from qft_core.config import ModelConfig, PathsConfig, QftConfig
 from qft_core.model.registry import load_model, resolve_model
 from qft_core.train import checkpoint as ckpt
+from qft_core.train import engine as engine_module
 from qft_core.train import faults
 from qft_core.train.adapter import ADAPTER_WEIGHTS
 from qft_core.train.engine import CHECKPOINTS_DIR, train
@@ -177,6 +178,35 @@ def test_a_disk_full_during_a_training_checkpoint_fails_clearly_and_the_rerun_re
     assert resumed.keys() == uninterrupted.keys()
     for name in resumed:
         torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_a_disk_full_while_the_adapter_is_checkpointed_keeps_the_previous_checkpoint(
+    engine_inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in (faults.OOM_AT_STEP, faults.NAN_AT_STEPS, faults.KILL_AT_STEP, faults.FAULT_RANK, "WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    output = tmp_path / "full"
+    checkpoints = output / CHECKPOINTS_DIR
+    save_adapter = engine_module.save_adapter
+
+    def adapter_write_fills_the_disk_at_step_4(model, weights, directory: Path) -> None:
+        if directory.name != ckpt.staging_path(checkpoints, 4).name:
+            return save_adapter(model, weights, directory)
+        (directory / ADAPTER_WEIGHTS).write_bytes(b"\0" * 100)  # the part that fitted
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(engine_module, "save_adapter", adapter_write_fills_the_disk_at_step_4)
+    job = make_job(engine_inputs["model"], engine_inputs["train"], engine_inputs["validation"], output, cpu_plan())
+    with pytest.raises(ckpt.CheckpointError) as failure:
+        train(job, Messages())
+
+    assert str(failure.value) == (
+        f"{ckpt.staging_path(checkpoints, 4)}: cannot write checkpoint file {ADAPTER_WEIGHTS}: no space left on "
+        "device; the staged checkpoint was removed, step-00000002 is the newest checkpoint and intact"
+    )
+    assert [path.name for path in checkpoints.iterdir()] == ["step-00000002"]
+    assert ckpt.damage(checkpoints / "step-00000002") is None
 
 
 # --- which folder a retried or re-executed asset works in ---------------------------------------------------------

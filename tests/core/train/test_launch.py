@@ -17,7 +17,7 @@ from qft_core.model.tokenizer import qwen3_tokenizer_dir
 from qft_core.records import ThinkingExample, ThinkingStructure, write_parquet
 from qft_core.train import faults
 from qft_core.train.curves import CHINESE_METRICS
-from qft_core.train.dataset import load_tokenized
+from qft_core.train.dataset import TERM, load_tokenized
 from qft_core.train.engine import train
 from qft_core.train.job import TrainingJob
 from qft_core.train.launch import (
@@ -213,3 +213,23 @@ def test_fsdp_run_with_a_rank_killed_restarts_and_reaches_the_same_result(two_ra
     theirs = load_file(str(reference / "adapter" / "adapter_model.safetensors"))
     for name in theirs:
         torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_prepare_run_flags_the_terms_of_the_configured_dictionary(qwen3_model_dir: Path, tmp_path: Path) -> None:
+    dictionary = tmp_path / "terms.yaml"
+    dictionary.write_text(
+        "terms:\n  - id: block_length\n    zh: 分组长度\n    en: block length\n    abbreviation: null\n"
+        "    synonyms: []\n    category: fundamentals\n    complexity: 1\n",
+        encoding="utf-8",
+    )
+    config = _config(qwen3_model_dir)
+    config.paths.term_dictionary = str(dictionary)
+    job = TrainingJob.read(prepare_run(config, SPLITS, tmp_path / "run"))
+
+    split = load_tokenized(job.train_data)
+    start, end = split.offsets[0], split.offsets[1]
+    term_tokens = split.input_ids[start:end][(split.segments[start:end] & TERM) != 0]
+    from transformers import AutoTokenizer
+
+    # The answer's only term under this dictionary is 分组长度; the default dictionary would flag AES too.
+    assert AutoTokenizer.from_pretrained(job.tokenizer_dir).decode(term_tokens.tolist()) == "分组长度"
