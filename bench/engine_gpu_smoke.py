@@ -4,7 +4,9 @@ Trainer, a kill mid-run with torchrun's restart and resume, and the adapter relo
     python bench/engine_gpu_smoke.py --out /tmp/smoke --layers 8 --steps 20
 
 Builds a random-weight Qwen3 with Qwen3-4B-Thinking-2507's layer shape (--layers of them) in bf16, synthetic
-tokenized splits (random tokens, the first quarter of each sequence masked from the loss), plans with
+tokenized splits (random tokens, the first quarter of each sequence masked from the loss; of the supervised rest,
+the first half flagged reasoning, the second answer, every 7th answer token a term, so validation computes the
+Chinese metrics through the offline Qwen3 tokenizer's pieces), plans with
 `plan_training` on this machine's `profile_hardware()`, and trains twice through `launch.run_job`: once clean,
 once killed (QFT_FAULT_KILL_AT_STEP) after the first checkpoint so torchrun restarts it and it resumes. Writes each
 run's metrics.jsonl and console log, and results.json comparing them, under --out. Results: docs/performance.md.
@@ -26,7 +28,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from qft_core.config import QftConfig
-from qft_core.train.dataset import IGNORE_INDEX, LengthReport, TokenizedSplit, nearest_rank_percentile, save_tokenized
+from qft_core.model.tokenizer import save_qwen3_tokenizer
+from qft_core.train.dataset import (
+    ANSWER,
+    IGNORE_INDEX,
+    REASONING,
+    TERM,
+    LengthReport,
+    TokenizedSplit,
+    nearest_rank_percentile,
+    save_tokenized,
+)
 from qft_core.train.faults import KILL_AT_STEP
 from qft_core.train.fast_path import choose_fast_path
 from qft_core.train.job import JOB_FILE, TrainingJob
@@ -38,6 +50,7 @@ QWEN3_4B_LAYER = {
     "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
 }
 PAD_ID = 151643
+TERM_EVERY = 7
 
 
 def build_model_dir(directory: Path, layers: int) -> Path:
@@ -56,24 +69,32 @@ def build_model_dir(directory: Path, layers: int) -> Path:
 
 def synthetic_split(count: int, shortest: int, longest: int, seed: int) -> TokenizedSplit:
     rng = random.Random(seed)
-    ids, inputs, labels = [], [], []
+    ids, inputs, labels, segments = [], [], [], []
     for index in range(count):
         length = rng.randint(shortest, longest)
         tokens = [rng.randrange(0, PAD_ID) for _ in range(length)]
         masked = length // 4
+        answer_start = masked + (length - masked) // 2
         ids.append(f"synthetic-{seed}-{index}")
         inputs.append(tokens)
         labels.append([IGNORE_INDEX] * masked + tokens[masked:])
+        segments.append(
+            [0] * masked
+            + [REASONING] * (answer_start - masked)
+            + [ANSWER | (TERM if position % TERM_EVERY == 0 else 0) for position in range(length - answer_start)]
+        )
     lengths = [len(row) for row in inputs]
     report = LengthReport(
         limit=longest, examples=count, count=count, longest=max(lengths), mean_length=sum(lengths) / count,
         p95_length=nearest_rank_percentile(lengths, 95), total_tokens=sum(lengths),
         target_tokens=sum(length - length // 4 for length in lengths),
     )
-    return TokenizedSplit.from_sequences(ids, inputs, labels, report)
+    return TokenizedSplit.from_sequences(ids, inputs, labels, report, segments)
 
 
-def write_job(run_dir: Path, model_dir: Path, train: Path, validation: Path, args: argparse.Namespace) -> Path:
+def write_job(
+    run_dir: Path, model_dir: Path, tokenizer_dir: Path, train: Path, validation: Path, args: argparse.Namespace
+) -> Path:
     config = QftConfig()
     config.model.name = str(model_dir)
     config.model.max_length = args.seq_len
@@ -86,6 +107,7 @@ def write_job(run_dir: Path, model_dir: Path, train: Path, validation: Path, arg
     job = TrainingJob(
         model_dir=str(model_dir), train_data=str(train), validation_data=str(validation), output_dir=str(run_dir),
         pad_token_id=PAD_ID, model=config.model, training=config.training, lora=config.lora, plan=plan,
+        tokenizer_dir=str(tokenizer_dir),
     )
     return job.write(run_dir / JOB_FILE)
 
@@ -109,6 +131,16 @@ def run(job_path: Path, log_path: Path, env: dict[str, str]) -> dict:
 def steps_of(metrics: Path) -> dict[int, dict]:
     records = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
     return {record["step"]: record for record in records if "loss" in record}
+
+
+def validations_of(metrics: Path) -> dict[int, dict]:
+    """The validation records (val_loss and the Chinese metrics) by step."""
+    records = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {
+        record["step"]: {key: value for key, value in record.items() if key.startswith("val_")}
+        for record in records
+        if "val_loss" in record
+    }
 
 
 def reload_adapter(model_dir: Path, adapter_dir: Path, validation: TokenizedSplit) -> dict:
@@ -156,13 +188,14 @@ def main() -> int:
         "fallbacks": list(fast.fallbacks),
     }
     model_dir = build_model_dir(args.work / "model", args.layers)
+    tokenizer_dir = save_qwen3_tokenizer(args.work / "tokenizer")
     train = save_tokenized(synthetic_split(args.sequences, args.seq_len // 2, args.seq_len, 1), args.work / "train.safetensors")
     validation_split = synthetic_split(16, args.seq_len // 2, args.seq_len, 2)
     validation = save_tokenized(validation_split, args.work / "validation.safetensors")
 
     for name, env in (("clean", {}), ("killed", {KILL_AT_STEP: str(args.kill_at)})):
         run_dir = args.work / name
-        job_path = write_job(run_dir, model_dir, train, validation, args)
+        job_path = write_job(run_dir, model_dir, tokenizer_dir, train, validation, args)
         if name == "clean":
             results["plan"] = TrainingJob.read(job_path).plan.model_dump(mode="json")
         results[name] = run(job_path, args.out / f"{name}.log", env)
@@ -171,6 +204,11 @@ def main() -> int:
             (args.out / f"{name}_metrics.jsonl").write_bytes(metrics.read_bytes())
             results[name]["steps"] = steps_of(metrics)
     clean, killed = results["clean"].get("steps", {}), results["killed"].get("steps", {})
+    results["validation"] = {
+        name: validations_of(args.work / name / "metrics.jsonl")
+        for name in ("clean", "killed")
+        if (args.work / name / "metrics.jsonl").is_file()
+    }
     results["loss_diff_after_resume"] = {
         step: killed[step]["loss"] - clean[step]["loss"] for step in sorted(clean) if step in killed and step > args.checkpoint_every
     }

@@ -78,12 +78,14 @@ class TokenPieces:
 
         Reproduced characters are the common prefix of the two tokens' texts: predicting 密 for the target 密码
         earns 1 of 2, predicting 密码 for the target 密 earns 1 of 1 (the next character is right). An added
-        token counts as one character, matched only by itself.
+        token counts as one character, matched only by itself; a predicted id outside the vocabulary earns 0.
         """
         if target in self._added:
             return int(predicted == target), 1
         reference = self._text(target)
-        if predicted in self._added:
+        # Embedding rows past the tokenizer's vocabulary (Qwen3 pads 151,669 tokens to 151,936) decode to nothing:
+        # a model can still predict them, and they reproduce no character.
+        if predicted in self._added or self._backend.id_to_token(predicted) is None:
             return 0, len(reference)
         return len(os.path.commonprefix([reference, self._text(predicted)])), len(reference)
 

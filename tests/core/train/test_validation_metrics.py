@@ -148,6 +148,7 @@ def test_metrics_without_a_denominator_are_left_out() -> None:
         (MI, END, (0, 1)),
         (PARTIAL, PARTIAL, (2, 2)),  # a partial character counts byte by byte
         (MI, PARTIAL, (0, 2)),
+        (151_888, MI, (0, 1)),  # a padded embedding row past the vocabulary (Qwen3: 151,936 rows, 151,669 tokens)
     ],
 )
 def test_char_credit_is_the_common_prefix_of_the_token_texts(
