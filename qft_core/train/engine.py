@@ -74,9 +74,11 @@ GRAD_NORM_WINDOW = 50
 GRAD_NORM_MIN_HISTORY = 5
 GIB = 1024**3
 # Steps at the start of every process (a first run, each restart or resume) left out of the steady-state
-# throughput: the first step compiles kernels (torch.compile, flex attention), autotunes and fills the
-# allocator's cache, so on a GPU it can take many times a steady step.
-WARMUP_STEPS = 1
+# throughput: the first two steps compile kernels (torch.compile, flex attention; the second recompiles for the
+# packed rows' varying shapes), autotune and fill the allocator's cache. Measured on an H200 (8 Qwen3-4B layers,
+# bench/engine_gpu_smoke.py): steps 1 and 2 took 42 s and 30 s with a cold compile cache, 4.5 s and 5.5 s with a
+# warm one, every later step 0.2 s.
+WARMUP_STEPS = 2
 
 
 class TrainingError(RuntimeError):
