@@ -22,7 +22,7 @@ from qft_core.train import engine as engine_module
 from qft_core.train import faults
 from qft_core.train.adapter import ADAPTER_WEIGHTS
 from qft_core.train.engine import CHECKPOINTS_DIR, train
-from qft_core.train.job import SUMMARY_FILE, TrainingSummary
+from qft_core.train.job import SUMMARY_FILE, TrainingJob, TrainingSummary
 from qft_core.train.metrics_log import METRICS_FILE, MetricsLog
 from qft_pipeline.artifacts import resumable_run_folder
 from qft_pipeline.definitions import defs
@@ -137,16 +137,22 @@ class Messages:
         pass
 
 
-@pytest.mark.slow
-def test_a_disk_full_during_a_training_checkpoint_fails_clearly_and_the_rerun_resumes_to_the_same_adapter(
-    engine_inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def job(engine_inputs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], TrainingJob]:
+    """A CPU training job of the tiny model writing to the given folder, in a process with no fault injected."""
     for name in (faults.OOM_AT_STEP, faults.NAN_AT_STEPS, faults.KILL_AT_STEP, faults.FAULT_RANK, "WORLD_SIZE", "RANK"):
         monkeypatch.delenv(name, raising=False)
 
-    def job(output: Path):
+    def job_writing_to(output: Path) -> TrainingJob:
         return make_job(engine_inputs["model"], engine_inputs["train"], engine_inputs["validation"], output, cpu_plan())
 
+    return job_writing_to
+
+
+@pytest.mark.slow
+def test_a_disk_full_during_a_training_checkpoint_fails_clearly_and_the_rerun_resumes_to_the_same_adapter(
+    job: Callable[[Path], TrainingJob], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     reference = train(job(tmp_path / "reference"), Messages())
     output = tmp_path / "full"
     checkpoints = output / CHECKPOINTS_DIR
@@ -182,10 +188,8 @@ def test_a_disk_full_during_a_training_checkpoint_fails_clearly_and_the_rerun_re
 
 @pytest.mark.slow
 def test_a_disk_full_while_the_adapter_is_checkpointed_keeps_the_previous_checkpoint(
-    engine_inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    job: Callable[[Path], TrainingJob], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in (faults.OOM_AT_STEP, faults.NAN_AT_STEPS, faults.KILL_AT_STEP, faults.FAULT_RANK, "WORLD_SIZE", "RANK"):
-        monkeypatch.delenv(name, raising=False)
     output = tmp_path / "full"
     checkpoints = output / CHECKPOINTS_DIR
     save_adapter = engine_module.save_adapter
@@ -197,9 +201,8 @@ def test_a_disk_full_while_the_adapter_is_checkpointed_keeps_the_previous_checkp
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(engine_module, "save_adapter", adapter_write_fills_the_disk_at_step_4)
-    job = make_job(engine_inputs["model"], engine_inputs["train"], engine_inputs["validation"], output, cpu_plan())
     with pytest.raises(ckpt.CheckpointError) as failure:
-        train(job, Messages())
+        train(job(output), Messages())
 
     assert str(failure.value) == (
         f"{ckpt.staging_path(checkpoints, 4)}: cannot write checkpoint file {ADAPTER_WEIGHTS}: no space left on "
