@@ -1,7 +1,7 @@
 """Time evaluation generation batched (left padding) against one question at a time, on the same questions.
 
     uv run python bench/bench_generate.py [--model qwen3-tiny] [--questions 16] [--batch-size 8]
-                                          [--max-new-tokens 64] [--thinking-budget 32]
+                                          [--max-new-tokens 64] [--thinking-budget MAX_NEW_TOKENS/2]
 
 Questions are the first ones of the bundled corpus. Both runs use `generate_answers` with the same greedy
 settings, so every completion has exactly `--max-new-tokens` tokens unless the model ends it: the token
@@ -50,8 +50,10 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--thinking-budget", type=int, default=32)
+    parser.add_argument("--thinking-budget", type=int, help="reasoning tokens (default: half of --max-new-tokens)")
     args = parser.parse_args()
+    if args.thinking_budget is None:
+        args.thinking_budget = args.max_new_tokens // 2
 
     spec = resolve_model(ModelConfig(name=args.model), PathsConfig())
     tokenizer = load_tokenizer(spec)

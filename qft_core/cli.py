@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from qft_core.cli_evaluate import add_evaluate_commands
 from qft_core.cli_experts import add_expert_commands
 from qft_core.cli_package import add_package_commands
 from qft_core.config import ConfigError, load_config
@@ -19,12 +20,18 @@ class CommandError(Exception):
     """A user-facing failure: printed as one line, exit status 1."""
 
 
-def _progress_bar(description: str) -> tuple[Callable[[int, int, object], None], Callable[[], None]]:
-    bar = tqdm(desc=description, unit="file", disable=None, file=sys.stderr)
+def progress_bar(
+    description: str, unit: str = "file", show_item: bool = False
+) -> tuple[Callable[[int, int, object], None], Callable[[], None]]:
+    """A terminal progress bar (none when stderr is no terminal) fed by `update(done, total, item)`; with
+    `show_item` the item (a stage, say) is shown beside the count. Call `close` when the work ends."""
+    bar = tqdm(desc=description, unit=unit, disable=None, file=sys.stderr)
 
-    def update(done: int, total: int, _item: object) -> None:
+    def update(done: int, total: int, item: object) -> None:
         bar.total = total
         bar.n = done
+        if show_item:
+            bar.set_postfix_str(str(item), refresh=False)
         bar.refresh()
 
     return update, bar.close
@@ -43,7 +50,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
     missing = [path for path in args.paths if not Path(path).exists()]
     if missing:
         raise CommandError(f"no such file or folder: {', '.join(missing)}")
-    update, close = _progress_bar("parsing")
+    update, close = progress_bar("parsing")
     try:
         result = parse_paths([Path(path) for path in args.paths], config.data, progress=update)
     finally:
@@ -163,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--nproc", type=int, help="processes (GPUs) per node")
     train.set_defaults(handler=cmd_train)
 
+    add_evaluate_commands(commands)
     add_expert_commands(commands)
     add_package_commands(commands)
     return parser

@@ -113,7 +113,8 @@ class TrainingConfig(Section):
 class EvalConfig(Section):
     # Tokens of a whole completion (reasoning, `</think>`, answer).
     max_new_tokens: int = Field(256, ge=1)
-    # Tokens of reasoning before `</think>` is forced in and the model goes on to the answer.
+    # Tokens of reasoning before `</think>` is forced in and the model goes on to the answer; smaller than
+    # max_new_tokens, since the reasoning is a share of the completion.
     thinking_budget: int = Field(192, ge=0)
     batch_size: int = Field(8, ge=1)
     # 0 decodes greedily; above 0 samples with this temperature and nucleus top_p, seeded by sampling_seed.
@@ -129,6 +130,16 @@ class EvalConfig(Section):
     metric_workers: int = Field(2, ge=1)
     regression_tolerance: float = Field(0.02, ge=0)
 
+    @model_validator(mode="after")
+    def _budget_leaves_room_for_the_answer(self) -> EvalConfig:
+        if self.thinking_budget >= self.max_new_tokens:
+            raise ValueError(
+                f"thinking_budget ({self.thinking_budget}) must be smaller than max_new_tokens "
+                f"({self.max_new_tokens}): the reasoning is a share of the completion, which also needs room "
+                "for `</think>` and the answer"
+            )
+        return self
+
 
 class QuantConfig(Section):
     """Merge, quantization and the side-by-side verification of each quantized package (docs/quantization.md)."""
@@ -138,6 +149,10 @@ class QuantConfig(Section):
     merge_tolerance: float = Field(1e-3, gt=0)
     gptq_bits: int = Field(4, ge=2, le=8)
     gptq_group_size: int = Field(64, ge=-1)
+    # gptqmodel kernel that quantizes and loads GPTQ packages (a gptqmodel BACKEND value). auto lets gptqmodel
+    # choose; on Hopper GPUs it picks Machete, which downloads CUTLASS on first use, so offline machines set
+    # gptq_triton (no build step) or gptq_marlin (compiled from gptqmodel's bundled sources).
+    gptq_kernel: str = "auto"
     calibration_samples: int = Field(64, ge=1)
     # Calibration texts are cut to this many tokens.
     calibration_max_tokens: int = Field(512, ge=16)
@@ -149,10 +164,6 @@ class QuantConfig(Section):
     verify_subset: int = Field(8, ge=1)
     # Tokens generated per answer of the verification subset.
     verify_max_new_tokens: int = Field(32, ge=1)
-    # gptqmodel kernel that quantizes and loads GPTQ packages (a gptqmodel BACKEND value). auto lets gptqmodel
-    # choose; on Hopper GPUs it picks Machete, which downloads CUTLASS on first use, so offline machines set
-    # gptq_triton (no build step) or gptq_marlin (compiled from gptqmodel's bundled sources).
-    gptq_kernel: str = "auto"
     max_perplexity_increase: float = Field(0.25, ge=0)
     # Blocking check: share of minimal-pair probes where a package must choose what the unquantized model chooses.
     min_probe_agreement: float = Field(0.8, ge=0, le=1)

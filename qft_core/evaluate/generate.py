@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 from pydantic import Field
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from qft_core.config import EvalConfig
 from qft_core.evaluate.experts import EvalOutput, GoldItem
@@ -200,7 +200,9 @@ def generate_answers(
     is above 0. Phase 1 generates at most `config.thinking_budget` tokens and stops at `</think>` or the end of
     the turn; a row still thinking gets `\\n</think>\\n\\n` appended. Phase 2 continues the rows that closed
     their reasoning until the end of the turn, the whole completion (appended tokens included) at most
-    `config.max_new_tokens` long. Greedy batched and one-at-a-time runs give the same tokens.
+    `config.max_new_tokens` long; it goes on from phase 1's KV cache, so prompt and reasoning are not encoded
+    again. Greedy batched and one-at-a-time runs give the same tokens, and the same as encoding prompt,
+    reasoning and appended tokens afresh.
     """
     stops = Stops.for_model(model, tokenizer)
     prompts = [generation_prompt_ids(item.question, tokenizer) for item in items]
@@ -236,11 +238,13 @@ def _complete_batch(
     config: EvalConfig,
     stops: Stops,
 ) -> list[_Completion]:
-    budget = min(config.thinking_budget, config.max_new_tokens)
-    if budget > 0:
-        thinking = _generate(model, tokenizer, prompts, budget, stops.thinking, config, stops.pad_id)
+    if config.thinking_budget > 0:
+        ids, mask = _left_padded(prompts, stops.pad_id)
+        thinking, reasoning_batch = _generate(
+            model, tokenizer, ids, mask, config.thinking_budget, stops.thinking, config, stops.pad_id
+        )
     else:
-        thinking = [_Phase([], None) for _ in prompts]
+        thinking, reasoning_batch = [_Phase([], None) for _ in prompts], None
     completions, waiting, limits = [], [], []
     for row, phase in enumerate(thinking):
         completion = _Completion(phase.ids, [], [], closed=phase.reason == CLOSE, finished=phase.reason == END)
@@ -255,8 +259,13 @@ def _complete_batch(
             waiting.append(row)
             limits.append(room)
     if waiting:
-        continued = [prompts[row] + completions[row].reasoning_ids + completions[row].forced_ids for row in waiting]
-        answers = _generate(model, tokenizer, continued, max(limits), stops.answer, config, stops.pad_id)
+        if reasoning_batch is not None and reasoning_batch.cache is not None:
+            ids, mask, cache = reasoning_batch.continued(waiting, completions, stops.pad_id)
+        else:
+            continued = [prompts[row] + completions[row].reasoning_ids + completions[row].forced_ids for row in waiting]
+            ids, mask = _left_padded(continued, stops.pad_id)
+            cache = None
+        answers, _ = _generate(model, tokenizer, ids, mask, max(limits), stops.answer, config, stops.pad_id, cache)
         for row, limit, phase in zip(waiting, limits, answers, strict=True):
             # Greedy rows do not depend on one another, so cutting a row at its own limit gives what a run
             # with that limit would have given.
@@ -266,38 +275,89 @@ def _complete_batch(
     return completions
 
 
-def _generate(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    sequences: list[list[int]],
-    limit: int,
-    rule: StopRule,
-    config: EvalConfig,
-    pad_id: int,
-) -> list[_Phase]:
-    """New tokens for each left-padded sequence, each cut after its stop (kept) or at `limit`."""
+def _left_padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of the sequences, padded on the left to the longest."""
     width = max(len(sequence) for sequence in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, sequence in enumerate(sequences):
         input_ids[row, width - len(sequence) :] = torch.tensor(sequence, dtype=torch.long)
         attention_mask[row, width - len(sequence) :] = 1
-    tracker = StopTracker(rule, tokenizer, width, len(sequences))
+    return input_ids, attention_mask
+
+
+@dataclass
+class _GeneratedBatch:
+    """A phase's whole batch after generation: its token ids (inputs, then new tokens, rows that stopped early
+    padded), the attention mask of its inputs, each row's phase, and the KV cache, which holds every position
+    but the last."""
+
+    sequences: torch.Tensor
+    input_mask: torch.Tensor
+    phases: list[_Phase]
+    cache: Cache | None
+
+    def continued(
+        self, rows: list[int], completions: list[_Completion], pad_id: int
+    ) -> tuple[torch.Tensor, torch.Tensor, Cache]:
+        """Input ids, attention mask and cache from which `rows` go on to their answers without encoding prompt
+        and reasoning again.
+
+        A row that stopped early has padding after its stop, and its last reasoning token's next-token logits
+        were not kept. So each row's last reasoning token and everything after it are masked out of the cache,
+        and that token and the forced `</think>` tokens follow, aligned on the right: every row's last input is
+        its own last token, and its positions (counted over the mask) go on from its reasoning.
+        """
+        width, input_width = self.sequences.shape[1], self.input_mask.shape[1]
+        tails = [[self.phases[row].ids[-1], *completions[row].forced_ids] for row in rows]
+        tail_width = max(len(tail) for tail in tails)
+        input_ids = torch.full((len(rows), width + tail_width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for index, (row, tail) in enumerate(zip(rows, tails, strict=True)):
+            reasoning = len(self.phases[row].ids)
+            input_ids[index, :width] = self.sequences[row]
+            attention_mask[index, :input_width] = self.input_mask[row]
+            attention_mask[index, input_width : input_width + reasoning - 1] = 1
+            input_ids[index, width + tail_width - len(tail) :] = torch.tensor(tail, dtype=torch.long)
+            attention_mask[index, width + tail_width - len(tail) :] = 1
+        if len(rows) < len(self.phases):
+            self.cache.batch_select_indices(torch.tensor(rows, device=self.sequences.device))
+        return input_ids, attention_mask, self.cache
+
+
+def _generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    limit: int,
+    rule: StopRule,
+    config: EvalConfig,
+    pad_id: int,
+    cache: Cache | None = None,
+) -> tuple[list[_Phase], _GeneratedBatch]:
+    """New tokens for each row, each cut after its stop (kept) or at `limit`; and the batch to continue from.
+    With `cache`, its positions of `input_ids` are not encoded again."""
+    width = input_ids.shape[1]
+    tracker = StopTracker(rule, tokenizer, width, input_ids.shape[0])
     sampling = {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p}
     output = model.generate(
         input_ids=input_ids.to(model.device),
         attention_mask=attention_mask.to(model.device),
+        cache=cache,
         max_new_tokens=limit,
         eos_token_id=sorted(rule.tokens),
         pad_token_id=pad_id,
         stopping_criteria=StoppingCriteriaList([tracker]),
+        return_dict_in_generate=True,
         **(sampling if config.temperature > 0 else {"do_sample": False}),
     )
-    new_tokens = output[:, width:].tolist()
-    return [
+    new_tokens = output.sequences[:, width:].tolist()
+    phases = [
         _Phase(tokens[: end if end is not None else limit], reason)
         for tokens, end, reason in zip(new_tokens, tracker.ends, tracker.reasons, strict=True)
     ]
+    return phases, _GeneratedBatch(output.sequences, attention_mask.to(model.device), phases, output.cache)
 
 
 @contextmanager

@@ -206,9 +206,9 @@ def _headline_table(summary: Mapping, main_metrics: Sequence[str]) -> list[str]:
         header.append("fine-tuned − base")
     rows = [_row(header), _row(["---"] * len(header))]
     for metric in main_metrics:
-        cells = [metric, *(_estimate(summary["metrics"][model].get(metric)) for model in models)]
+        cells = [metric, *(format_estimate(summary["metrics"][model].get(metric)) for model in models)]
         if summary["difference"]:
-            cells.append(_estimate(summary["difference"].get(metric), signed=True))
+            cells.append(format_estimate(summary["difference"].get(metric), signed=True))
         rows.append(_row(cells))
     return rows
 
@@ -222,7 +222,7 @@ def _set_section(name: str, summary: Mapping, main_metrics: Sequence[str], chart
     names = dict.fromkeys(metric for model in models for metric in summary["metrics"][model] if "." not in metric)
     for metric in names:
         count = max(summary["metrics"][model].get(metric, {}).get("n", 0) for model in models)
-        estimates = [_estimate(summary["metrics"][model].get(metric)) for model in models]
+        estimates = [format_estimate(summary["metrics"][model].get(metric)) for model in models]
         lines.append(_row([metric, str(count), *estimates]))
 
     lines += ["", "### By category (mean; base → fine-tuned)", ""]
@@ -238,7 +238,7 @@ def _set_section(name: str, summary: Mapping, main_metrics: Sequence[str], chart
     lines += [_row(["term category", *labels]), _row(["---"] * (1 + len(models)))]
     term_categories = dict.fromkeys(cat for model in models for cat in summary["term_f1_by_category"][model])
     for category in term_categories:
-        estimates = [_estimate(summary["term_f1_by_category"][model].get(category)) for model in models]
+        estimates = [format_estimate(summary["term_f1_by_category"][model].get(category)) for model in models]
         lines.append(_row([category, *estimates]))
 
     lines += ["", "### Generation", "", _row(["", *labels]), _row(["---"] * (1 + len(models)))]
@@ -378,7 +378,8 @@ def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cell.replace("|", "\\|") if cell != "---" else cell for cell in cells) + " |"
 
 
-def _estimate(value: Mapping | None, signed: bool = False) -> str:
+def format_estimate(value: Mapping | None, signed: bool = False) -> str:
+    """A bootstrap estimate as `mean [low, high]` (with a sign for differences); – where there is none."""
     if not value:
         return "–"
     sign = "+" if signed else ""

@@ -1,8 +1,9 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from qft_core.config import ConfigError, QftConfig, dump_config, load_config
+from qft_core.config import ConfigError, EvalConfig, QftConfig, dump_config, load_config
 
 
 def test_no_file_gives_cpu_defaults():
@@ -60,3 +61,24 @@ def test_dumped_config_reloads_identically(tmp_path: Path):
     path = tmp_path / "round.yaml"
     path.write_text(dump_config(config), encoding="utf-8")
     assert load_config(path) == config
+
+
+def test_thinking_budget_must_be_smaller_than_max_new_tokens(tmp_path: Path):
+    path = tmp_path / "eval.yaml"
+    path.write_text("eval:\n  max_new_tokens: 128\n  thinking_budget: 128\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    message = str(raised.value)
+    assert str(path) in message and "key 'eval'" in message
+    assert "thinking_budget (128) must be smaller than max_new_tokens (128)" in message
+
+
+def test_thinking_budget_just_below_max_new_tokens_or_zero_is_valid():
+    assert EvalConfig(max_new_tokens=128, thinking_budget=127).thinking_budget == 127
+    assert EvalConfig(max_new_tokens=1, thinking_budget=0).max_new_tokens == 1
+
+
+def test_lowering_max_new_tokens_under_the_budget_is_refused_on_assignment():
+    config = EvalConfig()
+    with pytest.raises(ValidationError, match=r"thinking_budget \(192\) must be smaller than max_new_tokens \(100\)"):
+        config.max_new_tokens = 100

@@ -3,6 +3,8 @@ where it should, and the thinking budget forces `</think>` in before the answer 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -19,7 +21,7 @@ from qft_core.evaluate.generate import (
     items_from_examples,
     items_from_gold,
 )
-from qft_core.model.chat import split_reasoning
+from qft_core.model.chat import generation_prompt_ids, split_reasoning
 from qft_core.model.registry import load_model, load_tokenizer, resolve_model
 from qft_core.records import ThinkingExample, ThinkingStructure
 
@@ -172,3 +174,31 @@ def test_empty_thinking_budget_closes_at_once(tiny) -> None:
     assert answer.token_ids[: len(close_ids)] == close_ids
     assert (answer.reasoning_tokens, answer.reasoning, answer.forced_close) == (0, "", True)
     assert len(answer.token_ids) == 6
+
+
+def test_answers_continued_from_the_reasoning_cache_equal_a_fresh_encoding(tiny, free_run, monkeypatch) -> None:
+    """The answer phase reuses the reasoning phase's KV cache; its tokens must be those of encoding prompt,
+    reasoning and forced `</think>` afresh, one row at a time, both for rows that reasoned to the budget and
+    for rows that closed their reasoning early (whose cache has padding after the close)."""
+    model, tokenizer = tiny
+    stops = Stops.for_model(model, tokenizer)
+    # The first token that row 0 writes for the first time after two tokens of reasoning now closes it.
+    first = free_run[0].token_ids
+    at = next(index for index in range(2, FREE_RUN.thinking_budget - 1) if first[index] not in first[:index])
+    close = first[at]
+    closing = replace(stops, thinking=StopRule({**stops.thinking.tokens, close: CLOSE}))
+    monkeypatch.setattr(Stops, "for_model", classmethod(lambda cls, model, tokenizer: closing))
+    answers = generate_answers(model, tokenizer, _items(), FREE_RUN)
+
+    assert answers[0].thinking_closed and answers[0].reasoning_tokens == at + 1
+    assert any(answer.forced_close and answer.reasoning_tokens == FREE_RUN.thinking_budget for answer in answers)
+    for question, answer in zip(QUESTIONS, answers, strict=True):
+        known = answer.reasoning_tokens + (len(stops.close_ids) if answer.forced_close else 0)
+        prefix = generation_prompt_ids(question, tokenizer) + answer.token_ids[:known]
+        fresh = model.generate(
+            input_ids=torch.tensor([prefix]), attention_mask=torch.ones((1, len(prefix)), dtype=torch.long),
+            max_new_tokens=FREE_RUN.max_new_tokens - known, do_sample=False,
+            eos_token_id=sorted(closing.answer.tokens), pad_token_id=closing.pad_id,
+        )[0, len(prefix) :].tolist()
+        assert answer.token_ids[known:] == fresh
+    assert len({tuple(answer.token_ids) for answer in answers}) == len(answers)

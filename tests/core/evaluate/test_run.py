@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from peft import LoraConfig, get_peft_model
 
 from qft_core.config import QftConfig
 from qft_core.evaluate.experts import EvalOutput, GoldItem
@@ -16,6 +14,7 @@ from qft_core.evaluate.report import MAIN_METRICS
 from qft_core.evaluate.run import AdapterNotFound, evaluate_models
 from qft_core.model.registry import load_model, resolve_model
 from qft_core.records import ThinkingExample, ThinkingStructure, read_jsonl
+from tests.core.evaluate.lora import save_random_lora_adapter
 
 EXAMPLES = [
     ("t1", "symmetric", "什么是 AES？", "AES 是一种分组密码，分组长度 128 位。"),
@@ -28,8 +27,8 @@ EXAMPLES = [
 def config(tmp_path_factory: pytest.TempPathFactory) -> QftConfig:
     config = QftConfig()
     config.paths.model_cache_dir = str(tmp_path_factory.mktemp("model-cache"))
-    config.eval.max_new_tokens = 10
     config.eval.thinking_budget = 4
+    config.eval.max_new_tokens = 10
     config.eval.batch_size = 2
     config.eval.bootstrap_samples = 50
     config.eval.metric_workers = 1
@@ -41,15 +40,7 @@ def adapter_dir(config: QftConfig, tmp_path_factory: pytest.TempPathFactory):
     """A rank-2 LoRA adapter on the attention projections, with its B matrices drawn large enough to move the
     tiny model's greedy choices (freshly initialised LoRA is the identity)."""
     model = load_model(resolve_model(config.model, config.paths), dtype="float32")
-    peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "o_proj"]))
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(0)
-        for name, parameter in peft_model.named_parameters():
-            if "lora_" in name:
-                parameter.normal_(0.0, 2.0)
-    directory = tmp_path_factory.mktemp("adapter")
-    peft_model.save_pretrained(directory)
-    return directory
+    return save_random_lora_adapter(model, tmp_path_factory.mktemp("adapter"))
 
 
 def _examples() -> list[ThinkingExample]:
