@@ -1,6 +1,7 @@
 """Serving a package over OpenAI's chat-completions API, over real HTTP: replies split into reasoning and answer,
-streams that add up to the same reply, the API key, size and token limits, errors in OpenAI's format; the
-request parser and the reasoning splitter on their own; and the vLLM command line."""
+streams that add up to the same reply, the API key, size and token limits, errors in OpenAI's format; requests
+queueing for the one model (in order, one at a time, /health free meanwhile, bounded, dropped when their client
+leaves); the request parser and the reasoning splitter on their own; and the vLLM command line."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import argparse
 import json
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,7 +28,7 @@ from qft_core.package.bundle import build_package
 from qft_core.package.layout import PackageError
 from qft_core.package.model_card import ModelCardInfo
 from qft_core.package.openai_api import ChatRequest, ReasoningStream, parse_chat_request
-from qft_core.package.served_model import ServedModel
+from qft_core.package.served_model import Completion, SamplingParams, ServedModel
 from qft_core.package.server import ServerSettings, create_app
 from qft_core.package.vllm import vllm_command
 
@@ -55,7 +58,7 @@ def running(app) -> Iterator[str]:
     """Serve `app` with uvicorn on an ephemeral port of 127.0.0.1 in a background thread."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
@@ -116,7 +119,7 @@ def served_params(max_tokens: int, **fields):
 def test_health_reports_the_model(client: httpx.Client) -> None:
     response = client.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "model": MODEL_ID}
+    assert response.json() == {"status": "ok", "model": MODEL_ID, "waiting": 0}
 
 
 def test_models_lists_the_package_model(client: httpx.Client) -> None:
@@ -258,6 +261,160 @@ def test_bad_requests_get_openai_errors(client: httpx.Client, body: bytes, statu
 def test_unknown_path_and_wrong_method_get_openai_errors(client: httpx.Client) -> None:
     assert_openai_error(client.get("/v1/nothing"), 404, "not_found")
     assert_openai_error(client.get("/v1/chat/completions"), 405)
+
+
+class GatedModel:
+    """The tiny package's model holding each piece of text until the test opens `gate` (or the request is
+    cancelled): the test decides when a generation moves on, and sees which ran, in which order, how they ended."""
+
+    def __init__(self, served: ServedModel) -> None:
+        self._served = served
+        self.gate = threading.Event()
+        self.started: list[list[int]] = []
+        self.completions: list[Completion] = []
+        self.running = 0
+        self.most_at_once = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self._served, name)
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams, *, on_text=None, cancelled=None) -> Completion:
+        self.started.append(prompt_ids)
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+
+        def held(piece: str) -> None:
+            while not self.gate.wait(0.01):
+                if cancelled():
+                    return
+            if on_text is not None:
+                on_text(piece)
+
+        try:
+            completion = self._served.generate(prompt_ids, params, on_text=held, cancelled=cancelled)
+        finally:
+            self.running -= 1
+        self.completions.append(completion)
+        return completion
+
+
+@pytest.fixture
+def gated_server(served: ServedModel, request: pytest.FixtureRequest) -> Iterator[tuple[GatedModel, str]]:
+    """A server of a `GatedModel`; `max_waiting_generations` may be given as the fixture's parameter."""
+    model = GatedModel(served)
+    settings = ServerSettings(max_tokens_limit=64, max_waiting_generations=getattr(request, "param", 256))
+    with running(create_app(model, settings)) as url:
+        try:
+            yield model, url
+        finally:
+            model.gate.set()
+
+
+def ask(question: str, max_tokens: int = 4, **fields) -> dict:
+    return {"messages": [{"role": "user", "content": question}], "max_tokens": max_tokens, "temperature": 0, **fields}
+
+
+def post(url: str, body: dict, **options) -> httpx.Response:
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=options.pop("timeout", 60), **options)
+
+
+def waiting(url: str) -> int:
+    return httpx.get(f"{url}/health", timeout=30).json()["waiting"]
+
+
+def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait for `condition`: how these tests order their requests (a bound against hanging, not a timing check)."""
+    for _ in range(3000):
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def test_health_answers_while_a_generation_holds_the_model(gated_server: tuple[GatedModel, str]) -> None:
+    model, url = gated_server
+    with ThreadPoolExecutor(1) as pool:
+        reply = pool.submit(post, url, ask("A"))
+        until(lambda: model.started, "the generation to start")
+
+        health = httpx.get(f"{url}/health", timeout=5)
+
+        model.gate.set()
+        assert reply.result().status_code == 200
+    assert health.status_code == 200 and health.json()["waiting"] == 1
+
+
+def test_queued_generations_run_one_at_a_time_in_arrival_order(
+    gated_server: tuple[GatedModel, str], served: ServedModel
+) -> None:
+    model, url = gated_server
+    questions = ["A", "B", "C", "D", "E"]
+    with ThreadPoolExecutor(len(questions)) as pool:
+        replies = []
+        for count, question in enumerate(questions, start=1):
+            body = ask(question, stream=count % 2 == 0)
+            replies.append(pool.submit(post, url, body))
+            until(lambda count=count: waiting(url) == count, f"request {question} to queue")
+        model.gate.set()
+        statuses = [reply.result().status_code for reply in replies]
+
+    assert statuses == [200] * len(questions)
+    assert model.started == [served.prompt_ids([{"role": "user", "content": q}]) for q in questions]
+    assert model.most_at_once == 1
+    assert waiting(url) == 0
+
+
+@pytest.mark.parametrize("gated_server", [2], indirect=True)
+def test_a_full_queue_is_refused_with_503_and_retry_after(gated_server: tuple[GatedModel, str]) -> None:
+    model, url = gated_server
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(post, url, ask("A"))
+        until(lambda: model.started, "the first generation to start")
+        second = pool.submit(post, url, ask("B"))
+        until(lambda: waiting(url) == 2, "the second request to queue")
+
+        refused = post(url, ask("C"))
+
+        model.gate.set()
+        assert [first.result().status_code, second.result().status_code] == [200, 200]
+    assert_openai_error(refused, 503, "server_busy")
+    assert refused.headers["retry-after"] == "5"
+    assert len(model.started) == 2
+
+
+def test_a_stream_dropped_mid_reply_stops_its_generation(gated_server: tuple[GatedModel, str]) -> None:
+    model, url = gated_server
+    body = ask("A", max_tokens=64, stream=True)
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=30) as response:
+        first = json.loads(next(response.iter_lines()).removeprefix("data: "))
+        until(lambda: model.started, "the generation to start")
+    # The client left with the generation held at its first piece; the gate never opens.
+
+    until(lambda: model.completions, "the dropped generation to stop")
+
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert model.completions[0].completion_tokens < 64
+    assert waiting(url) == 0
+
+
+def test_requests_whose_clients_left_while_queued_never_run(
+    gated_server: tuple[GatedModel, str], served: ServedModel
+) -> None:
+    model, url = gated_server
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(post, url, ask("A"))
+        until(lambda: model.started, "the first generation to start")
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=ask("B", stream=True), timeout=30) as response:
+            next(response.iter_lines())  # the role chunk comes at once, before the model is free
+        with pytest.raises(httpx.ReadTimeout):
+            post(url, ask("C"), timeout=httpx.Timeout(30, read=0.5))
+        until(lambda: waiting(url) == 1, "the server to notice both clients left")
+
+        model.gate.set()
+        assert held.result().status_code == 200
+
+    until(lambda: waiting(url) == 0, "the queue to empty")
+    assert model.started == [served.prompt_ids([{"role": "user", "content": "A"}])]
 
 
 def parse(body: dict, **sampling_defaults) -> ChatRequest:
