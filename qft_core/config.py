@@ -178,6 +178,8 @@ class ExportConfig(Section):
     api_key: str | None = None
     max_request_bytes: int = Field(1_000_000, ge=1)
     max_tokens_limit: int = Field(2048, ge=1)
+    # Generations `qft serve` queues behind the one running; past that a request gets 503 with Retry-After.
+    max_waiting_generations: int = Field(256, ge=1)
     vllm_max_model_len: int = Field(32_768, ge=16)
     vllm_tensor_parallel_size: int = Field(1, ge=1)
     vllm_gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)

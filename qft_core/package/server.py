@@ -66,6 +66,7 @@ class ServerSettings:
             api_key=api_key or config.api_key,
             max_request_bytes=config.max_request_bytes,
             max_tokens_limit=config.max_tokens_limit,
+            max_waiting_generations=config.max_waiting_generations,
         )
 
 

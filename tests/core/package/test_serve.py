@@ -509,3 +509,14 @@ def test_serve_command_parses_host_port_and_key() -> None:
     add_package_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["serve", "pkg", "--host", "0.0.0.0", "--port", "9000", "--api-key", "k"])
     assert (args.handler, args.package, args.host, args.port, args.api_key) == (cmd_serve, "pkg", "0.0.0.0", 9000, "k")
+
+
+def test_server_settings_take_the_limits_from_the_export_config() -> None:
+    export = QftConfig.model_validate(
+        {"export": {"max_request_bytes": 500, "max_tokens_limit": 7, "max_waiting_generations": 3}}
+    ).export
+
+    settings = ServerSettings.from_export_config(export, api_key="k")
+
+    assert (settings.api_key, settings.max_request_bytes, settings.max_tokens_limit) == ("k", 500, 7)
+    assert settings.max_waiting_generations == 3
