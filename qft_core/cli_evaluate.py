@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from qft_core.config import ConfigError, PathsConfig, QftConfig, load_config
+from qft_core.data.split import SPLIT_NAMES
 from qft_core.evaluate.experts import GoldItem
+from qft_core.model.peft_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from qft_core.records import ThinkingExample, read_jsonl, read_parquet
 
 if TYPE_CHECKING:
@@ -24,9 +26,6 @@ Handler = Callable[[argparse.Namespace], int]
 
 # Like argparse's own usage errors: the inputs cannot be evaluated, nothing was written.
 EXIT_BAD_INPUT = 2
-SPLITS = ("train", "validation", "test")
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # Where `qft run` leaves its splits and adapter: <artifacts_dir>/runs/<run id>/<asset>/…
 SPLITS_ASSET = "term_balanced_splits"
 ADAPTER_IN_RUN = "lora_checkpoint/adapter"
@@ -264,7 +263,7 @@ def add_evaluate_commands(commands: argparse._SubParsersAction) -> None:
         help="a splits folder (its test.parquet) or a .parquet/.jsonl file of examples "
         "(default: the newest term_balanced_splits under the artifacts folder)",
     )
-    evaluate.add_argument("--split", choices=SPLITS, help="the split of a splits folder to evaluate (default test)")
+    evaluate.add_argument("--split", choices=SPLIT_NAMES, help="the split of a splits folder to evaluate (default test)")
     evaluate.add_argument("--model", help="base model: registered name or model folder (default: model.name)")
     evaluate.add_argument(
         "--adapter", metavar="DIR",

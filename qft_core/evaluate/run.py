@@ -16,6 +16,7 @@ from qft_core.evaluate.generate import EvalItem, GeneratedAnswer, generate_answe
 from qft_core.evaluate.metrics import score_many
 from qft_core.evaluate.misconceptions import load_misconceptions
 from qft_core.evaluate.report import MODELS, EvaluationReport, build_report, summarize_set, write_report
+from qft_core.model.peft_files import ADAPTER_CONFIG
 from qft_core.model.registry import load_model, load_tokenizer, resolve_model
 from qft_core.records import ThinkingExample, write_jsonl
 
@@ -24,7 +25,7 @@ EVAL_OUTPUTS = "eval_outputs.jsonl"
 
 
 class AdapterNotFound(FileNotFoundError):
-    """The adapter folder to evaluate has no adapter_config.json."""
+    """The adapter folder to evaluate has no adapter_config.json (a PEFT adapter's config)."""
 
 
 def evaluate_models(
@@ -44,8 +45,8 @@ def evaluate_models(
     `progress(done, total, stage)` is called as examples are generated and sets scored.
     """
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise AdapterNotFound(f"{adapter_dir / 'adapter_config.json'}: no PEFT adapter to evaluate")
+    if not (adapter_dir / ADAPTER_CONFIG).is_file():
+        raise AdapterNotFound(f"{adapter_dir / ADAPTER_CONFIG}: no PEFT adapter to evaluate")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sets = _evaluation_sets(test_examples, gold_items or (), config.eval.max_examples)

@@ -12,11 +12,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM
 
+from qft_core.model.peft_files import ADAPTER_WEIGHTS
 from qft_core.train.attention import SDPA
 from qft_core.train.job import TrainingJob
 from qft_core.train.parallel import full_tensor
-
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 class AdapterLoadError(RuntimeError):

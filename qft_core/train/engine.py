@@ -31,9 +31,10 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from qft_core.model.cache import fingerprint
+from qft_core.model.peft_files import ADAPTER_WEIGHTS
 from qft_core.model.registry import torch_dtype
 from qft_core.train import checkpoint as ckpt
-from qft_core.train.adapter import ADAPTER_WEIGHTS, adapter_state, build_lora_model, load_adapter_weights, save_adapter
+from qft_core.train.adapter import adapter_state, build_lora_model, load_adapter_weights, save_adapter
 from qft_core.train.batches import (
     LAYOUT_FILE,
     BatchError,

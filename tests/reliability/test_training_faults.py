@@ -16,11 +16,11 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 from qft_core.config import ModelConfig, PathsConfig, QftConfig
+from qft_core.model.peft_files import ADAPTER_WEIGHTS
 from qft_core.model.registry import load_model, resolve_model
 from qft_core.train import checkpoint as ckpt
 from qft_core.train import engine as engine_module
 from qft_core.train import faults
-from qft_core.train.adapter import ADAPTER_WEIGHTS
 from qft_core.train.engine import CHECKPOINTS_DIR, train
 from qft_core.train.job import SUMMARY_FILE, TrainingJob, TrainingSummary
 from qft_core.train.metrics_log import METRICS_FILE, MetricsLog

@@ -13,9 +13,10 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from qft_core.model.peft_files import ADAPTER_WEIGHTS
 from qft_core.train import checkpoint as ckpt
 from qft_core.train import faults
-from qft_core.train.adapter import ADAPTER_WEIGHTS, adapter_state
+from qft_core.train.adapter import adapter_state
 from qft_core.train.batches import BatchError, BatchLayout
 from qft_core.config import QftConfig
 from qft_core.records import ThinkingExample, ThinkingStructure
