@@ -135,10 +135,12 @@ def _recorded_base(adapter_dir: Path) -> str | None:
     return recorded.get("base_model_name_or_path") if isinstance(recorded, dict) else None
 
 
-def _same_model(recorded: str, names: set[str], model_dir: Path) -> bool:
+def _same_model(recorded: str, names: set[str], model_dir: Path, paths: PathsConfig) -> bool:
+    """Whether the adapter's recorded base (a hub id, a registered name or a path as the user gave it, relative
+    ones to the project root; adapters of earlier versions hold a resolved folder) is the model evaluated."""
     if recorded in names:
         return True
-    path = Path(recorded)
+    path = paths.resolve(recorded)
     return path.is_dir() and path.resolve() == model_dir.resolve()
 
 
@@ -181,7 +183,7 @@ def _base_model_for(adapter_dir: Path, config: QftConfig) -> ModelSpec:
             f"{adapter_dir}: adapter for another base model (trained on {recorded}), not {spec.name}: "
             + "; ".join(problems[:MISMATCHES_SHOWN]) + (f"; and {more} more" if more > 0 else "")
         )
-    if recorded and not _same_model(recorded, {spec.name, spec.hub_id} - {None}, model_dir):
+    if recorded and not _same_model(recorded, {spec.name, spec.hub_id} - {None}, model_dir, config.paths):
         print(f"warning: the adapter was trained on {recorded}; its layers fit {spec.name} ({model_dir}), "
               "evaluating it there", file=sys.stderr)
     return spec
