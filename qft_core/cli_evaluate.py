@@ -11,13 +11,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
 from qft_core.config import ConfigError, PathsConfig, QftConfig, load_config
 from qft_core.data.split import SPLIT_NAMES
 from qft_core.evaluate.experts import GoldItem
 from qft_core.model.peft_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-from qft_core.records import ThinkingExample, read_jsonl, read_parquet
+from qft_core.records import RecordFileError, ThinkingExample, read_records
 
 if TYPE_CHECKING:
     from qft_core.model.registry import ModelSpec
@@ -65,21 +63,6 @@ def examples_file(source: str | Path, split: str | None) -> Path:
     if split is not None:
         raise EvaluationInputError(f"--split chooses a file of a splits folder, but {path} is a file")
     return path
-
-
-def read_records(path: Path, model: type, what: str) -> list:
-    """Records of `model` from a .parquet or .jsonl file; an unreadable or malformed file is an input error."""
-    readers = {".parquet": read_parquet, ".jsonl": read_jsonl}
-    if path.suffix not in readers:
-        raise EvaluationInputError(f"{path}: {what} are read from .parquet or .jsonl files")
-    try:
-        return readers[path.suffix](path, model)
-    except ValidationError as error:
-        first = error.errors()[0]
-        key = ".".join(str(part) for part in first["loc"]) or "<record>"
-        raise EvaluationInputError(f"{path}: not a file of {what}: '{key}': {first['msg']}") from None
-    except (OSError, ValueError) as error:
-        raise EvaluationInputError(f"{path}: cannot read {what}: {str(error).splitlines()[0]}") from None
 
 
 def adapter_folder(source: str | Path) -> Path:
@@ -238,7 +221,7 @@ def _inputs_exit_2(handler: Handler) -> Handler:
     def reported(args: argparse.Namespace) -> int:
         try:
             return handler(args)
-        except (EvaluationInputError, ConfigError) as error:
+        except (EvaluationInputError, RecordFileError, ConfigError) as error:
             print(f"qft evaluate: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
 

@@ -9,11 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ValidationError
-
 from qft_core.data.split import SPLIT_NAMES
 from qft_core.model.chat import THINK_CLOSE, THINK_OPEN, THINKING_SCAFFOLD, Turn, conversation_messages
-from qft_core.records import ThinkingExample, read_parquet
+from qft_core.records import RecordFileError, ThinkingExample, read_records
 
 ExportFormat = Literal["messages", "sharegpt", "alpaca"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = ("messages", "sharegpt", "alpaca")
@@ -98,13 +96,9 @@ def read_split_files(splits_dir: str | Path) -> dict[str, list[ThinkingExample]]
         if not path.is_file():
             continue
         try:
-            splits[name] = read_parquet(path, ThinkingExample)
-        except ValidationError as error:
-            first = error.errors()[0]
-            key = ".".join(str(part) for part in first["loc"]) or "<record>"
-            raise ExportError(f"{path}: not a split of examples: '{key}': {first['msg']}") from None
-        except (OSError, ValueError) as error:
-            raise ExportError(f"{path}: cannot read the split: {str(error).splitlines()[0]}") from None
+            splits[name] = read_records(path, ThinkingExample, "examples")
+        except RecordFileError as error:
+            raise ExportError(str(error)) from None
     if not splits:
         files = ", ".join(f"{name}.parquet" for name in SPLIT_NAMES)
         raise ExportError(f"{folder}: none of {files} here (a splits folder from `qft split`)")
