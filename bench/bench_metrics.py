@@ -26,7 +26,9 @@ Measured 2026-11-26 on the idle 2-core development machine (AMD EPYC, load avera
 
 The target is met: 8.2 s for startup, scoring and aggregation, 9.4 s with the interpreter's start. (Scoring
 cost 31 ms CPU per pair before segmentation moved to jieba_fast and the term, width and punctuation scans to
-regexes.) Where the time goes, from an earlier `--profile` run under load, at 15 ms CPU per pair: jieba
+regexes.) Those numbers are jieba_fast's; with jieba itself (2026-12-07, runs alternated with the old tree on a
+machine at load average 7 to 16) scoring took 6-10 % more CPU per pair, so about 14 ms per pair and 8.7 s in all
+are projected for the idle machine, not measured: docs/evaluation.md has the table. Where the time goes, from an earlier `--profile` run under load, at 15 ms CPU per pair: jieba
 segmentation of answer and reference 5 ms, term search 2.5 ms, key points with quantities 1.5 ms, reasoning
 score 1.5 ms, misconceptions 1.3 ms.
 """

@@ -139,6 +139,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_data(args: argparse.Namespace) -> int:
+    from qft_core.data.export import ExportError, export_splits, read_split_files
+
+    try:
+        export = export_splits(read_split_files(args.splits_dir), args.format, args.out)
+    except ExportError as error:
+        raise CommandError(str(error)) from None
+    counts = ", ".join(f"{split} {count}" for split, count in export.counts.items())
+    print(f"{args.format}: {counts} examples in {export.out_dir} ({', '.join(path.name for path in export.files)})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qft", description="Fine-tune Qwen3-Thinking on Chinese cryptography Q&A.")
     parser.add_argument("--config", help="YAML config file (default: the embedded CPU defaults)")
@@ -159,6 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     terms = commands.add_parser("terms", help="print the cryptography terms recognised in TEXT")
     terms.add_argument("text", nargs="+")
     terms.set_defaults(handler=cmd_terms)
+
+    export = commands.add_parser(
+        "export-data", help="write the splits for other trainers: TRL messages, LLaMA-Factory ShareGPT or Alpaca"
+    )
+    export.add_argument("splits_dir", metavar="SPLITS_DIR", help="folder with train/validation/test .parquet")
+    # No argparse choices: the formats live in qft_core.data.export, whose import (the chat format) is slow here.
+    export.add_argument("--format", required=True, metavar="messages|sharegpt|alpaca")
+    export.add_argument("--out", required=True, help="folder for <split>.jsonl (and dataset_info.json)")
+    export.set_defaults(handler=cmd_export_data)
 
     plan = commands.add_parser("plan", help="print the hardware profile and the training plan")
     plan.add_argument("--nproc", type=int, help="processes (GPUs) per node")

@@ -11,13 +11,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
 from qft_core.config import ConfigError, PathsConfig, QftConfig, load_config
 from qft_core.data.split import SPLIT_NAMES
 from qft_core.evaluate.experts import GoldItem
 from qft_core.model.peft_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-from qft_core.records import ThinkingExample, read_jsonl, read_parquet
+from qft_core.records import RecordFileError, ThinkingExample, read_records
 
 if TYPE_CHECKING:
     from qft_core.model.registry import ModelSpec
@@ -65,21 +63,6 @@ def examples_file(source: str | Path, split: str | None) -> Path:
     if split is not None:
         raise EvaluationInputError(f"--split chooses a file of a splits folder, but {path} is a file")
     return path
-
-
-def read_records(path: Path, model: type, what: str) -> list:
-    """Records of `model` from a .parquet or .jsonl file; an unreadable or malformed file is an input error."""
-    readers = {".parquet": read_parquet, ".jsonl": read_jsonl}
-    if path.suffix not in readers:
-        raise EvaluationInputError(f"{path}: {what} are read from .parquet or .jsonl files")
-    try:
-        return readers[path.suffix](path, model)
-    except ValidationError as error:
-        first = error.errors()[0]
-        key = ".".join(str(part) for part in first["loc"]) or "<record>"
-        raise EvaluationInputError(f"{path}: not a file of {what}: '{key}': {first['msg']}") from None
-    except (OSError, ValueError) as error:
-        raise EvaluationInputError(f"{path}: cannot read {what}: {str(error).splitlines()[0]}") from None
 
 
 def adapter_folder(source: str | Path) -> Path:
@@ -135,10 +118,12 @@ def _recorded_base(adapter_dir: Path) -> str | None:
     return recorded.get("base_model_name_or_path") if isinstance(recorded, dict) else None
 
 
-def _same_model(recorded: str, names: set[str], model_dir: Path) -> bool:
+def _same_model(recorded: str, names: set[str], model_dir: Path, paths: PathsConfig) -> bool:
+    """Whether the adapter's recorded base (a hub id, a registered name or a path as the user gave it, relative
+    ones to the project root; adapters of earlier versions hold a resolved folder) is the model evaluated."""
     if recorded in names:
         return True
-    path = Path(recorded)
+    path = paths.resolve(recorded)
     return path.is_dir() and path.resolve() == model_dir.resolve()
 
 
@@ -181,7 +166,7 @@ def _base_model_for(adapter_dir: Path, config: QftConfig) -> ModelSpec:
             f"{adapter_dir}: adapter for another base model (trained on {recorded}), not {spec.name}: "
             + "; ".join(problems[:MISMATCHES_SHOWN]) + (f"; and {more} more" if more > 0 else "")
         )
-    if recorded and not _same_model(recorded, {spec.name, spec.hub_id} - {None}, model_dir):
+    if recorded and not _same_model(recorded, {spec.name, spec.hub_id} - {None}, model_dir, config.paths):
         print(f"warning: the adapter was trained on {recorded}; its layers fit {spec.name} ({model_dir}), "
               "evaluating it there", file=sys.stderr)
     return spec
@@ -236,7 +221,7 @@ def _inputs_exit_2(handler: Handler) -> Handler:
     def reported(args: argparse.Namespace) -> int:
         try:
             return handler(args)
-        except (EvaluationInputError, ConfigError) as error:
+        except (EvaluationInputError, RecordFileError, ConfigError) as error:
             print(f"qft evaluate: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
 

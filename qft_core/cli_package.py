@@ -69,6 +69,23 @@ def cmd_package_vllm_command(args: argparse.Namespace) -> int:
 
 
 @_package_errors_as_command_errors
+def cmd_package_sglang_command(args: argparse.Namespace) -> int:
+    from qft_core.package.vllm import sglang_command
+
+    export = load_config(args.config).export
+    command = sglang_command(
+        Path(args.path),
+        context_length=export.vllm_max_model_len,
+        host=export.host,
+        port=export.port,
+        tensor_parallel_size=export.vllm_tensor_parallel_size,
+        mem_fraction_static=export.vllm_gpu_memory_utilization,
+    )
+    print(shlex.join(command))
+    return 0
+
+
+@_package_errors_as_command_errors
 def cmd_serve(args: argparse.Namespace) -> int:
     from qft_core.cli import CommandError
 
@@ -94,8 +111,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def add_package_commands(commands: argparse._SubParsersAction) -> None:
-    """Add `qft package verify|unpack|vllm-command` and `qft serve` to the `qft` parser's subcommands."""
-    package = commands.add_parser("package", help="check, unpack or print the vLLM command for a deployment package")
+    """Add `qft package verify|unpack|vllm-command|sglang-command` and `qft serve` to the `qft` parser's subcommands."""
+    package = commands.add_parser(
+        "package", help="check, unpack or print the vLLM or SGLang command for a deployment package"
+    )
     actions = package.add_subparsers(dest="package_command", required=True, metavar="ACTION")
 
     verify = actions.add_parser("verify", help="check the manifest, reload the model and generate a few tokens")
@@ -110,6 +129,10 @@ def add_package_commands(commands: argparse._SubParsersAction) -> None:
     vllm = actions.add_parser("vllm-command", help="print the `vllm serve` command line for a package folder")
     vllm.add_argument("path", metavar="PATH", help="package folder")
     vllm.set_defaults(handler=cmd_package_vllm_command)
+
+    sglang = actions.add_parser("sglang-command", help="print the SGLang server command line for a package folder")
+    sglang.add_argument("path", metavar="PATH", help="package folder")
+    sglang.set_defaults(handler=cmd_package_sglang_command)
 
     serve = commands.add_parser("serve", help="serve a package over an OpenAI-compatible HTTP API")
     serve.add_argument("package", metavar="PACKAGE", help="package folder")

@@ -9,7 +9,7 @@ from typing import Literal, Self
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class Record(BaseModel):
@@ -172,3 +172,24 @@ def read_jsonl(path: str | Path, model: type[Self]) -> list[Self]:
     path = Path(path)
     with path.open(encoding="utf-8") as handle:
         return [model.model_validate_json(line) for line in handle if line.strip()]
+
+
+class RecordFileError(ValueError):
+    """A .parquet or .jsonl file that does not hold the expected records; the message names the file and key."""
+
+
+def read_records(path: str | Path, model: type[Self], what: str) -> list[Self]:
+    """Records of `model` from a .parquet or .jsonl file; `what` names them in the one-line error an unreadable
+    or malformed file raises (RecordFileError)."""
+    path = Path(path)
+    readers = {".parquet": read_parquet, ".jsonl": read_jsonl}
+    if path.suffix not in readers:
+        raise RecordFileError(f"{path}: {what} are read from .parquet or .jsonl files")
+    try:
+        return readers[path.suffix](path, model)
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "<record>"
+        raise RecordFileError(f"{path}: not a file of {what}: '{key}': {first['msg']}") from None
+    except (OSError, ValueError) as error:
+        raise RecordFileError(f"{path}: cannot read {what}: {str(error).splitlines()[0]}") from None

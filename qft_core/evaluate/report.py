@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from qft_core.config import EvalConfig
 from qft_core.data.terms import TermDictionary
 from qft_core.evaluate.bootstrap import aggregate, bootstrap_interval
@@ -25,6 +27,8 @@ MODEL_LABELS = {"base": "base", "finetuned": "fine-tuned"}
 PRIMARY_SET = "test"
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
+# Leading columns of a set's score table; every metric follows.
+SCORE_TABLE_KEYS = ("model", "id", "category")
 # Completions shown side by side in report.md, and how much of each text.
 SAMPLES_SHOWN = 3
 SAMPLE_CHARS = 240
@@ -96,6 +100,25 @@ def summarize_set(
             for index, item in enumerate(items[:SAMPLES_SHOWN])
         ],
     }
+
+
+def write_score_table(
+    generations: Mapping[str, Sequence[GeneratedAnswer]], scores: Mapping[str, Scores], path: str | Path
+) -> Path:
+    """Every metric of every (model, item) of one set as one Parquet table, rows in model then item order:
+    model, id and category columns, then the metrics in order of first appearance (NaN where a metric does not
+    apply). report.json keeps the per-example values of the main metrics only; this is the table to slice further
+    (`pandas.read_parquet`)."""
+    frames = []
+    for model, answers in generations.items():
+        keys = pd.DataFrame({
+            "model": model, "id": [answer.id for answer in answers],
+            "category": [answer.category or "uncategorized" for answer in answers],
+        })
+        frames.append(pd.concat([keys, pd.DataFrame.from_records(list(scores[model]), index=keys.index)], axis=1))
+    path = Path(path)
+    pd.concat(frames, ignore_index=True).to_parquet(path, index=False)
+    return path
 
 
 def build_report(sets: Mapping[str, dict], *, models: Mapping[str, str], config: EvalConfig) -> dict:

@@ -15,7 +15,14 @@ from qft_core.evaluate.experts import GoldItem
 from qft_core.evaluate.generate import EvalItem, GeneratedAnswer, generate_answers, items_from_examples, items_from_gold
 from qft_core.evaluate.metrics import score_many
 from qft_core.evaluate.misconceptions import load_misconceptions
-from qft_core.evaluate.report import MODELS, EvaluationReport, build_report, summarize_set, write_report
+from qft_core.evaluate.report import (
+    MODELS,
+    EvaluationReport,
+    build_report,
+    summarize_set,
+    write_report,
+    write_score_table,
+)
 from qft_core.model.peft_files import ADAPTER_CONFIG
 from qft_core.model.registry import load_model, load_tokenizer, resolve_model
 from qft_core.records import ThinkingExample, write_jsonl
@@ -39,8 +46,9 @@ def evaluate_models(
 ) -> EvaluationReport:
     """Generate with the base model, then with base + adapter, on the test examples (at most
     `eval.max_examples`) and the gold items; score both; write into `out_dir` the report (report.md,
-    report.json, PNG charts), each model's completions per set (`generations_<set>_<model>.jsonl`) and the
-    fine-tuned model's answers for expert review (`eval_outputs.jsonl`).
+    report.json, PNG charts), each model's completions per set (`generations_<set>_<model>.jsonl`), every score
+    of a set as a table (`scores_<set>.parquet`) and the fine-tuned model's answers for expert review
+    (`eval_outputs.jsonl`).
 
     `progress(done, total, stage)` is called as examples are generated and sets scored.
     """
@@ -98,6 +106,7 @@ def evaluate_models(
         )
         for role, answers in generations[name].items():
             outputs.append(write_jsonl(answers, out_dir / f"generations_{name}_{role}.jsonl"))
+        outputs.append(write_score_table(generations[name], scores, out_dir / f"scores_{name}.parquet"))
         steps.advance(1, f"scored {name}")
     model_id = f"{spec.name}+{adapter_dir.name}"
     review = [answer.to_eval_output(model_id) for answers in generations.values() for answer in answers["finetuned"]]

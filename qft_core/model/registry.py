@@ -125,6 +125,16 @@ def resolve_model(model_config: ModelConfig, paths_config: PathsConfig) -> Model
     )
 
 
+def portable_name(model_config: ModelConfig) -> str:
+    """The base model's name as an adapter records it (`base_model_name_or_path`), so that another machine or tool
+    finds it: a registered hub model by its hub id, a model qft builds (qwen3-tiny) by its registered name, a local
+    model by the path as the user gave it (`model.path`, else `model.name`); never this machine's resolved folder."""
+    name = _registered_name(model_config.name)
+    if name is None:
+        return model_config.path or model_config.name
+    return REGISTRY[name].hub_id or name
+
+
 def _registered_name(name: str) -> str | None:
     if name in REGISTRY:
         return name

@@ -9,6 +9,9 @@ from typing import Any
 
 import yaml
 
+from qft_core.package.layout import package_quantization
+from qft_core.package.vllm import gpu_serving_lines
+
 DEFAULT_INTENDED_USE_ZH = (
     "教学与学习辅助：用中文解释密码学概念、算法、协议与标准（含 SM2、SM3、SM4 等国密算法），"
     "并在回答前给出可检查的推理过程。"
@@ -189,7 +192,7 @@ def _section(
         "```bash",
         f"qft package verify {package_name}",
         f"qft serve {package_name}",
-        f"vllm serve {package_name} --served-model-name {package_name} --reasoning-parser deepseek_r1",
+        *gpu_serving_lines(package_name, package_quantization(dict(metadata))),
         "```",
         "",
     ]

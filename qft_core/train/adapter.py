@@ -13,6 +13,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from qft_core.model.peft_files import ADAPTER_WEIGHTS
+from qft_core.model.registry import portable_name
 from qft_core.train.attention import SDPA
 from qft_core.train.job import TrainingJob
 from qft_core.train.parallel import full_tensor
@@ -48,7 +49,8 @@ def build_lora_model(job: TrainingJob, dtype: torch.dtype, device: torch.device,
         task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, lora)
-    peft_model.peft_config["default"].base_model_name_or_path = str(Path(job.model_dir).resolve())
+    # PEFT would record job.model_dir, this machine's folder; tools elsewhere look the base up by this name.
+    peft_model.peft_config["default"].base_model_name_or_path = portable_name(job.model)
     return peft_model.to(device)
 
 
@@ -59,7 +61,9 @@ def adapter_state(peft_model: nn.Module) -> dict[str, torch.Tensor]:
         for name, parameter in peft_model.named_parameters()
         if parameter.requires_grad
     }
-    return get_peft_model_state_dict(peft_model, state_dict=full)
+    # qft never resizes the vocabulary, so no copy of the base embeddings belongs in the adapter; PEFT's default
+    # ("auto") would ask the Hugging Face Hub about the base model (named by hub id) at every checkpoint.
+    return get_peft_model_state_dict(peft_model, state_dict=full, save_embedding_layers=False)
 
 
 def save_adapter(peft_model: nn.Module, weights: dict[str, torch.Tensor], directory: Path) -> None:

@@ -354,6 +354,7 @@ def _run(args: list[str]) -> str | None:
 
 
 def _import_nvml() -> ModuleType | None:
+    """The `pynvml` module of nvidia-ml-py, a declared dependency; None where an install left it out."""
     try:
         import pynvml
     except ImportError:
@@ -371,6 +372,8 @@ def _discover_gpus(notes: list[str]) -> tuple[list[GpuInfo], list[GpuLink], str]
         try:
             gpus, links = nvml_gpus_and_links(nvml)
             source = "nvml"
+        except nvml.NVMLError_LibraryNotFound:
+            pass  # no NVIDIA driver on this machine: a CPU machine, nothing worth a note
         except nvml.NVMLError as error:
             notes.append(f"NVML failed ({error}); falling back to nvidia-smi")
     topology = _smi_topology(notes) if shutil.which("nvidia-smi") else None

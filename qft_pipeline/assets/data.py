@@ -1,4 +1,5 @@
-"""Data assets: raw Markdown → parsed thinking examples → term-annotated examples → term-balanced splits."""
+"""Data assets: raw Markdown → parsed thinking examples → term-annotated examples → term-balanced splits → the
+splits exported for other trainers."""
 
 import json
 
@@ -6,6 +7,7 @@ import dagster as dg
 
 from qft_core.data.annotate import annotate_examples
 from qft_core.data.corpus import scan_corpus
+from qft_core.data.export import EXPORT_FORMATS, export_splits, read_split_files
 from qft_core.data.parse import parse_paths
 from qft_core.data.split import term_balanced_split
 from qft_core.data.terms import TermDictionary
@@ -126,5 +128,25 @@ def term_balanced_splits(context: dg.AssetExecutionContext, qft: QftSettings) ->
             "category_shares": markdown_table(result.category_share_rows()),
             "divergence": dg.MetadataValue.json(result.report["divergence"]),
             "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in result.report["warnings"]) or "none"),
+        }
+    )
+
+
+@dg.asset(group_name=GROUP, deps=[term_balanced_splits], kinds={"json"})
+def dataset_exports(context: dg.AssetExecutionContext, qft: QftSettings) -> dg.MaterializeResult:
+    """The splits as other trainers read them, one folder per format: `messages` (TRL, reasoning_content),
+    `sharegpt` and `alpaca` (LLaMA-Factory, reasoning in <think>…</think>, with dataset_info.json)."""
+    config = qft.load()
+    splits = read_split_files(upstream_path(context, "term_balanced_splits"))
+    folder = run_folder(context, config)
+    exports = [export_splits(splits, dataset_format, folder / dataset_format) for dataset_format in EXPORT_FORMATS]
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(folder)),
+            **{f"{split}_examples": len(examples) for split, examples in splits.items()},
+            "files": markdown_table(
+                [{"format": export.dataset_format, "file": str(path.relative_to(folder))}
+                 for export in exports for path in export.files]
+            ),
         }
     )

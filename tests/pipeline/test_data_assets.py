@@ -12,7 +12,9 @@ from qft_pipeline.resources import QftSettings
 from qft_pipeline.runner import materialize_graph
 from tests.pipeline.conftest import write_corpus
 
-DATA_ASSETS = "raw_thinking_documents parsed_thinking_examples term_annotated_examples term_balanced_splits"
+DATA_ASSETS = (
+    "raw_thinking_documents parsed_thinking_examples term_annotated_examples term_balanced_splits dataset_exports"
+)
 
 
 def _select_data() -> str:
@@ -35,6 +37,16 @@ def test_data_assets_materialize_and_account_for_every_pair(project):
     assert all(size > 0 for size in sizes.values())
     ids = [set(pq.read_table(splits / f"{name}.parquet").column("id").to_pylist()) for name in sizes]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+
+    exports = Path(outcome.artifacts["dataset_exports"])
+    for dataset_format in ("messages", "sharegpt", "alpaca"):
+        exported = [
+            {json.loads(line)["id"] for line in (exports / dataset_format / f"{name}.jsonl").open(encoding="utf-8")}
+            for name in sizes
+        ]
+        assert exported == ids, dataset_format
+    info = json.loads((exports / "sharegpt" / "dataset_info.json").read_text(encoding="utf-8"))
+    assert sorted(info) == ["qft_sharegpt_test", "qft_sharegpt_train", "qft_sharegpt_validation"]
 
 
 def test_failing_quarantine_check_blocks_downstream_assets(project):

@@ -20,7 +20,10 @@ from qft_pipeline.runner import materialize_graph
 from tests.reliability.bad_inputs import MISSING_ANSWER, good
 from tests.reliability.conftest import write_config
 
-DATA_ASSETS = {"raw_thinking_documents", "parsed_thinking_examples", "term_annotated_examples", "term_balanced_splits"}
+DATA_ASSETS = {
+    "raw_thinking_documents", "parsed_thinking_examples", "term_annotated_examples", "term_balanced_splits",
+    "dataset_exports",
+}
 DOWNSTREAM = ("term_annotated_examples", "term_balanced_splits")
 SPLITS = ("train", "validation", "test")
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from qft_core.data.chinese import (
     chinese_metrics,
     count_cjk,
     count_content_words,
-    jieba_fast,
+    jieba,
     normalize_chinese,
     normalize_punctuation,
     pos_tag,
@@ -68,9 +68,14 @@ def test_segment_without_hmm_keeps_unknown_characters_single():
     assert segment(text)[6:12] == ["x", "--", "y", "3.14%", "C++", "密钥"]
 
 
-def test_segment_without_hmm_is_jieba_fast_lcut_without_whitespace():
+def test_segment_without_hmm_is_jieba_lcut_without_whitespace():
     text = "RSA 的平方-乘算法（square-and-multiply）在 2048 位模数上逐位处理指数；ECC/ECDSA 与 SM2 则用标量乘。\r\n" * 3
-    assert segment(text, hmm=False) == [word for word in jieba_fast.lcut(text, HMM=False) if word.strip()]
+    assert segment(text, hmm=False) == [word for word in jieba.lcut(text, HMM=False) if word.strip()]
+
+
+def test_segment_without_hmm_is_jieba_lcut_on_the_whole_corpus():
+    corpus = "\n".join(path.read_text(encoding="utf-8") for path in sorted((REPO_ROOT / "data/corpus").glob("*.md")))
+    assert segment(corpus, hmm=False) == [word for word in jieba.lcut(corpus, HMM=False) if word.strip()]
 
 
 def test_count_cjk_counts_ideographs_of_every_cjk_block():

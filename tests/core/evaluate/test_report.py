@@ -7,6 +7,7 @@ import json
 import math
 import struct
 
+import pandas as pd
 import pytest
 
 from qft_core.config import EvalConfig
@@ -19,6 +20,7 @@ from qft_core.evaluate.report import (
     regression_check,
     summarize_set,
     write_report,
+    write_score_table,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -56,16 +58,24 @@ def _scores(value: float, keypoint: float, category: str) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def summary() -> dict:
-    generations = {
+def generations() -> dict[str, list[GeneratedAnswer]]:
+    return {
         "base": [_answer(i, c, r, base, closed=True) for i, c, r, base, _ in ITEMS],
         # Two of six fine-tuned completions closed their reasoning themselves.
         "finetuned": [_answer(i, c, r, tuned, closed=n < 2) for n, (i, c, r, _, tuned) in enumerate(ITEMS)],
     }
-    scores = {
+
+
+@pytest.fixture(scope="module")
+def scores() -> dict[str, list[dict[str, float]]]:
+    return {
         "base": [_scores(BASE, 0.5, c) for _, c, *_ in ITEMS],
         "finetuned": [_scores(TUNED[c], 0.1, c) for _, c, *_ in ITEMS],
     }
+
+
+@pytest.fixture(scope="module")
+def summary(generations, scores) -> dict:
     dictionary = load_default_dictionary()
     return summarize_set(
         generations, scores, dictionary=dictionary, misconceptions=load_default_misconceptions(dictionary),
@@ -172,3 +182,17 @@ def test_summary_refuses_generations_of_different_items(summary: dict) -> None:
     with pytest.raises(ValueError, match="'finetuned' are not of the same items"):
         summarize_set({"base": base, "finetuned": tuned}, {"base": [{}], "finetuned": [{}]},
                       dictionary=load_default_dictionary(), misconceptions=[], config=CONFIG)
+
+
+def test_score_table_has_a_row_per_model_and_item_with_every_metric(generations, scores, tmp_path) -> None:
+    table = pd.read_parquet(write_score_table(generations, scores, tmp_path / "scores_test.parquet"))
+
+    assert list(table.columns) == ["model", "id", "category", *scores["base"][0]]
+    assert list(zip(table["model"], table["id"], strict=True)) == [
+        (model, item[0]) for model in ("base", "finetuned") for item in ITEMS
+    ]
+    assert table.loc[table["model"] == "finetuned", "term_f1"].tolist() == [0.8, 0.8, 0.1, 0.1, 0.5, 0.5]
+    # A category's term F1 applies to that category's items only: NaN elsewhere, as in the scores.
+    assert table["term_f1.symmetric"].notna().tolist() == [True, True, False, False, False, False] * 2
+    means = table.groupby("model")["keypoint_coverage"].mean().to_dict()
+    assert means == pytest.approx({"base": 0.5, "finetuned": 0.1})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 from qft_core.config import QftConfig
@@ -64,7 +65,7 @@ def test_evaluate_models_writes_the_report_and_every_generation(config, adapter_
     assert names == sorted([
         "report.md", "report.json", "eval_outputs.jsonl",
         "generations_test_base.jsonl", "generations_test_finetuned.jsonl",
-        "generations_gold_base.jsonl", "generations_gold_finetuned.jsonl",
+        "generations_gold_base.jsonl", "generations_gold_finetuned.jsonl", "scores_test.parquet", "scores_gold.parquet",
         *(f"{name}_{chart}.png" for name in ("test", "gold")
           for chart in ("main_metrics", "by_category", "term_f1_by_category", "distributions")),
     ])
@@ -83,6 +84,11 @@ def test_evaluate_models_writes_the_report_and_every_generation(config, adapter_
     review = read_jsonl(tmp_path / "eval" / "eval_outputs.jsonl", EvalOutput)
     assert [output.example_id for output in review] == ["t1", "t2", "t3", "gold-4"]
     assert review[0].predicted_answer == tuned[0].answer
+    table = pd.read_parquet(tmp_path / "eval" / "scores_test.parquet")
+    assert table[["model", "id"]].values.tolist() == [[model, key] for model in ("base", "finetuned")
+                                                      for key in ("t1", "t2", "t3")]
+    finetuned_f1 = table.loc[table["model"] == "finetuned", "rougeL_char_f1"].tolist()
+    assert finetuned_f1 == data["sets"]["test"]["per_example"]["finetuned"]["rougeL_char_f1"]
 
     # Generation of 2 × 4 items, then scoring of 2 sets; the count only grows and ends at the total.
     assert calls[-1][:2] == (10, 10)

@@ -20,6 +20,7 @@ from qft_core.model.registry import (
     ensure_model_dir,
     load_model,
     load_tokenizer,
+    portable_name,
     resolve_model,
     smollm2_gguf_file,
     torch_dtype,
@@ -184,3 +185,18 @@ def test_smollm2_converts_once_to_a_safetensors_directory(tmp_path):
     ids = tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
     logits = model(input_ids=ids).logits
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize(
+    ("name", "path", "recorded"),
+    [
+        ("qwen3-4b-thinking-2507", None, "Qwen/Qwen3-4B-Thinking-2507"),
+        ("qwen3-4b-thinking-2507", "/models/qwen3-4b", "Qwen/Qwen3-4B-Thinking-2507"),
+        ("Qwen/Qwen3-4B-Thinking-2507", None, "Qwen/Qwen3-4B-Thinking-2507"),
+        ("qwen3-tiny", None, "qwen3-tiny"),
+        ("models/my-qwen", None, "models/my-qwen"),
+        ("my-qwen", "../weights/my-qwen", "../weights/my-qwen"),
+    ],
+)
+def test_portable_name_is_the_hub_id_or_the_path_as_given(name, path, recorded):
+    assert portable_name(ModelConfig(name=name, path=path)) == recorded

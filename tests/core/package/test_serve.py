@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import socket
 import threading
 import time
@@ -20,6 +21,7 @@ import pytest
 import uvicorn
 from transformers import AutoTokenizer
 
+from qft_core.cli import main
 from qft_core.cli_package import add_package_commands, cmd_serve
 from qft_core.config import ModelConfig, PathsConfig, QftConfig
 from qft_core.model.chat import split_reasoning
@@ -30,7 +32,7 @@ from qft_core.package.model_card import ModelCardInfo
 from qft_core.package.openai_api import ChatRequest, ReasoningStream, parse_chat_request
 from qft_core.package.served_model import Completion, SamplingParams, ServedModel
 from qft_core.package.server import ServerSettings, create_app
-from qft_core.package.vllm import vllm_command
+from qft_core.package.vllm import gpu_serving_lines, sglang_command, vllm_command
 
 MODEL_ID = "qft-serve-test"
 API_KEY = "s3cret-key"
@@ -498,10 +500,48 @@ def test_vllm_command_serves_the_package_with_the_reasoning_parser(tmp_path: Pat
     assert vllm_command(package, served_model_name="other")[4] == "other"
 
 
-def test_vllm_command_refuses_formats_vllm_cannot_load(tmp_path: Path) -> None:
-    assert "--served-model-name" in vllm_command(fake_package(tmp_path / "gptq", {"format": "gptq"}))
-    with pytest.raises(PackageError, match="int4 weights load only in `qft serve`"):
-        vllm_command(fake_package(tmp_path / "int4", {"format": "int4"}))
+def test_sglang_command_serves_the_package_with_the_qwen3_thinking_parser(tmp_path: Path) -> None:
+    package = fake_package(tmp_path / "pkg", None)
+
+    command = sglang_command(package, context_length=8192, port=8001, tensor_parallel_size=2)
+
+    assert command[:5] == ["python", "-m", "sglang.launch_server", "--model-path", str(package)]
+    options = dict(zip(command[5::2], command[6::2], strict=True))
+    assert options == {
+        "--served-model-name": "qft-crypto-zh",
+        "--reasoning-parser": "qwen3-thinking",
+        "--context-length": "8192",
+        "--host": "127.0.0.1",
+        "--port": "8001",
+        "--tp-size": "2",
+        "--mem-fraction-static": "0.9",
+        "--load-format": "safetensors",
+    }
+
+
+@pytest.mark.parametrize(("build", "engine"), [(vllm_command, "vLLM"), (sglang_command, "SGLang")])
+def test_gpu_commands_refuse_formats_the_engines_cannot_load(tmp_path: Path, build, engine) -> None:
+    assert "--served-model-name" in build(fake_package(tmp_path / "gptq", {"format": "gptq"}))
+    for quantization in ("int4", "int8"):
+        with pytest.raises(PackageError, match=f"{quantization} weights load only in `qft serve`; {engine} serves"):
+            build(fake_package(tmp_path / quantization, {"format": quantization}))
+
+
+def test_model_card_lines_name_both_gpu_engines_or_why_there_is_none() -> None:
+    assert gpu_serving_lines("pkg", None) == [
+        "vllm serve pkg --served-model-name pkg --reasoning-parser deepseek_r1",
+        "python -m sglang.launch_server --model-path pkg --served-model-name pkg --reasoning-parser qwen3-thinking",
+    ]
+    assert gpu_serving_lines("pkg", "gptq") == gpu_serving_lines("pkg", None)
+    assert gpu_serving_lines("pkg", "int4") == ["# int4 weights load only in `qft serve`, not in vLLM or SGLang"]
+
+
+def test_sglang_command_cli_prints_one_shell_line(tmp_path: Path, capsys) -> None:
+    package = fake_package(tmp_path / "pkg", None)
+
+    assert main(["package", "sglang-command", str(package)]) == 0
+
+    assert shlex.split(capsys.readouterr().out) == sglang_command(package)
 
 
 def test_serve_command_parses_host_port_and_key() -> None:

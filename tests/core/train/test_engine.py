@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,12 +15,12 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from qft_core.model.peft_files import ADAPTER_WEIGHTS
+from qft_core.model.peft_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from qft_core.train import checkpoint as ckpt
 from qft_core.train import faults
-from qft_core.train.adapter import adapter_state
+from qft_core.train.adapter import adapter_state, build_lora_model, load_adapter_weights, save_adapter
 from qft_core.train.batches import BatchError, BatchLayout
-from qft_core.config import QftConfig
+from qft_core.config import ModelConfig, QftConfig
 from qft_core.records import ThinkingExample, ThinkingStructure
 from qft_core.train.curves import CHINESE_METRICS
 from qft_core.train.dataset import ANSWER, REASONING, TERM
@@ -37,7 +39,7 @@ from qft_core.train.launch import prepare_run
 from qft_core.train.metrics_log import MetricsLog
 from qft_core.train.monitor import monitor_run, write_monitor_report
 from qft_core.train.parallel import Runtime
-from tiny_run import TARGETS, cpu_plan, make_job, write_synthetic_split, write_tiny_qwen3
+from tiny_run import ALPHABET_START, TARGETS, cpu_plan, make_job, write_synthetic_split, write_tiny_qwen3
 
 STEP_FIELDS = {
     "step", "epoch", "loss", "lr", "grad_norm", "tokens", "target_tokens", "tokens_per_s", "step_time_s", "comm_s",
@@ -154,6 +156,43 @@ def test_adapter_loads_with_peft_and_equals_the_trained_weights(baseline: dict) 
     for name, parameter in loaded_lora.items():
         assert torch.equal(parameter, trained_lora[name]), name
     assert adapter_state(trainer.peft_model).keys() == _adapter(output).keys()
+
+
+def test_adapter_copied_elsewhere_loads_with_peft_from_its_recorded_base_with_qft_logits(
+    baseline: dict, tmp_path: Path
+) -> None:
+    job, trained = baseline["job"], baseline["output"] / "adapter"
+    moved = shutil.copytree(trained, tmp_path / "another-machine" / "adapter")
+    recorded = json.loads((moved / ADAPTER_CONFIG).read_text(encoding="utf-8"))["base_model_name_or_path"]
+    assert recorded == job.model.name  # the local model's path as the job was given it
+
+    # What any PEFT user writes, knowing nothing of qft; qft's own loader is the one resuming training uses.
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(recorded, dtype=torch.float32), moved)
+    own = build_lora_model(job, torch.float32, torch.device("cpu"))
+    load_adapter_weights(own, trained)
+    input_ids = torch.tensor([[ALPHABET_START + (3 * k) % 16 for k in range(20)]])
+    with torch.no_grad():
+        peft_logits, own_logits = (model.eval()(input_ids=input_ids).logits for model in (peft, own))
+    assert torch.equal(peft_logits, own_logits)
+    base = AutoModelForCausalLM.from_pretrained(recorded, dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert not torch.equal(base(input_ids=input_ids).logits, own_logits)  # the adapter does change them
+
+
+def test_adapter_of_a_registered_hub_model_names_its_hub_id_not_the_local_copy(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    job = _job(inputs, tmp_path / "out").model_copy(
+        update={"model": ModelConfig(name="qwen3-4b-thinking-2507", path=str(inputs["model"]))}
+    )
+    peft_model = build_lora_model(job, torch.float32, torch.device("cpu"))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PEFT warns when it looks the base model up on the Hub and cannot
+        save_adapter(peft_model, adapter_state(peft_model), tmp_path / "adapter")
+
+    config = json.loads((tmp_path / "adapter" / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    assert config["base_model_name_or_path"] == "Qwen/Qwen3-4B-Thinking-2507"
 
 
 def test_checkpoints_keep_the_last_two_and_carry_the_resume_state(baseline: dict) -> None:

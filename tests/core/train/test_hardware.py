@@ -1,6 +1,8 @@
+import pynvml
 import pytest
 import torch
 
+from qft_core.train import hardware
 from qft_core.train.compiler import compile_unavailable_reason
 from qft_core.train.hardware import (
     GpuInfo,
@@ -186,6 +188,9 @@ class FakeNvml:
     class NVMLError(Exception):
         pass
 
+    class NVMLError_LibraryNotFound(NVMLError):  # noqa: N801 (pynvml's name)
+        pass
+
     class _Pci:
         def __init__(self, bus_id):
             self.busId = bus_id
@@ -250,6 +255,58 @@ def test_nvml_counts_direct_nvlinks_and_falls_back_to_pcie_level():
         (1, 2, "pcie", "SYS"),
     ]
     assert not nvml.initialised
+
+
+def test_fake_nvml_has_only_names_the_declared_nvml_library_has():
+    used = [name for name in vars(FakeNvml) if name.lower().startswith("nvml")]
+
+    assert len(used) == 18  # 4 constants, 2 error types, 12 functions
+    assert [name for name in used if not hasattr(pynvml, name)] == []
+    assert issubclass(pynvml.NVMLError_LibraryNotFound, pynvml.NVMLError)
+
+
+def test_gpus_and_links_come_from_nvml_when_the_library_answers(monkeypatch):
+    monkeypatch.setattr(hardware, "_import_nvml", FakeNvml)
+    monkeypatch.setattr(hardware.shutil, "which", lambda name: None)  # no nvidia-smi either
+    notes = []
+
+    gpus, links, source = hardware._discover_gpus(notes)
+
+    assert source == "nvml"
+    assert [(gpu.index, gpu.name, gpu.compute_capability) for gpu in gpus] == [
+        (index, "NVIDIA H100 80GB HBM3", "9.0") for index in range(3)
+    ]
+    assert [link.label for link in links] == ["NV12", "SYS", "SYS"]
+    assert notes == []
+
+
+class NoDriverNvml(FakeNvml):
+    def nvmlInit(self):
+        raise self.NVMLError_LibraryNotFound("NVML Shared Library Not Found")
+
+
+class FailingDriverNvml(FakeNvml):
+    def nvmlInit(self):
+        raise self.NVMLError("Driver Not Loaded")
+
+
+@pytest.mark.parametrize(
+    ("library", "expected_notes"),
+    [
+        (NoDriverNvml, []),
+        (FailingDriverNvml, ["NVML failed (Driver Not Loaded); falling back to nvidia-smi"]),
+    ],
+)
+def test_machine_without_nvidia_driver_is_profiled_silently_and_a_failing_driver_is_noted(
+    monkeypatch, library, expected_notes
+):
+    monkeypatch.setattr(hardware, "_import_nvml", library)
+    monkeypatch.setattr(hardware.shutil, "which", lambda name: None)
+    monkeypatch.setattr(hardware.torch.cuda, "is_available", lambda: False)
+    notes = []
+
+    assert hardware._discover_gpus(notes) == ([], [], "none")
+    assert notes == expected_notes
 
 
 def test_profile_of_this_machine_is_valid_and_round_trips():
