@@ -1,7 +1,8 @@
 """Materialize the asset graph in-process on the project instance, with a progress bar over the assets.
 
 The whole graph is three jobs in order (see jobs.py): the main job, one run per configured quantization
-format, then the deployment package. A selection runs only the main job's matching assets.
+format, then the deployment package. A selection runs the matching assets of each of those jobs, in the same
+order, so an interrupted quantize or deploy can be redone alone.
 """
 
 from __future__ import annotations
@@ -45,17 +46,39 @@ def _run_config(config_file: str | None) -> dict:
     return {**_QUIET_LOGS, "resources": resources}
 
 
-def _plan(config_file: str | None, selection: str | None) -> list[_Step]:
+class SelectionError(ValueError):
+    """A `--select` that does not parse or matches no asset: nothing is run."""
+
+
+def _selected_assets(selection: str) -> frozenset:
     graph = defs.resolve_asset_graph()
-    main_assets = defs.resolve_job_def(MAIN_JOB).asset_layer.selected_asset_keys
-    if selection:
-        return [_Step(MAIN_JOB, frozenset(dg.AssetSelection.from_string(selection).resolve(graph) & main_assets))]
+    try:
+        keys = dg.AssetSelection.from_string(selection).resolve(graph)
+    except dg.DagsterError as error:
+        # Dagster's messages span lines (a list of hints); the first names what is wrong.
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SelectionError(f"--select {selection!r} is not a valid asset selection: {reason}") from None
+    if not keys:
+        raise SelectionError(
+            f"--select {selection!r} matches no asset; nothing was run (e.g. 'term_balanced_splits', "
+            "'+key:lora_checkpoint', 'group:packaging')"
+        )
+    return frozenset(keys)
+
+
+def plan_steps(config_file: str | None, selection: str | None) -> list[_Step]:
+    """The job runs of one pass over the graph, in order: the main job's assets, each quantization format, the
+    deployment package — only those a selection names, when given (an empty string is a selection too)."""
+    main_assets = frozenset(defs.resolve_job_def(MAIN_JOB).asset_layer.selected_asset_keys)
     quantized = frozenset({dg.AssetKey("quantized_package")})
-    return [
-        _Step(MAIN_JOB, frozenset(main_assets)),
-        *(_Step(QUANTIZE_JOB, quantized, fmt) for fmt in load_config(config_file).quant.formats),
-        _Step(DEPLOY_JOB, frozenset({dg.AssetKey("deployment_package")})),
-    ]
+    deployed = frozenset({dg.AssetKey("deployment_package")})
+    selected = main_assets | quantized | deployed if selection is None else _selected_assets(selection)
+    steps = [_Step(MAIN_JOB, selected & main_assets)] if selected & main_assets else []
+    if selected & quantized:
+        steps += [_Step(QUANTIZE_JOB, quantized, fmt) for fmt in load_config(config_file).quant.formats]
+    if selected & deployed:
+        steps.append(_Step(DEPLOY_JOB, deployed))
+    return steps
 
 
 def _tags(step: _Step, lineage: str | None) -> dict[str, str]:
@@ -121,14 +144,16 @@ def _failures(result) -> list[str]:
 
 
 def materialize_graph(config_file: str | None = None, selection: str | None = None) -> RunOutcome:
+    steps = plan_steps(config_file, selection)  # before the instance opens: a bad selection leaves no trace
     instance = project_instance()
-    steps = _plan(config_file, selection)
     outcome = RunOutcome()
+    lineage = None  # the main run of this pass, which its packaging runs name; none when the pass has no main step
     with tqdm(desc="materializing", unit="asset", total=sum(len(step.assets) for step in steps)) as bar:
         for step in steps:
-            lineage = outcome.run_ids[0] if outcome.run_ids else None
             run_id, result = _execute(step, instance, config_file, lineage, bar)
             outcome.run_ids.append(run_id)
+            if step.job == MAIN_JOB:
+                lineage = run_id
             for record in instance.all_logs(run_id, of_type={dg.DagsterEventType.ASSET_MATERIALIZATION}):
                 materialization = record.dagster_event.event_specific_data.materialization
                 name = materialization.asset_key.to_user_string()
