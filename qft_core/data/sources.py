@@ -21,6 +21,9 @@ _MAX_INVALID_UTF8_SHARE = 0.1
 # Bytes that are not UTF-8, as `surrogateescape` decodes them.
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 _ASCII = bytes(range(128))
+# What a file name may hold that a report cannot: bytes that are not UTF-8 (which Python decodes to lone
+# surrogates) and control characters (a newline would split a one-line warning).
+_UNPRINTABLE_IN_NAMES = re.compile("[\udc80-\udcff\x00-\x1f\x7f]")
 # Suffixes of the files a folder walk reads, compared without case: `a.md`, `B.MD` and `c.markdown` are all read.
 MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
 
@@ -106,6 +109,17 @@ def _line_numbers(text: str, offsets: list[int]) -> list[int]:
     return lines
 
 
+def printable_name(name: str) -> str:
+    """A file name as reports, parquet files and logs carry it: each byte that is not UTF-8 and each control
+    character written as `\\xNN`, so that any name on disk can be shown and never fails to encode."""
+    return _UNPRINTABLE_IN_NAMES.sub(lambda match: f"\\x{_name_byte(match.group()):02x}", name)
+
+
+def _name_byte(character: str) -> int:
+    code = ord(character)
+    return code - 0xDC00 if code >= 0xDC80 else code
+
+
 def is_markdown_name(path: Path) -> bool:
     """Whether a folder walk reads the file at `path`: its suffix is `.md` or `.markdown`, in any case."""
     return path.suffix.lower() in MARKDOWN_SUFFIXES
@@ -115,7 +129,7 @@ def markdown_files(paths: list[Path]) -> tuple[list[tuple[Path, str]], list[str]
     """Every file to parse with the name its examples carry, and warnings about what was skipped.
 
     A file given directly is read whatever its name and named by its file name; a file found in a folder
-    by its path relative to that folder. Folders are searched recursively, in sorted order, for files that
+    by its path relative to that folder; either way as `printable_name` writes it. Folders are searched recursively, in sorted order, for files that
     `is_markdown_name` accepts. A file reached twice (through a symlink) is read once.
     """
     files: list[tuple[Path, str]] = []
@@ -137,7 +151,7 @@ def markdown_files(paths: list[Path]) -> tuple[list[tuple[Path, str]], list[str]
                 continue
             first_name[real] = name
             files.append((file, name))
-    return files, warnings
+    return [(file, printable_name(name)) for file, name in files], [printable_name(warning) for warning in warnings]
 
 
 def _markdown_files_under(root: Path) -> tuple[list[tuple[Path, str]], list[str]]:
