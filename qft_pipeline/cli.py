@@ -18,6 +18,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         outcome = materialize_graph(config_file=args.config, selection=args.select)
     except SelectionError as error:
         raise core_cli.CommandError(str(error)) from None
+    for run_id in outcome.abandoned:
+        print(f"run {run_id} was left STARTED by a qft run that ended without finishing it: marked failed")
     for asset, path in outcome.artifacts.items():
         print(f"{asset:<28} {path}")
     runs = ", ".join(outcome.run_ids)

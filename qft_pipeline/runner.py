@@ -15,6 +15,7 @@ import dagster as dg
 from tqdm import tqdm
 
 from qft_core.config import load_config
+from qft_pipeline.abandoned_runs import fail_abandoned_runs, launcher_tag
 from qft_pipeline.definitions import defs
 from qft_pipeline.instance import project_instance
 from qft_pipeline.jobs import CLI_TRIGGER, DEPLOY_JOB, FORMAT_TAG, LINEAGE_TAG, MAIN_JOB, QUANTIZE_JOB, TRIGGER_TAG
@@ -28,6 +29,7 @@ class RunOutcome:
     success: bool = True
     artifacts: dict[str, str] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    abandoned: list[str] = field(default_factory=list)  # runs of killed `qft run`s, marked failed before this one
 
     @property
     def run_id(self) -> str:
@@ -82,8 +84,9 @@ def plan_steps(config_file: str | None, selection: str | None) -> list[_Step]:
 
 
 def _tags(step: _Step, lineage: str | None) -> dict[str, str]:
-    """The trigger on every run; the packaging runs also name the main run they package, as the sensors' runs do."""
-    tags = {TRIGGER_TAG: CLI_TRIGGER}
+    """The trigger and this process on every run; the packaging runs also name the main run they package, as the
+    sensors' runs do."""
+    tags = {TRIGGER_TAG: CLI_TRIGGER, **launcher_tag()}
     if lineage is not None:
         tags[LINEAGE_TAG] = lineage
     if step.partition is not None:
@@ -146,7 +149,8 @@ def _failures(result) -> list[str]:
 def materialize_graph(config_file: str | None = None, selection: str | None = None) -> RunOutcome:
     steps = plan_steps(config_file, selection)  # before the instance opens: a bad selection leaves no trace
     instance = project_instance()
-    outcome = RunOutcome()
+    # First, so that the training of a killed run counts as failed and can be resumed (resumable_run_folder).
+    outcome = RunOutcome(abandoned=fail_abandoned_runs(instance))
     lineage = None  # the main run of this pass, which its packaging runs name; none when the pass has no main step
     with tqdm(desc="materializing", unit="asset", total=sum(len(step.assets) for step in steps)) as bar:
         for step in steps:
