@@ -57,7 +57,7 @@ def test_qft_parse_reports_odd_file_names_escaped_and_keeps_every_file(odd_corpu
 
 
 def test_qft_parse_report_names_an_unreadable_odd_file(odd_corpus: Path, tmp_path: Path) -> None:
-    (odd_corpus / os.fsdecode(b"binary-\xff.md")).write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    (odd_corpus / os.fsdecode(b"binary-\xff.md")).write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00" + bytes(range(256)))
     report_file = tmp_path / "report.json"
 
     assert qft(["parse", str(odd_corpus), "--out", str(tmp_path / "x.parquet"), "--report", str(report_file)]) == 0
