@@ -3,6 +3,7 @@ question and answer markers, and `<thinking>` tags."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -117,6 +118,7 @@ class MarkdownLine:
     level: int = 0  # heading level
     fenced: bool = False  # inside a code fence: never a marker, heading or tag
     in_comment: bool = False  # starts inside an HTML comment: never a marker or heading, no tag before `-->`
+    comment_closes: bool = True  # False: a `<!--` on this line is never closed, and so is text
 
 
 # Markers are matched on the half-width form of a line: `：` reads as `:`, `＊＊问题＊＊` as `**问题**`.
@@ -196,6 +198,8 @@ def _fenced_lines(lines: list[str], first_number: int) -> tuple[set[int], list[N
 def classify_lines(lines: list[str], first_number: int) -> tuple[list[MarkdownLine], list[Notice]]:
     """Each body line with its role; `first_number` is the file line number of `lines[0]`."""
     fenced, notices = _fenced_lines(lines, first_number)
+    # Like a fence, a comment that is never closed is text: it must not swallow the rest of the file.
+    last_close = max((index for index, line in enumerate(lines) if index not in fenced and "-->" in line), default=-1)
     classified = []
     in_comment = False  # HTML comments span lines; inside a code fence `<!--` is code
     for index, text in enumerate(lines):
@@ -203,12 +207,16 @@ def classify_lines(lines: list[str], first_number: int) -> tuple[list[MarkdownLi
         if index in fenced:
             classified.append(MarkdownLine(number, text, LineKind.TEXT, text, fenced=True))
             continue
-        starts_in_comment = in_comment
-        in_comment = html_comment_spans(text, starts_in_comment)[1]
+        starts_in_comment, closes = in_comment, index < last_close
+        in_comment = html_comment_spans(text, starts_in_comment, closes)[1]
+        if not closes and html_comment_spans(text, starts_in_comment)[1]:
+            notices.append(Notice("unclosed_comment", "HTML comment <!-- is never closed; read as text", number))
         if starts_in_comment:
             classified.append(MarkdownLine(number, text, LineKind.TEXT, text, in_comment=True))
             continue
         line, span = _classify(number, text)
+        if not closes:
+            line = dataclasses.replace(line, comment_closes=False)
         classified.append(line)
         if span and has_fullwidth_forms(span):
             detail = f"full-width characters in marker '{span.strip()}' read as ASCII"
@@ -216,17 +224,20 @@ def classify_lines(lines: list[str], first_number: int) -> tuple[list[MarkdownLi
     return classified, notices
 
 
-def html_comment_spans(text: str, starts_inside: bool) -> tuple[list[tuple[int, int]], bool]:
+def html_comment_spans(text: str, starts_inside: bool, closes: bool = True) -> tuple[list[tuple[int, int]], bool]:
     """The (start, end) of each HTML comment (`<!-- … -->`) in one line, and whether the line ends inside one;
-    `starts_inside`: the line continues a comment opened on an earlier line. One pass over the line."""
+    `starts_inside`: the line continues a comment opened on an earlier line; `closes`: whether a comment left
+    open at the end of the line is closed later (if not, its `<!--` is text). One pass over the line."""
     spans = []
     position, inside, start = 0, starts_inside, 0
     while True:
         if inside:
             end = text.find("-->", position)
             if end < 0:
-                spans.append((start, len(text)))
-                return spans, True
+                if closes or start == 0 and starts_inside:
+                    spans.append((start, len(text)))
+                    return spans, True
+                return spans, False
             spans.append((start, end + 3))
             position, inside = end + 3, False
         opening = text.find("<!--", position)
@@ -305,19 +316,20 @@ def _tag_form(rest: str) -> TagForm:
     return TagForm.SELF_CLOSING if rest == "/" else TagForm.ATTRIBUTES
 
 
-def find_thinking_tags(text: str, in_comment: bool = False) -> list[ThinkingTag]:
+def find_thinking_tags(text: str, in_comment: bool = False, comment_closes: bool = True) -> list[ThinkingTag]:
     """The opening and closing thinking tags in one line, full-width spellings (`＜think＞`) included, and
     the malformed ones (with attributes, self-closing) marked by their form.
 
     A tag quoted in inline code (`` `<thinking>` ``) or inside an HTML comment is text, not a tag;
-    `in_comment`: the line starts inside a comment opened on an earlier line.
+    `in_comment`: the line starts inside a comment opened on an earlier line; `comment_closes`: False when a
+    comment opened on this line is never closed (its `<!--` is then text).
     """
     if "<" not in text and "＜" not in text:
         return []
     ascii_form = fullwidth_to_ascii(text)
     hidden = inline_code_spans(ascii_form) if "`" in ascii_form else []
     if in_comment or "<!--" in ascii_form:
-        hidden += html_comment_spans(ascii_form, in_comment)[0]
+        hidden += html_comment_spans(ascii_form, in_comment, comment_closes)[0]
     return [
         ThinkingTag(
             match.start(),

@@ -270,7 +270,7 @@ def _segments(body: list[MarkdownLine]) -> Iterable[_Segment]:
 
 
 def _has_tags(line: MarkdownLine) -> bool:
-    return not line.fenced and bool(find_thinking_tags(line.text, line.in_comment))
+    return not line.fenced and bool(find_thinking_tags(line.text, line.in_comment, line.comment_closes))
 
 
 @dataclass
@@ -337,7 +337,7 @@ def _example(
 
 def _reject_stray_tags(segment: _Segment) -> None:
     for line in segment.lines:
-        tags = [] if line.fenced else find_thinking_tags(line.text, line.in_comment)
+        tags = [] if line.fenced else find_thinking_tags(line.text, line.in_comment, line.comment_closes)
         if tags:
             _reject_malformed_tag(tags[0], line.number)
             detail = f"{tags[0]} at line {line.number} is not between a question and an answer"
@@ -372,7 +372,9 @@ def _read_pair(segment: _Segment, max_depth: int) -> _Pair:
 
 def _reject_tags_in_answer(answer_lines: list[MarkdownLine]) -> None:
     for index, line in enumerate(answer_lines):
-        tags = [] if line.fenced else find_thinking_tags(line.content if index == 0 else line.text, line.in_comment)
+        tags = [] if line.fenced else find_thinking_tags(
+            line.content if index == 0 else line.text, line.in_comment, line.comment_closes
+        )
         if tags:
             _reject_malformed_tag(tags[0], line.number)
             detail = f"{tags[0]} at line {line.number} is inside the answer; thinking goes before the answer"
@@ -385,7 +387,7 @@ def _visible(line: MarkdownLine, text: str) -> str:
     if line.fenced or not (line.in_comment or "<!--" in text):
         return text
     kept, position = [], 0
-    for start, end in html_comment_spans(text, line.in_comment)[0]:
+    for start, end in html_comment_spans(text, line.in_comment, line.comment_closes)[0]:
         kept.append(text[position:start])
         position = end
     kept.append(text[position:])

@@ -140,3 +140,12 @@ def test_q_and_p_as_variable_names_in_an_answer_stay_answer_text() -> None:
     text = "## Q: RSA 的参数？\n<thinking>\n回忆。\n</thinking>\n## A: 参数如下：\np: 第一个素数\nq: 第二个素数\n"
     (example,) = parse_text(text, "x.md", DataConfig()).examples
     assert example.answer == "参数如下：\np: 第一个素数\nq: 第二个素数"
+
+
+def test_an_html_comment_that_is_never_closed_is_text_and_hides_nothing_after_it() -> None:
+    text = PAIR.format(question="前一题？", answer="前。") + "<!-- 忘了关闭\n" + PAIR.format(question="后一题？", answer="后。")
+
+    result = parse_text(text, "x.md", DataConfig())
+
+    assert _pairs(result) == [("前一题？", "前。\n<!-- 忘了关闭"), ("后一题？", "后。")]
+    assert "x.md:6: unclosed_comment: HTML comment <!-- is never closed; read as text" in result.warnings
