@@ -73,7 +73,7 @@ def test_qft_parse_report_names_an_unreadable_odd_file(odd_corpus: Path, tmp_pat
 def test_the_data_assets_read_a_corpus_with_odd_file_names(odd_corpus: Path, tmp_path: Path, dagster_home: Path) -> None:
     config_file = write_config(tmp_path / "qft.yaml", odd_corpus, tmp_path / "artifacts")
 
-    outcome = materialize_graph(config_file=str(config_file), selection="raw_thinking_documents or parsed_thinking_examples")
+    outcome = materialize_graph(config_file=str(config_file), selection="key:raw_thinking_documents or key:parsed_thinking_examples")
 
     assert outcome.success, outcome.failures
     parsed = read_parquet(Path(outcome.artifacts["parsed_thinking_examples"]), ThinkingExample)
