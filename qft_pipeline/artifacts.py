@@ -37,7 +37,9 @@ def resumable_run_folder(
         if parent is None:
             break
         run = parent
-    if run is this_run and resumable is not None:
+    own = _asset_folder_path(config, run.run_id, key)
+    # An earlier attempt of this run that trained in its own folder is resumed there, whatever else has failed since.
+    if run is this_run and resumable is not None and not (own.is_dir() and resumable(own)):
         interrupted = _interrupted_folder(instance, config, this_run, key, resumable)
         if interrupted is not None:
             return interrupted
