@@ -44,7 +44,7 @@ def _write_json(path: Path, value: object) -> None:
 
 def cmd_parse(args: argparse.Namespace) -> int:
     from qft_core.data.parse import parse_paths
-    from qft_core.records import ThinkingExample, write_parquet
+    from qft_core.records import RecordFileError, ThinkingExample, write_parquet
 
     config = load_config(args.config)
     missing = [path for path in args.paths if not Path(path).exists()]
@@ -61,7 +61,10 @@ def cmd_parse(args: argparse.Namespace) -> int:
     if not result.examples:
         reasons = sorted({item.reason.split(":")[0] for item in result.quarantined}) or ["no question/answer pairs found"]
         raise CommandError(f"nothing could be parsed from {report['files_read']} file(s): {', '.join(reasons)}")
-    write_parquet(result.examples, ThinkingExample, args.out)
+    try:
+        write_parquet(result.examples, ThinkingExample, args.out)
+    except RecordFileError as error:
+        raise CommandError(str(error)) from None
     print(
         f"parsed {report['parsed']} of {report['pairs_found']} pairs from {report['files_read']} file(s); "
         f"{report['quarantined']} quarantined; {len(result.warnings)} warning(s) → {args.out}"
@@ -75,12 +78,17 @@ def cmd_split(args: argparse.Namespace) -> int:
     from qft_core.data.annotate import annotate_examples
     from qft_core.data.split import term_balanced_split
     from qft_core.data.terms import TermDictionary
-    from qft_core.records import ThinkingExample, read_parquet, write_parquet
+    from qft_core.records import RecordFileError, ThinkingExample, read_parquet, write_parquet
 
     config = load_config(args.config)
     if not Path(args.examples).is_file():
         raise CommandError(f"no such parquet file: {args.examples}")
-    examples = read_parquet(args.examples, ThinkingExample)
+    try:
+        examples = read_parquet(args.examples, ThinkingExample)
+    except RecordFileError as error:
+        raise CommandError(str(error)) from None
+    if not examples:
+        raise CommandError(f"{args.examples}: holds no examples; nothing to split")
     if any(not example.term_categories for example in examples):
         dictionary = TermDictionary.load(config.paths.resolve(config.paths.term_dictionary))
         examples = annotate_examples(examples, dictionary, config.data)

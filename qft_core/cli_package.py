@@ -39,7 +39,7 @@ def _package_errors_as_command_errors(run: Handler) -> Handler:
 def cmd_package_verify(args: argparse.Namespace) -> int:
     from qft_core.package.bundle import verify_package
 
-    print(verify_package(Path(args.path)).summary())
+    print(verify_package(Path(args.path), limits=load_config(args.config).export).summary())
     return 0
 
 
@@ -47,7 +47,7 @@ def cmd_package_verify(args: argparse.Namespace) -> int:
 def cmd_package_unpack(args: argparse.Namespace) -> int:
     from qft_core.package.bundle import unpack_package
 
-    print(unpack_package(Path(args.archive), Path(args.out)))
+    print(unpack_package(Path(args.archive), Path(args.out), load_config(args.config).export))
     return 0
 
 
@@ -93,12 +93,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # helper spins and takes the core from that thread whenever other processes compete (3-4x fewer tokens/s on a
     # shared 2-core machine); passive waiting costs nothing measurable on an idle one. Read when torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from qft_core.package.bundle import unpack_cached
     from qft_core.package.server import ServerSettings, serve_package
 
-    export = load_config(args.config).export
+    config = load_config(args.config)
+    export = config.export
     package = Path(args.package)
-    if not package.is_dir():
-        raise CommandError(f"{package}: not a package folder (unpack an archive first: qft package unpack)")
+    if package.is_file():
+        package = unpack_cached(package, config.paths.resolve(config.paths.package_cache_dir), export)
+        print(f"serving {package} (unpacked from {args.package})")
+    elif not package.is_dir():
+        raise CommandError(f"{package}: no such package folder or .tar.gz archive")
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or export.api_key
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     serve_package(
@@ -135,7 +140,9 @@ def add_package_commands(commands: argparse._SubParsersAction) -> None:
     sglang.set_defaults(handler=cmd_package_sglang_command)
 
     serve = commands.add_parser("serve", help="serve a package over an OpenAI-compatible HTTP API")
-    serve.add_argument("package", metavar="PACKAGE", help="package folder")
+    serve.add_argument(
+        "package", metavar="PACKAGE", help="package folder, or its .tar.gz (unpacked once to paths.package_cache_dir)"
+    )
     serve.add_argument("--host", help="address to listen on (default: export.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: export.port, 8000)")
     serve.add_argument(

@@ -16,7 +16,8 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No section has a use for an infinite or NaN number (`epochs: .inf` would train for ever).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class PathsConfig(Section):
@@ -27,6 +28,8 @@ class PathsConfig(Section):
     misconceptions: str = "data/misconceptions.yaml"
     artifacts_dir: str = "artifacts"
     model_cache_dir: str = ".cache/qft/models"
+    # Where `qft serve ARCHIVE` unpacks a package archive, one folder per archive content (sha256), reused.
+    package_cache_dir: str = ".cache/qft/packages"
 
     def resolve(self, value: str) -> Path:
         path = Path(value).expanduser()
@@ -180,6 +183,15 @@ class ExportConfig(Section):
     max_tokens_limit: int = Field(2048, ge=1)
     # Generations `qft serve` queues behind the one running; past that a request gets 503 with Retry-After.
     max_waiting_generations: int = Field(256, ge=1)
+    # Limits on unpacking a package archive (`qft package unpack|verify`, `qft serve ARCHIVE`): far above a real
+    # package (a few dozen files; weights barely compress), far below what a hostile archive needs to fill a disk.
+    unpack_max_entries: int = Field(10_000, ge=1)
+    # The largest single file of an unpacked archive, in bytes (64 GiB: a 32B model's bf16 weights in one file).
+    unpack_max_file_bytes: int = Field(64 * 2**30, ge=1)
+    # All files of an unpacked archive together, in bytes.
+    unpack_max_total_bytes: int = Field(256 * 2**30, ge=1)
+    # Unpacked bytes per byte of archive, enforced once more than 16 MiB are unpacked (real packages: about 1–4).
+    unpack_max_ratio: float = Field(50.0, gt=1.0)
     vllm_max_model_len: int = Field(32_768, ge=16)
     vllm_tensor_parallel_size: int = Field(1, ge=1)
     vllm_gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
@@ -223,6 +235,9 @@ def load_config(path: str | Path | None = None) -> QftConfig:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        line = error.object[: error.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{error.object[error.start]:02x}); save it as UTF-8") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(values, dict):

@@ -134,27 +134,52 @@ def to_table(records: Iterable[Record], model: type[Record]) -> pa.Table:
     return pa.table(columns) if rows else pa.table({name: pa.array([], pa.string()) for name in columns})
 
 
-def from_table(table: pa.Table, model: type[Self]) -> list[Self]:
+class RecordFileError(ValueError):
+    """A records file that cannot be read or written as `model`'s rows; the message names the file, and the row
+    and column at fault."""
+
+
+def from_table(table: pa.Table, model: type[Self], source: str = "<table>") -> list[Self]:
     records = []
-    for row in table.to_pylist():
-        for name in _JSON_COLUMNS & row.keys():
-            if isinstance(row[name], str):
-                row[name] = json.loads(row[name])
-        records.append(model.model_validate(row))
+    for index, row in enumerate(table.to_pylist()):
+        try:
+            for name in _JSON_COLUMNS & row.keys():
+                if isinstance(row[name], str):
+                    row[name] = json.loads(row[name])
+            records.append(model.model_validate(row))
+        except json.JSONDecodeError as error:
+            raise RecordFileError(f"{source}: row {index}: a JSON column is not valid JSON ({error})") from None
+        except ValidationError as error:
+            first = error.errors()[0]
+            column = ".".join(str(part) for part in first["loc"]) or "<row>"
+            more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+            message = f"{source}: row {index}: column '{column}': {first['msg']}{more}; not a {model.__name__} file"
+            raise RecordFileError(message) from None
     return records
 
 
 def write_parquet(records: Iterable[Record], model: type[Record], path: str | Path) -> Path:
     path = Path(path)
+    if path.is_dir():
+        raise RecordFileError(f"{path}: is a folder; name the parquet file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    pq.write_table(to_table(records, model), temporary)
-    temporary.replace(path)
+    try:
+        pq.write_table(to_table(records, model), temporary)
+        temporary.replace(path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise RecordFileError(f"{path}: cannot write: {error.strerror or error}") from None
     return path
 
 
 def read_parquet(path: str | Path, model: type[Self]) -> list[Self]:
-    return from_table(pq.read_table(path), model)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise RecordFileError(f"{path}: not a readable parquet file ({reason})") from None
+    return from_table(table, model, str(path))
 
 
 def write_jsonl(records: Iterable[Record], path: str | Path) -> Path:

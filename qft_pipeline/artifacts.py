@@ -3,6 +3,7 @@ attempts), found again through materialization metadata."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -10,28 +11,64 @@ import dagster as dg
 from qft_core.config import QftConfig
 
 
+# How many of the newest failed runs a new run looks through for an interrupted folder to resume.
+_RESUME_LOOKBACK_RUNS = 20
+
+
 def run_folder(context: dg.AssetExecutionContext, config: QftConfig) -> Path:
     """A fresh folder for this run's copy of this asset, so concurrent runs never share files."""
     return _asset_folder(config, context.run.run_id, context.asset_key)
 
 
-def resumable_run_folder(context: dg.AssetExecutionContext, config: QftConfig) -> Path:
+def resumable_run_folder(
+    context: dg.AssetExecutionContext, config: QftConfig, resumable: Callable[[Path], bool] | None = None
+) -> Path:
     """This asset's folder, shared with the failed attempts this one repeats, so their work (checkpoints) is
     picked up: a retry within the run uses the run's folder, and a run re-executed from a failure uses the
     folder of the run it re-executes, following parent runs back for as long as the asset failed in them. A
-    re-execution of a run where the asset succeeded starts afresh in its own folder."""
+    re-execution of a run where the asset succeeded starts afresh in its own folder.
+
+    A new run (no parent) takes the folder of the newest failed or cancelled run of its job (a killed `qft run`
+    included, once marked failed) where the asset was not materialized and that `resumable` accepts."""
     instance, key = context.instance, context.asset_key
-    run = context.run
+    this_run = run = context.run
     while run.parent_run_id and not _materialized_in(instance, run.parent_run_id, key):
         parent = instance.get_run_by_id(run.parent_run_id)
         if parent is None:
             break
         run = parent
+    own = _asset_folder_path(config, run.run_id, key)
+    # An earlier attempt of this run that trained in its own folder is resumed there, whatever else has failed since.
+    if run is this_run and resumable is not None and not (own.is_dir() and resumable(own)):
+        interrupted = _interrupted_folder(instance, config, this_run, key, resumable)
+        if interrupted is not None:
+            return interrupted
     return _asset_folder(config, run.run_id, key)
 
 
+def _interrupted_folder(
+    instance: dg.DagsterInstance,
+    config: QftConfig,
+    this_run: dg.DagsterRun,
+    key: dg.AssetKey,
+    resumable: Callable[[Path], bool],
+) -> Path | None:
+    stopped = dg.RunsFilter(
+        job_name=this_run.job_name, statuses=[dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
+    )
+    for run in instance.get_runs(stopped, limit=_RESUME_LOOKBACK_RUNS):
+        folder = _asset_folder_path(config, run.run_id, key)
+        if folder.is_dir() and not _materialized_in(instance, run.run_id, key) and resumable(folder):
+            return folder
+    return None
+
+
+def _asset_folder_path(config: QftConfig, run_id: str, key: dg.AssetKey) -> Path:
+    return config.paths.resolve(config.paths.artifacts_dir) / "runs" / run_id / key.to_user_string()
+
+
 def _asset_folder(config: QftConfig, run_id: str, key: dg.AssetKey) -> Path:
-    folder = config.paths.resolve(config.paths.artifacts_dir) / "runs" / run_id / key.to_user_string()
+    folder = _asset_folder_path(config, run_id, key)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

@@ -12,9 +12,14 @@ from qft_pipeline.instance import project_dagster_home
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from qft_pipeline.runner import materialize_graph
+    from qft_pipeline.runner import SelectionError, materialize_graph
 
-    outcome = materialize_graph(config_file=args.config, selection=args.select)
+    try:
+        outcome = materialize_graph(config_file=args.config, selection=args.select)
+    except SelectionError as error:
+        raise core_cli.CommandError(str(error)) from None
+    for run_id in outcome.abandoned:
+        print(f"run {run_id} was left STARTED by a qft run that ended without finishing it: marked failed")
     for asset, path in outcome.artifacts.items():
         print(f"{asset:<28} {path}")
     runs = ", ".join(outcome.run_ids)
@@ -35,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = core_cli.build_parser()
     commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
     run = commands.add_parser("run", help="materialize the whole asset graph in the project's Dagster instance")
-    run.add_argument("--select", help="Dagster asset selection, e.g. 'term_balanced_splits' or '*lora_checkpoint'")
+    run.add_argument(
+        "--select",
+        help="Dagster asset selection over every job, e.g. 'term_balanced_splits', '*lora_checkpoint' or 'quantized_package'",
+    )
     run.set_defaults(handler=cmd_run)
     ui = commands.add_parser("ui", help="open the Dagster UI on the project's instance (dagster dev)")
     ui.add_argument("--host", default="127.0.0.1")

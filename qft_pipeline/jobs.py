@@ -11,6 +11,7 @@ DEPLOY_JOB = "qft_deploy"
 TRIGGER_TAG = "qft/trigger"  # what started the pass: schedule, corpus_changed, cli, manual
 LINEAGE_TAG = "qft/lineage"  # the qft_main run whose merged model a quantize or deploy run packages
 FORMAT_TAG = "qft/format"  # the quantization format of a qft_quantize run
+LAUNCHER_TAG = "qft/launcher"  # host:pid:start time of the `qft run` process executing the run in-process
 CLI_TRIGGER = "cli"  # `qft run`, which runs all three jobs in-process itself
 
 _PACKAGES = dg.AssetSelection.assets("quantized_package", "deployment_package")

@@ -1,7 +1,8 @@
 """Materialize the asset graph in-process on the project instance, with a progress bar over the assets.
 
 The whole graph is three jobs in order (see jobs.py): the main job, one run per configured quantization
-format, then the deployment package. A selection runs only the main job's matching assets.
+format, then the deployment package. A selection runs the matching assets of each of those jobs, in the same
+order, so an interrupted quantize or deploy can be redone alone.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import dagster as dg
 from tqdm import tqdm
 
 from qft_core.config import load_config
+from qft_pipeline.abandoned_runs import fail_abandoned_runs, launcher_tag
 from qft_pipeline.definitions import defs
 from qft_pipeline.instance import project_instance
 from qft_pipeline.jobs import CLI_TRIGGER, DEPLOY_JOB, FORMAT_TAG, LINEAGE_TAG, MAIN_JOB, QUANTIZE_JOB, TRIGGER_TAG
@@ -27,6 +29,7 @@ class RunOutcome:
     success: bool = True
     artifacts: dict[str, str] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    abandoned: list[str] = field(default_factory=list)  # runs of killed `qft run`s, marked failed before this one
 
     @property
     def run_id(self) -> str:
@@ -45,22 +48,45 @@ def _run_config(config_file: str | None) -> dict:
     return {**_QUIET_LOGS, "resources": resources}
 
 
-def _plan(config_file: str | None, selection: str | None) -> list[_Step]:
+class SelectionError(ValueError):
+    """A `--select` that does not parse or matches no asset: nothing is run."""
+
+
+def _selected_assets(selection: str) -> frozenset:
     graph = defs.resolve_asset_graph()
-    main_assets = defs.resolve_job_def(MAIN_JOB).asset_layer.selected_asset_keys
-    if selection:
-        return [_Step(MAIN_JOB, frozenset(dg.AssetSelection.from_string(selection).resolve(graph) & main_assets))]
+    try:
+        keys = dg.AssetSelection.from_string(selection).resolve(graph)
+    except dg.DagsterError as error:
+        # Dagster's messages span lines (a list of hints); the first names what is wrong.
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SelectionError(f"--select {selection!r} is not a valid asset selection: {reason}") from None
+    if not keys:
+        raise SelectionError(
+            f"--select {selection!r} matches no asset; nothing was run (e.g. 'term_balanced_splits', "
+            "'+key:lora_checkpoint', 'group:packaging')"
+        )
+    return frozenset(keys)
+
+
+def plan_steps(config_file: str | None, selection: str | None) -> list[_Step]:
+    """The job runs of one pass over the graph, in order: the main job's assets, each quantization format, the
+    deployment package — only those a selection names, when given (an empty string is a selection too)."""
+    main_assets = frozenset(defs.resolve_job_def(MAIN_JOB).asset_layer.selected_asset_keys)
     quantized = frozenset({dg.AssetKey("quantized_package")})
-    return [
-        _Step(MAIN_JOB, frozenset(main_assets)),
-        *(_Step(QUANTIZE_JOB, quantized, fmt) for fmt in load_config(config_file).quant.formats),
-        _Step(DEPLOY_JOB, frozenset({dg.AssetKey("deployment_package")})),
-    ]
+    deployed = frozenset({dg.AssetKey("deployment_package")})
+    selected = main_assets | quantized | deployed if selection is None else _selected_assets(selection)
+    steps = [_Step(MAIN_JOB, selected & main_assets)] if selected & main_assets else []
+    if selected & quantized:
+        steps += [_Step(QUANTIZE_JOB, quantized, fmt) for fmt in load_config(config_file).quant.formats]
+    if selected & deployed:
+        steps.append(_Step(DEPLOY_JOB, deployed))
+    return steps
 
 
 def _tags(step: _Step, lineage: str | None) -> dict[str, str]:
-    """The trigger on every run; the packaging runs also name the main run they package, as the sensors' runs do."""
-    tags = {TRIGGER_TAG: CLI_TRIGGER}
+    """The trigger and this process on every run; the packaging runs also name the main run they package, as the
+    sensors' runs do."""
+    tags = {TRIGGER_TAG: CLI_TRIGGER, **launcher_tag()}
     if lineage is not None:
         tags[LINEAGE_TAG] = lineage
     if step.partition is not None:
@@ -121,14 +147,17 @@ def _failures(result) -> list[str]:
 
 
 def materialize_graph(config_file: str | None = None, selection: str | None = None) -> RunOutcome:
+    steps = plan_steps(config_file, selection)  # before the instance opens: a bad selection leaves no trace
     instance = project_instance()
-    steps = _plan(config_file, selection)
-    outcome = RunOutcome()
+    # First, so that the training of a killed run counts as failed and can be resumed (resumable_run_folder).
+    outcome = RunOutcome(abandoned=fail_abandoned_runs(instance))
+    lineage = None  # the main run of this pass, which its packaging runs name; none when the pass has no main step
     with tqdm(desc="materializing", unit="asset", total=sum(len(step.assets) for step in steps)) as bar:
         for step in steps:
-            lineage = outcome.run_ids[0] if outcome.run_ids else None
             run_id, result = _execute(step, instance, config_file, lineage, bar)
             outcome.run_ids.append(run_id)
+            if step.job == MAIN_JOB:
+                lineage = run_id
             for record in instance.all_logs(run_id, of_type={dg.DagsterEventType.ASSET_MATERIALIZATION}):
                 materialization = record.dagster_event.event_specific_data.materialization
                 name = materialization.asset_key.to_user_string()

@@ -1,8 +1,9 @@
-"""The line grammar of thinking-data Markdown: front matter, code fences, category headings,
+"""The line grammar of thinking-data Markdown: front matter, code fences, HTML comments, category headings,
 question and answer markers, and `<thinking>` tags."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -105,6 +106,7 @@ class LineKind(StrEnum):
     HEADING = "heading"  # `#` or `##`: the category path of the pairs below it
     QUESTION = "question"
     ANSWER = "answer"
+    UNKNOWN_MARKER = "unknown_marker"  # `q:`: looks like a question marker but is not one
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,8 @@ class MarkdownLine:
     content: str  # after the marker for questions and answers, the title for headings, else the line
     level: int = 0  # heading level
     fenced: bool = False  # inside a code fence: never a marker, heading or tag
+    in_comment: bool = False  # starts inside an HTML comment: never a marker or heading, no tag before `-->`
+    comment_closes: bool = True  # False: a `<!--` on this line is never closed, and so is text
 
 
 # Markers are matched on the half-width form of a line: `：` reads as `:`, `＊＊问题＊＊` as `**问题**`.
@@ -128,6 +132,8 @@ _MARKER = re.compile(
     re.VERBOSE,
 )
 _QUESTION_LABELS = {"Q", "问题", "問題", "问", "問"}
+# A lowercase `q:` where a marker would be: said to be no marker rather than read as text of the pair before.
+_LOWERCASE_QUESTION = re.compile(r"^(?:[ ]{0,3}\#{1,6})?[ \t]*(?:\*\*)?q[ \t]*(?:\*\*)?:")
 _NUMBER = r"(?:[0-9]+|[一二三四五六七八九十百零〇两]+)"
 # `## 问题 3` alone on its line (the question follows on the next lines), or followed by the question.
 _QUESTION_HEADING = re.compile(
@@ -137,7 +143,7 @@ _QUESTION_HEADING = re.compile(
 # The title still carries an optional closing `##` sequence; `_heading_title` drops it.
 _CATEGORY_HEADING = re.compile(r"^[ ]{0,3}(?P<hashes>\#{1,2})[ \t]+(?P<title>.*)$")
 # Every marker and heading starts with one of these: other lines are text without running the patterns.
-_MARKER_STARTS = set("#＃*＊QＱAＡ问問答")
+_MARKER_STARTS = set("#＃*＊QＱqｑAＡ问問答")
 _FENCE = re.compile(r"^[ ]{0,3}(?P<fence>`{3,}|~{3,})")
 
 # Full-width ASCII that a marker may be typed in; `：` (U+FF1A) is an ordinary Chinese colon and not counted.
@@ -192,18 +198,52 @@ def _fenced_lines(lines: list[str], first_number: int) -> tuple[set[int], list[N
 def classify_lines(lines: list[str], first_number: int) -> tuple[list[MarkdownLine], list[Notice]]:
     """Each body line with its role; `first_number` is the file line number of `lines[0]`."""
     fenced, notices = _fenced_lines(lines, first_number)
+    # Like a fence, a comment that is never closed is text: it must not swallow the rest of the file.
+    last_close = max((index for index, line in enumerate(lines) if index not in fenced and "-->" in line), default=-1)
     classified = []
+    in_comment = False  # HTML comments span lines; inside a code fence `<!--` is code
     for index, text in enumerate(lines):
         number = first_number + index
         if index in fenced:
             classified.append(MarkdownLine(number, text, LineKind.TEXT, text, fenced=True))
             continue
+        starts_in_comment, closes = in_comment, index < last_close
+        in_comment = html_comment_spans(text, starts_in_comment, closes)[1]
+        if not closes and html_comment_spans(text, starts_in_comment)[1]:
+            notices.append(Notice("unclosed_comment", "HTML comment <!-- is never closed; read as text", number))
+        if starts_in_comment:
+            classified.append(MarkdownLine(number, text, LineKind.TEXT, text, in_comment=True))
+            continue
         line, span = _classify(number, text)
+        if not closes:
+            line = dataclasses.replace(line, comment_closes=False)
         classified.append(line)
         if span and has_fullwidth_forms(span):
             detail = f"full-width characters in marker '{span.strip()}' read as ASCII"
             notices.append(Notice("fullwidth_marker", detail, number))
     return classified, notices
+
+
+def html_comment_spans(text: str, starts_inside: bool, closes: bool = True) -> tuple[list[tuple[int, int]], bool]:
+    """The (start, end) of each HTML comment (`<!-- … -->`) in one line, and whether the line ends inside one;
+    `starts_inside`: the line continues a comment opened on an earlier line; `closes`: whether a comment left
+    open at the end of the line is closed later (if not, its `<!--` is text). One pass over the line."""
+    spans = []
+    position, inside, start = 0, starts_inside, 0
+    while True:
+        if inside:
+            end = text.find("-->", position)
+            if end < 0:
+                if closes or start == 0 and starts_inside:
+                    spans.append((start, len(text)))
+                    return spans, True
+                return spans, False
+            spans.append((start, end + 3))
+            position, inside = end + 3, False
+        opening = text.find("<!--", position)
+        if opening < 0:
+            return spans, False
+        position, inside, start = opening + 4, True, opening
 
 
 def _classify(number: int, text: str) -> tuple[MarkdownLine, str]:
@@ -218,6 +258,8 @@ def _classify(number: int, text: str) -> tuple[MarkdownLine, str]:
         rest = text[heading.start("rest") :].strip() if heading["rest"] is not None else ""
         marker_end = heading.start("rest") if heading["rest"] is not None else len(text)
         return MarkdownLine(number, text, LineKind.QUESTION, rest), text[:marker_end]
+    if unknown := _LOWERCASE_QUESTION.match(ascii_form):
+        return MarkdownLine(number, text, LineKind.UNKNOWN_MARKER, text), text[: unknown.end()]
     if (heading := _CATEGORY_HEADING.match(ascii_form)) and (title_end := _title_end(ascii_form, heading)):
         title = text[heading.start("title") : title_end].strip()
         line = MarkdownLine(number, text, LineKind.HEADING, title, level=len(heading["hashes"]))
@@ -238,6 +280,12 @@ def _title_end(ascii_form: str, heading: re.Match[str]) -> int:
     return start + len(title) if title else 0
 
 
+class TagForm(StrEnum):
+    PLAIN = "plain"  # <thinking>, </thinking>
+    ATTRIBUTES = "attributes"  # <thinking type="x">: thinking tags take none
+    SELF_CLOSING = "self_closing"  # <thinking/>: encloses nothing
+
+
 @dataclass(frozen=True)
 class ThinkingTag:
     start: int
@@ -245,24 +293,43 @@ class ThinkingTag:
     name: str  # "thinking" or "think"
     closing: bool
     fullwidth: bool
+    form: TagForm = TagForm.PLAIN
+    written: str = ""  # the tag as the line has it, for messages about a tag that is not plain
 
     def __str__(self) -> str:
+        if self.form is not TagForm.PLAIN:
+            return self.written
         return f"</{self.name}>" if self.closing else f"<{self.name}>"
 
 
-_TAG = re.compile(r"<[ \t]*(?:(?P<slash>/)[ \t]*)?(?P<name>thinking|think)[ \t]*>", re.IGNORECASE)
+# What follows the name up to `>` is bounded, so a line of `<thinking` without `>` stays linear.
+_TAG = re.compile(
+    r"<[ \t]*(?:(?P<slash>/)[ \t]*)?(?P<name>thinking|think)(?![\w-])(?P<rest>[^<>\n]{0,200}?)>", re.IGNORECASE
+)
 _BACKTICKS = re.compile(r"`+")
 
 
-def find_thinking_tags(text: str) -> list[ThinkingTag]:
-    """The opening and closing thinking tags in one line, full-width spellings (`＜think＞`) included.
+def _tag_form(rest: str) -> TagForm:
+    rest = rest.strip(" \t")
+    if not rest:
+        return TagForm.PLAIN
+    return TagForm.SELF_CLOSING if rest == "/" else TagForm.ATTRIBUTES
 
-    A tag quoted in inline code (`` `<thinking>` ``) is text, not a tag.
+
+def find_thinking_tags(text: str, in_comment: bool = False, comment_closes: bool = True) -> list[ThinkingTag]:
+    """The opening and closing thinking tags in one line, full-width spellings (`＜think＞`) included, and
+    the malformed ones (with attributes, self-closing) marked by their form.
+
+    A tag quoted in inline code (`` `<thinking>` ``) or inside an HTML comment is text, not a tag;
+    `in_comment`: the line starts inside a comment opened on an earlier line; `comment_closes`: False when a
+    comment opened on this line is never closed (its `<!--` is then text).
     """
     if "<" not in text and "＜" not in text:
         return []
     ascii_form = fullwidth_to_ascii(text)
-    quoted = inline_code_spans(ascii_form) if "`" in ascii_form else []
+    hidden = inline_code_spans(ascii_form) if "`" in ascii_form else []
+    if in_comment or "<!--" in ascii_form:
+        hidden += html_comment_spans(ascii_form, in_comment, comment_closes)[0]
     return [
         ThinkingTag(
             match.start(),
@@ -270,9 +337,11 @@ def find_thinking_tags(text: str) -> list[ThinkingTag]:
             match["name"].lower(),
             bool(match["slash"]),
             has_fullwidth_forms(text[match.start() : match.end()]),
+            _tag_form(match["rest"]),
+            text[match.start() : match.end()],
         )
         for match in _TAG.finditer(ascii_form)
-        if not any(start <= match.start() < end for start, end in quoted)
+        if not any(start <= match.start() < end for start, end in hidden)
     ]
 
 

@@ -15,10 +15,12 @@ from qft_core.data.markdown import (
     LineKind,
     MarkdownLine,
     Notice,
+    TagForm,
     ThinkingTag,
     Unparseable,
     classify_lines,
     find_thinking_tags,
+    html_comment_spans,
     read_front_matter,
 )
 from qft_core.data.normalize import count_traditional, remove_zero_width, to_simplified
@@ -137,7 +139,7 @@ class UnparseablePair(Unparseable):
 class _Segment:
     """The lines from one marker up to the next question marker or category heading."""
 
-    kind: Literal["pair", "answer_only", "loose"]
+    kind: Literal["pair", "answer_only", "loose", "unknown_marker"]
     lines: list[MarkdownLine]
     category_path: list[str]
 
@@ -220,10 +222,12 @@ def _normalised_lines(text: str) -> tuple[list[str], list[Notice]]:
 
 
 def _segments(body: list[MarkdownLine]) -> Iterable[_Segment]:
-    """Cut the body at question markers, category headings and answers that no question precedes."""
+    """Cut the body at question markers, category headings, answers that no question precedes, and a `q:` that
+    goes on with thinking or an answer (it would otherwise break the pair before it)."""
     headings: dict[int, str] = {}
     current: _Segment | None = None
     answered = False
+    unknown_at: int | None = None  # where a `q:` sits among the lines after the current pair's answer
     for line in body:
         if line.kind is LineKind.HEADING:
             if current is not None:
@@ -234,20 +238,39 @@ def _segments(body: list[MarkdownLine]) -> Iterable[_Segment]:
         elif line.kind is LineKind.QUESTION:
             if current is not None:
                 yield current
-            current, answered = _Segment("pair", [line], list(headings.values())), False
+            current, answered, unknown_at = _Segment("pair", [line], list(headings.values())), False, None
+        elif unknown_at is not None and current is not None and (line.kind is LineKind.ANSWER or _has_tags(line)):
+            # The `q:` opens what reads as a pair of its own: the answered pair ends before it.
+            unknown = _Segment("unknown_marker", [*current.lines[unknown_at:], line], current.category_path)
+            del current.lines[unknown_at:]
+            yield current
+            current, unknown_at = unknown, None
+        elif line.kind is LineKind.UNKNOWN_MARKER and current is not None and current.kind == "pair" and answered:
+            unknown_at = unknown_at if unknown_at is not None else len(current.lines)
+            current.lines.append(line)
+        elif line.kind is LineKind.UNKNOWN_MARKER and (current is None or current.kind == "loose"):
+            if current is not None:
+                yield current
+            current = _Segment("unknown_marker", [line], list(headings.values()))
         elif line.kind is LineKind.ANSWER and current is not None and current.kind == "pair" and not answered:
             current.lines.append(line)
             answered = True
+        elif line.kind is LineKind.ANSWER and current is not None and current.kind == "unknown_marker":
+            current.lines.append(line)
         elif line.kind is LineKind.ANSWER:
             if current is not None:
                 yield current
-            current = _Segment("answer_only", [line], list(headings.values()))
+            current, unknown_at = _Segment("answer_only", [line], list(headings.values())), None
         elif current is not None:
             current.lines.append(line)
         elif line.text.strip():
             current = _Segment("loose", [line], list(headings.values()))
     if current is not None:
         yield current
+
+
+def _has_tags(line: MarkdownLine) -> bool:
+    return not line.fenced and bool(find_thinking_tags(line.text, line.in_comment, line.comment_closes))
 
 
 @dataclass
@@ -270,6 +293,14 @@ def _example(
     if segment.kind == "loose":
         _reject_stray_tags(segment)
         return None, []
+    if segment.kind == "unknown_marker":
+        if any(line.kind is LineKind.ANSWER or _has_tags(line) for line in segment.lines):
+            detail = (
+                f"{segment.lines[0].text.strip()[:40]!r} at line {segment.first_line} is not a question marker "
+                "(write Q: or 问：); it and the lines up to the next question were not read"
+            )
+            raise UnparseablePair("unknown_marker", detail)
+        return None, []  # prose that happens to start with `q:`, outside any pair: ignored like other loose text
     if segment.kind == "answer_only":
         detail = f"answer at line {segment.first_line} has no question before it"
         raise UnparseablePair("answer_without_question", detail)
@@ -306,14 +337,18 @@ def _example(
 
 def _reject_stray_tags(segment: _Segment) -> None:
     for line in segment.lines:
-        tags = [] if line.fenced else find_thinking_tags(line.text)
+        tags = [] if line.fenced else find_thinking_tags(line.text, line.in_comment, line.comment_closes)
         if tags:
+            _reject_malformed_tag(tags[0], line.number)
             detail = f"{tags[0]} at line {line.number} is not between a question and an answer"
             raise UnparseablePair("stray_tag", detail)
 
 
 def _read_pair(segment: _Segment, max_depth: int) -> _Pair:
     """Question, thinking tree and answer of a pair segment; raises UnparseablePair."""
+    nul_line = next((line.number for line in segment.lines if "\x00" in line.text), None)
+    if nul_line is not None:
+        raise UnparseablePair("nul_byte", f"line {nul_line} holds a NUL byte: the pair is not text")
     answer_at = next((index for index, line in enumerate(segment.lines) if line.kind is LineKind.ANSWER), None)
     reading = _ThinkingReader(max_depth)
     for line in segment.lines[:answer_at]:
@@ -326,7 +361,9 @@ def _read_pair(segment: _Segment, max_depth: int) -> _Pair:
         raise UnparseablePair("missing_answer", f"question at line {segment.first_line} has no answer")
     answer_lines = segment.lines[answer_at:]
     _reject_tags_in_answer(answer_lines)
-    answer_text = "\n".join([answer_lines[0].content, *(line.text for line in answer_lines[1:])])
+    answer_text = "\n".join(
+        [_visible(answer_lines[0], answer_lines[0].content), *(_visible(line, line.text) for line in answer_lines[1:])]
+    )
     answer = _clean_block(answer_text, drop_rules=True)
     if not answer:
         raise UnparseablePair("empty_answer", f"answer marker at line {answer_lines[0].number} has no answer text")
@@ -335,10 +372,37 @@ def _read_pair(segment: _Segment, max_depth: int) -> _Pair:
 
 def _reject_tags_in_answer(answer_lines: list[MarkdownLine]) -> None:
     for index, line in enumerate(answer_lines):
-        tags = [] if line.fenced else find_thinking_tags(line.content if index == 0 else line.text)
+        tags = [] if line.fenced else find_thinking_tags(
+            line.content if index == 0 else line.text, line.in_comment, line.comment_closes
+        )
         if tags:
+            _reject_malformed_tag(tags[0], line.number)
             detail = f"{tags[0]} at line {line.number} is inside the answer; thinking goes before the answer"
             raise UnparseablePair("misplaced_tag", detail)
+
+
+def _visible(line: MarkdownLine, text: str) -> str:
+    """`text` (of `line`) without its HTML comments, which a reader of the rendered Markdown never sees; in
+    fenced code they are code and stay."""
+    if line.fenced or not (line.in_comment or "<!--" in text):
+        return text
+    kept, position = [], 0
+    for start, end in html_comment_spans(text, line.in_comment, line.comment_closes)[0]:
+        kept.append(text[position:start])
+        position = end
+    kept.append(text[position:])
+    return "".join(kept)
+
+
+def _reject_malformed_tag(tag: ThinkingTag, number: int) -> None:
+    """A tag with attributes or a self-closing one is refused for what it is, not as a stray or unclosed tag."""
+    if tag.form is TagForm.ATTRIBUTES:
+        raise UnparseablePair(
+            "tag_with_attributes", f"{tag} at line {number}: thinking tags take no attributes; write <{tag.name}>"
+        )
+    if tag.form is TagForm.SELF_CLOSING:
+        detail = f"{tag} at line {number} is self-closing: thinking goes between <{tag.name}> and </{tag.name}>"
+        raise UnparseablePair("self_closing_tag", detail)
 
 
 def _simplified(step: ThinkingStructure) -> ThinkingStructure:
@@ -377,7 +441,7 @@ class _ThinkingReader:
         return "".join(self.question_parts)
 
     def feed(self, line: MarkdownLine) -> None:
-        text = line.content if line.kind is LineKind.QUESTION else line.text
+        text = _visible(line, line.content if line.kind is LineKind.QUESTION else line.text)
         tags = [] if line.fenced else find_thinking_tags(text)
         position = 0
         for tag in tags:
@@ -405,6 +469,7 @@ class _ThinkingReader:
             self.question_parts.append(text)
 
     def _tag(self, number: int, tag: ThinkingTag) -> None:
+        _reject_malformed_tag(tag, number)
         if tag.fullwidth:
             self.notices.append(Notice("fullwidth_marker", f"full-width tag read as {tag}", number))
         if not tag.closing:

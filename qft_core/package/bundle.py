@@ -3,12 +3,14 @@ unpacked without letting an archive write outside its target, and verified end t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import re
 import shutil
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,8 +19,10 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import torch
+from filelock import FileLock
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
+from qft_core.config import ExportConfig
 from qft_core.model.registry import has_weights
 from qft_core.model.tokenizer import EOS_TOKEN, PAD_TOKEN, qwen3_thinking_chat_template
 from qft_core.package.layout import (
@@ -50,6 +54,11 @@ QWEN3_THINKING_SAMPLING = {"do_sample": True, "temperature": 0.6, "top_p": 0.95,
 PACKAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 VERIFY_QUESTION = "什么是分组密码？"
 VERIFY_MAX_TOKENS = 4
+# The export.unpack_max_ratio limit starts above this many unpacked bytes: small text files compress very well.
+RATIO_GRACE_BYTES = 16 * 2**20
+# A tar writer pads the archive to its record size (10,240 bytes for Python and GNU tar) after the end marker;
+# more than this inside the gzip stream is not padding.
+MAX_TRAILING_BYTES = 2**20
 
 
 def archive_path(package_dir: Path) -> Path:
@@ -215,6 +224,8 @@ def _unsafe_member(member: tarfile.TarInfo) -> str | None:
     name = member.name
     if member.issym() or member.islnk():
         return f"is a {'symbolic' if member.issym() else 'hard'} link to {member.linkname!r}; packages hold no links"
+    if member.issparse():
+        return "is a sparse file; packages hold none"
     if not (member.isfile() or member.isdir()):
         return "is not a regular file or folder"
     if name.startswith("/") or "\\" in name or PureWindowsPath(name).drive:
@@ -222,6 +233,53 @@ def _unsafe_member(member: tarfile.TarInfo) -> str | None:
     if ".." in PurePosixPath(name).parts:
         return "leaves the target folder ('..')"
     return None
+
+
+class _UnpackBudget:
+    """The members of one read of an archive, each checked as its header is read (before its data is), against
+    the safety rules and the export.unpack_* limits."""
+
+    def __init__(self, archive: Path, limits: ExportConfig) -> None:
+        self.archive, self.limits = archive, limits
+        self.archive_bytes = max(1, archive.stat().st_size)
+        self.entries = 0
+        self.total_bytes = 0
+
+    def refuse(self, reason: str) -> PackageError:
+        return PackageError(f"{self.archive}: {reason}; refusing to unpack anything")
+
+    def admit(self, member: tarfile.TarInfo) -> None:
+        reason = _unsafe_member(member)
+        if reason is not None:
+            raise self.refuse(f"member {member.name!r} {reason}")
+        limits = self.limits
+        self.entries += 1
+        if self.entries > limits.unpack_max_entries:
+            raise self.refuse(f"more than {limits.unpack_max_entries:,} entries (export.unpack_max_entries)")
+        if member.size > limits.unpack_max_file_bytes:
+            raise self.refuse(
+                f"member {member.name!r} is {member.size:,} bytes, over {limits.unpack_max_file_bytes:,} "
+                "(export.unpack_max_file_bytes)"
+            )
+        self.total_bytes += member.size
+        if self.total_bytes > limits.unpack_max_total_bytes:
+            raise self.refuse(
+                f"unpacks to more than {limits.unpack_max_total_bytes:,} bytes (export.unpack_max_total_bytes)"
+            )
+        if self.total_bytes > RATIO_GRACE_BYTES and self.total_bytes > limits.unpack_max_ratio * self.archive_bytes:
+            raise self.refuse(
+                f"unpacks to more than {limits.unpack_max_ratio:g} times its own {self.archive_bytes:,} bytes "
+                f"({self.total_bytes:,} bytes by member {member.name!r}; export.unpack_max_ratio)"
+            )
+
+    def check_stream_end(self, tar: tarfile.TarFile) -> None:
+        """Read the compressed stream past the tar end marker to its end, which makes gzip check the CRC and
+        length of everything decompressed (tarfile stops at the marker and never would)."""
+        trailing = 0
+        while chunk := tar.fileobj.read(1 << 20):
+            trailing += len(chunk)
+            if trailing > MAX_TRAILING_BYTES:
+                raise self.refuse(f"more than {MAX_TRAILING_BYTES:,} bytes follow the end of the tar archive")
 
 
 def _package_folder(archive: Path, members: list[tarfile.TarInfo]) -> str:
@@ -234,30 +292,95 @@ def _package_folder(archive: Path, members: list[tarfile.TarInfo]) -> str:
     return tops[0]
 
 
-def unpack_package(archive: Path, dest: Path) -> Path:
+def _read_checked(archive: Path, limits: ExportConfig) -> list[tarfile.TarInfo]:
+    """Every member of `archive`, all checked, and the whole gzip stream verified; nothing is written."""
+    budget = _UnpackBudget(archive, limits)
+    with tarfile.open(archive, "r:gz") as tar:
+        members = []
+        for member in tar:
+            budget.admit(member)
+            members.append(member)
+        budget.check_stream_end(tar)
+    return members
+
+
+def _extract_checked(archive: Path, limits: ExportConfig, into: Path) -> None:
+    """Extract `archive` into `into`, checking every member again (the file may have changed since it was
+    read) and the gzip stream to its end."""
+    budget = _UnpackBudget(archive, limits)
+
+    def admitted(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+        budget.admit(member)
+        return tarfile.data_filter(member, path)
+
+    with tarfile.open(archive, "r:gz") as tar:
+        tar.extractall(into, filter=admitted)
+        budget.check_stream_end(tar)
+
+
+def unpack_package(archive: Path, dest: Path, limits: ExportConfig | None = None) -> Path:
     """Extract a package archive into `dest` and return the package folder inside it.
 
-    Every member is checked before anything is written: links, special files and paths that would leave `dest`
-    (absolute, `..`) are refused with an error naming the member; extraction then also runs tarfile's `data`
-    filter. An existing package folder of the same name in `dest` is never overwritten.
+    The archive is read twice. First every member is checked and nothing is written: links, special and sparse
+    files and paths that would leave `dest` (absolute, `..`) are refused with an error naming the member, and so
+    is an archive over a limit of `limits` (export.unpack_*: entries, single file, total, ratio to the archive's
+    size); the gzip stream is then read to its end, so a damaged byte anywhere fails its CRC. Then it is
+    extracted into a hidden staging folder in `dest` (the same checks again, and tarfile's `data` filter) and
+    moved into place: a failed unpack leaves nothing behind. An existing package folder of the same name in
+    `dest` is never overwritten.
     """
     archive, dest = Path(archive), Path(dest)
+    limits = limits or ExportConfig()
+    created = [parent for parent in (dest, *dest.parents) if not parent.exists()]
+    staging = None
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for member in members:
-                reason = _unsafe_member(member)
-                if reason is not None:
-                    raise PackageError(f"{archive}: member {member.name!r} {reason}; refusing to unpack anything")
-            folder = _package_folder(archive, members)
-            target = dest / folder
-            if target.exists():
-                raise PackageError(f"{target}: already exists; unpack into another folder")
-            dest.mkdir(parents=True, exist_ok=True)
-            tar.extractall(dest, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as error:
+        folder = _package_folder(archive, _read_checked(archive, limits))
+        target = dest / folder
+        if target.exists():
+            raise PackageError(f"{target}: already exists; unpack into another folder")
+        dest.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder}.unpacking-", dir=dest))
+        _extract_checked(archive, limits, staging)
+        (staging / folder).rename(target)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+        _remove_unpacked(staging, created)
         raise PackageError(f"{archive}: cannot unpack: {error}") from None
+    except BaseException:
+        _remove_unpacked(staging, created)
+        raise
+    shutil.rmtree(staging)
     return target
+
+
+def _remove_unpacked(staging: Path | None, created: list[Path]) -> None:
+    if staging is not None:
+        shutil.rmtree(staging, ignore_errors=True)
+    for folder in created:  # innermost first: only the folders this unpack made, and only while empty
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def unpack_cached(archive: Path, cache_dir: Path, limits: ExportConfig | None = None) -> Path:
+    """The package folder of `archive` unpacked (by `unpack_package`) under `cache_dir/<sha256 of the archive>/`,
+    unpacked on first use and reused while the archive's content stays the same."""
+    archive = Path(archive)
+    if not archive.is_file():
+        raise PackageError(f"{archive}: no such package archive")
+    digest = hashlib.sha256()
+    with archive.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    dest = Path(cache_dir) / digest.hexdigest()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # Two servers started on one archive at once unpack it once.
+    with FileLock(dest.parent / f"{dest.name}.lock"):
+        unpacked = [path for path in dest.iterdir() if not path.name.startswith(".")] if dest.is_dir() else []
+        if len(unpacked) == 1 and unpacked[0].is_dir():
+            return unpacked[0]
+        shutil.rmtree(dest, ignore_errors=True)
+        return unpack_package(archive, dest, limits)
 
 
 @dataclass(frozen=True)
@@ -310,14 +433,15 @@ def _verify_folder(package_dir: Path, source: Path, device: str) -> VerifyReport
     )
 
 
-def verify_package(path: Path, *, device: str = "auto") -> VerifyReport:
+def verify_package(path: Path, *, device: str = "auto", limits: ExportConfig | None = None) -> VerifyReport:
     """Check a package folder or archive: every file against the manifest (`ManifestError` names any missing,
     extra or changed file), the metadata, the chat template's `<think>` prompt, and that the model loads and
-    generates a few greedy tokens. An archive is unpacked into a temporary folder first."""
+    generates a few greedy tokens. An archive is unpacked (`unpack_package`, within `limits`) into a temporary
+    folder first."""
     path = Path(path)
     if path.is_dir():
         return _verify_folder(path, path, device)
     if not path.is_file():
         raise PackageError(f"{path}: no such package folder or archive")
     with tempfile.TemporaryDirectory(prefix="qft-verify-") as scratch:
-        return _verify_folder(unpack_package(path, Path(scratch)), path, device)
+        return _verify_folder(unpack_package(path, Path(scratch), limits), path, device)

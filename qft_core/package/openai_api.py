@@ -146,6 +146,31 @@ def _sampling(body: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     return {"temperature": float(temperature), "top_p": float(top_p), "top_k": max(top_k, 0)}
 
 
+def _unencodable_text(body: Any) -> ApiError | None:
+    """The refusal of the first string in `body` (keys included) that is not Unicode text (a lone surrogate,
+    which JSON's `\\ud800` escapes can carry), naming where it is; None if every string is text. Iterative: a
+    body nested as deep as the JSON parser allows must not exhaust the stack here."""
+    pending: list[tuple[str, Any]] = [("", body)]
+    while pending:
+        where, value = pending.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as error:
+                character = f"U+{ord(value[error.start]):04X}"
+                field = where or "the body"
+                message = f"{field}: {character} at offset {error.start} is a lone surrogate, not Unicode text"
+                return _invalid(where or "body", message, "invalid_text")
+        elif isinstance(value, dict):
+            for key, item in reversed(value.items()):
+                shown = key.encode("utf-8", "backslashreplace").decode("utf-8")  # a key may be the bad string
+                path = f"{where}.{shown}" if where else shown
+                pending += [(path, item), (path, key)]
+        elif isinstance(value, list):
+            pending += [(f"{where}[{index}]", item) for index, item in reversed(list(enumerate(value)))]
+    return None
+
+
 def parse_chat_request(
     raw_body: bytes, *, model_id: str, max_tokens_limit: int, sampling_defaults: dict[str, Any]
 ) -> ChatRequest:
@@ -159,6 +184,10 @@ def parse_chat_request(
         raise ApiError(400, f"the request body is not valid JSON: {error}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+    # Before any field is used: such a string fails wherever it is encoded (tokenizer, logs, the reply).
+    refusal = _unencodable_text(body)
+    if refusal is not None:
+        raise refusal
     model = body.get("model")
     if model is not None and model != model_id:
         raise ApiError(

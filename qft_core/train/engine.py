@@ -50,6 +50,7 @@ from qft_core.train.dataset import TokenizedDataset, load_tokenized
 from qft_core.train.fast_path import apply_fast_path, build_optimizer, choose_fast_path
 from qft_core.train.faults import Faults
 from qft_core.train.job import SUMMARY_FILE, JobError, TrainingJob, TrainingSummary
+from qft_core.train.lifeline import AGENT_PID, die_with_parent
 from qft_core.train.loss import TokenLossSum, causal_lm
 from qft_core.train.metrics_log import METRICS_FILE, ConsoleReporter, MetricsLog, Reporter
 from qft_core.train.parallel import (
@@ -416,6 +417,7 @@ class Trainer:
 
     def _train_step(self, step: int) -> None:
         self.faults.kill_if_due(step)
+        self.faults.hang_if_due(step)
         items = self.feed.next_step()
         if self.runtime.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.runtime.device)
@@ -593,6 +595,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None, reporter: Reporter | None = None) -> int:
     """torchrun's entry on every rank; `reporter` (rank 0's progress hook) defaults to the console."""
+    die_with_parent(os.environ.get(AGENT_PID))  # no worker outlives torchrun's agent, killed or not
     args = parse_args(argv)
     reporter = reporter or ConsoleReporter()
     try:

@@ -5,6 +5,7 @@ that torchrun restarts, or that resumes from a checkpoint, is clean.
     QFT_FAULT_OOM_AT_STEP=N      raise torch.OutOfMemoryError in the forward of step N (once)
     QFT_FAULT_NAN_AT_STEPS=3,4   make the loss of these steps NaN
     QFT_FAULT_KILL_AT_STEP=N     SIGKILL this process as step N starts
+    QFT_FAULT_HANG_AT_STEP=N     block this process as step N starts, as a stuck worker would, until it is killed
     QFT_FAULT_RANK=R             the rank the faults fire on (default 0)
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +21,7 @@ import torch
 OOM_AT_STEP = "QFT_FAULT_OOM_AT_STEP"
 NAN_AT_STEPS = "QFT_FAULT_NAN_AT_STEPS"
 KILL_AT_STEP = "QFT_FAULT_KILL_AT_STEP"
+HANG_AT_STEP = "QFT_FAULT_HANG_AT_STEP"
 FAULT_RANK = "QFT_FAULT_RANK"
 
 
@@ -31,6 +34,7 @@ class Faults:
     oom_at_step: int | None = None
     nan_at_steps: frozenset[int] = frozenset()
     kill_at_step: int | None = None
+    hang_at_step: int | None = None
     _oom_fired: bool = field(default=False, repr=False)
 
     @classmethod
@@ -46,12 +50,19 @@ class Faults:
         except ValueError:
             raise FaultConfigError(f"{NAN_AT_STEPS}={nan_steps!r}: expected comma-separated step numbers") from None
         return cls(
-            oom_at_step=_integer(env, OOM_AT_STEP), nan_at_steps=nan_at, kill_at_step=_integer(env, KILL_AT_STEP)
+            oom_at_step=_integer(env, OOM_AT_STEP),
+            nan_at_steps=nan_at,
+            kill_at_step=_integer(env, KILL_AT_STEP),
+            hang_at_step=_integer(env, HANG_AT_STEP),
         )
 
     def kill_if_due(self, step: int) -> None:
         if step == self.kill_at_step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+    def hang_if_due(self, step: int) -> None:
+        while step == self.hang_at_step:
+            time.sleep(3600)
 
     def raise_oom_if_due(self, step: int) -> None:
         if step == self.oom_at_step and not self._oom_fired:

@@ -3,6 +3,7 @@ exists, so large data never meets a collective timeout), then run the engine und
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from qft_core.config import QftConfig
 from qft_core.records import ThinkingExample, read_parquet
 from qft_core.train.hardware import HardwareProfile, profile_hardware
 from qft_core.train.job import JOB_FILE, SUMMARY_FILE, TrainingJob, TrainingSummary
+from qft_core.train.lifeline import LAUNCHER_PID
 from qft_core.train.plan import ModelShape, TrainingPlan, plan_training
 
 ENGINE_MODULE = "qft_core.train.engine"
@@ -21,6 +23,7 @@ TRAIN_FILE = "data/train.safetensors"
 VALIDATION_FILE = "data/validation.safetensors"
 TOKENIZER_DIR = "tokenizer"
 LOG_TAIL_LINES = 80
+RESUME_KEY_FILE = "resume_key.txt"
 
 Splits = Path | str | Mapping[str, Sequence[ThinkingExample]]
 
@@ -60,6 +63,33 @@ def make_training_plan(config: QftConfig, model_dir: Path, hardware: HardwarePro
         AutoConfig.from_pretrained(model_dir, local_files_only=True, trust_remote_code=config.model.trust_remote_code)
     )
     return plan_training(config, hardware or profile_hardware(), shape)
+
+
+def training_key(config: QftConfig, splits: Splits, plan: TrainingPlan) -> str:
+    """What makes two trainings the same one, so that one may resume the other's checkpoints: the model, the
+    training and LoRA settings, the plan and every training and validation example (sha256)."""
+    digest = hashlib.sha256()
+    for section in (config.model, config.training, config.lora, plan):
+        digest.update(section.model_dump_json().encode("utf-8"))
+    for name, examples in read_splits(splits).items():
+        digest.update(f"\0{name}:{len(examples)}\0".encode())
+        for example in examples:
+            digest.update(example.model_dump_json().encode("utf-8"))
+    return digest.hexdigest()
+
+
+def resumable_by(run_dir: Path, key: str) -> bool:
+    """Whether `run_dir` holds an unfinished training of `key` with a complete checkpoint to resume from."""
+    from qft_core.train.checkpoint import damage, list_checkpoints
+    from qft_core.train.engine import CHECKPOINTS_DIR
+
+    key_file = run_dir / RESUME_KEY_FILE
+    return (
+        key_file.is_file()
+        and key_file.read_text(encoding="utf-8") == key
+        and not (run_dir / SUMMARY_FILE).exists()
+        and any(damage(checkpoint) is None for checkpoint in list_checkpoints(run_dir / CHECKPOINTS_DIR))
+    )
 
 
 def prepare_run(
@@ -115,8 +145,9 @@ def prepare_run(
 def torchrun_command(
     job_path: str | Path, plan: TrainingPlan, entry_module: str = ENGINE_MODULE, max_restarts: int | None = None
 ) -> list[str]:
-    """The torchrun invocation for this node. One node: a standalone rendezvous on a free local port. Several
-    nodes: the plan's c10d rendezvous arguments (the same command runs on every node)."""
+    """The torchrun invocation for this node, tied to the launching process (lifeline.py). One node: a standalone
+    rendezvous on a free local port. Several nodes: the plan's c10d rendezvous arguments (the same command runs
+    on every node)."""
     if max_restarts is None:
         max_restarts = TrainingJob.read(job_path).training.max_restarts
     if plan.nnodes == 1:
@@ -124,16 +155,17 @@ def torchrun_command(
     else:
         nodes = list(plan.torchrun_args)
     return [
-        sys.executable, "-m", "torch.distributed.run", *nodes, f"--max-restarts={max_restarts}",
+        sys.executable, "-m", "qft_core.train.lifeline", *nodes, f"--max-restarts={max_restarts}",
         "-m", entry_module, "--job", str(job_path),
     ]
 
 
 def worker_environment(plan: TrainingPlan, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for torchrun: unbuffered output (progress streams as it happens), unless set the CPU
-    cores divided among this node's processes (torchrun would pin every worker to one thread), and a fresh
-    rendezvous store for every restart."""
+    cores divided among this node's processes (torchrun would pin every worker to one thread), a fresh
+    rendezvous store for every restart, and this process's pid, for the trainer to die with it."""
     env = dict(os.environ if base is None else base)
+    env[LAUNCHER_PID] = str(os.getpid())
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // plan.nproc_per_node)))
     # With the agent's store shared, restarted workers can read the dead attempt's addresses and hang in

@@ -11,7 +11,14 @@ from qft_core.train.curves import plot_loss_curve, read_metrics
 from qft_core.train.engine import CHECKPOINTS_DIR
 from qft_core.train.hardware import HardwareProfile, profile_hardware
 from qft_core.train.job import TrainingSummary
-from qft_core.train.launch import prepare_run, torchrun_command, worker_environment
+from qft_core.train.launch import (
+    RESUME_KEY_FILE,
+    prepare_run,
+    resumable_by,
+    torchrun_command,
+    training_key,
+    worker_environment,
+)
 from qft_core.train.monitor import monitor_run, write_monitor_report
 from qft_core.train.plan import ModelShape, TrainingPlan, plan_training
 from qft_pipeline.artifacts import resumable_run_folder, run_folder, upstream_path
@@ -82,19 +89,23 @@ def lora_checkpoint(
 ) -> dg.MaterializeResult:
     """The LoRA adapter trained by qft's engine under torchrun; rank 0 streams progress through Dagster Pipes.
 
-    A retry, or a run re-executed from this asset's failure, trains in the failed attempt's folder: the engine
-    resumes from its newest valid checkpoint instead of starting again.
+    A retry, a run re-executed from this asset's failure, or a new run of the same training (model, settings,
+    plan and examples) that a failure or a kill interrupted, trains in that attempt's folder: the engine resumes
+    from its newest valid checkpoint instead of starting again.
     """
     config = qft.load()
     plan = TrainingPlan.model_validate_json(upstream_path(context, "training_plan").read_text(encoding="utf-8"))
-    run_dir = resumable_run_folder(context, config)
+    splits = upstream_path(context, "term_balanced_splits")
+    key = training_key(config, splits, plan)
+    run_dir = resumable_run_folder(context, config, resumable=lambda folder: resumable_by(folder, key))
     earlier = list_checkpoints(run_dir / CHECKPOINTS_DIR)
     if earlier:
         context.log.info(
             f"attempt {context.retry_number + 1}: {len(earlier)} checkpoint(s) of an earlier attempt in "
             f"{run_dir / CHECKPOINTS_DIR} (newest {earlier[0].name}); training resumes from the newest valid one"
         )
-    job_path = prepare_run(config, upstream_path(context, "term_balanced_splits"), run_dir, plan)
+    job_path = prepare_run(config, splits, run_dir, plan)
+    (run_dir / RESUME_KEY_FILE).write_text(key, encoding="utf-8")
     pipes_subprocess_client.run(
         context=context,
         command=torchrun_command(job_path, plan, entry_module=PIPES_ENTRY),

@@ -344,21 +344,23 @@ def test_binary_file_is_quarantined_whole(tmp_path: Path) -> None:
     path = tmp_path / "image.md"
     path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
     result = parse_file(path, CONFIG)
-    assert reasons(result) == [(0, "binary_file: NUL byte at offset 8: not a text file")]
-    assert result.warnings == ["image.md: binary_file: NUL byte at offset 8: not a text file; file quarantined"]
+    assert reasons(result) == [(0, "binary_file: 32 control characters in 272 bytes: not a text file")]
+    assert result.warnings == [
+        "image.md: binary_file: 32 control characters in 272 bytes: not a text file; file quarantined"
+    ]
     assert (result.files_read, result.pairs_found, result.examples) == (1, 1, [])
 
 
 def test_text_full_of_control_characters_is_binary(tmp_path: Path) -> None:
     path = tmp_path / "noise.md"
     path.write_bytes(bytes(range(1, 32)) * 10)  # 31 controls of which \t \n \v \f \r are text: 26 × 10
-    assert reasons(parse_file(path, CONFIG)) == [(0, "binary_file: 260 control characters in 310: not a text file")]
+    assert reasons(parse_file(path, CONFIG)) == [(0, "binary_file: 260 control characters in 310 bytes: not a text file")]
 
 
 def test_bytes_that_are_neither_utf8_nor_gb18030_are_quarantined(tmp_path: Path) -> None:
     path = tmp_path / "broken.md"
     path.write_bytes(b"Q: \xff\xff\n")
-    assert reasons(parse_file(path, CONFIG)) == [(0, "undecodable: neither UTF-8 (bad byte at offset 3) nor GB18030")]
+    assert reasons(parse_file(path, CONFIG)) == [(0, "undecodable: 2 of 6 bytes are neither UTF-8 nor GB18030")]
 
 
 def test_file_larger_than_the_limit_is_quarantined(tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ def _config(model_dir: Path, **training: object) -> QftConfig:
 def test_single_node_command_uses_a_standalone_rendezvous_and_the_restart_budget(tmp_path: Path) -> None:
     command = torchrun_command(tmp_path / "job.json", cpu_plan(world_size=2), max_restarts=3)
     assert command == [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc-per-node=2",
+        sys.executable, "-m", "qft_core.train.lifeline", "--standalone", "--nnodes=1", "--nproc-per-node=2",
         "--max-restarts=3", "-m", "qft_core.train.engine", "--job", str(tmp_path / "job.json"),
     ]
 
