@@ -25,6 +25,7 @@ class PathsConfig(Section):
     corpus_dir: str = "data/corpus"
     term_dictionary: str = "data/crypto_terms.yaml"
     misconceptions: str = "data/misconceptions.yaml"
+    fact_base: str = "data/crypto_facts.yaml"
     artifacts_dir: str = "artifacts"
     model_cache_dir: str = ".cache/qft/models"
 

@@ -240,6 +240,13 @@ class TermDictionary:
         return _compile_matcher(self._spaced_forms) if self._spaced_forms else None
 
 
+def compile_surface_matcher(forms: Iterable[str]) -> re.Pattern[str]:
+    """One regex finding the forms as `TermDictionary.find` does: leftmost-longest, ASCII case-insensitive, at word
+    boundaries, a space matching any whitespace or none. Search `matching_view(text)`; `surface_key` of a match
+    says which form it is."""
+    return _compile_matcher([_spaced(form) for form in forms])
+
+
 def _view_key(view: str) -> str:
     return "".join(view.split()).translate(_ASCII_LOWER)
 
