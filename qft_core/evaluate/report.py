@@ -190,9 +190,10 @@ def render_markdown(data: Mapping, charts: Mapping[str, Sequence[Path]]) -> str:
         *(f"- {MODEL_LABELS.get(model, model)}: {description}" for model, description in models.items()),
         f"- generation: at most {settings['max_new_tokens']} new tokens, thinking budget "
         f"{settings['thinking_budget']} tokens, {decoding}",
-        f"- intervals: {settings['confidence_level']:.0%} percentile bootstrap of the mean, "
+        f"- intervals: {settings['confidence_level']:.0%} BCa bootstrap of the mean, "
         f"{settings['bootstrap_samples']} resamples (seed {settings['bootstrap_seed']}); differences are paired "
-        "(fine-tuned − base on the same question)",
+        "(fine-tuned − base on the same question); n is the number of answers the metric applies to, and below 30 "
+        "an interval covers less often than it says (docs/evaluation.md)",
         "",
         f"## Headline ({primary}, n={data['sets'][primary]['n']})",
         "",
@@ -423,11 +424,12 @@ def _row(cells: Sequence[str]) -> str:
 
 
 def format_estimate(value: Mapping | None, signed: bool = False) -> str:
-    """A bootstrap estimate as `mean [low, high]` (with a sign for differences); – where there is none."""
+    """A bootstrap estimate as `mean [low, high] n=N` (with a sign for differences); – where there is none. The n
+    travels with every interval: one of 12 answers says less than one of 300."""
     if not value:
         return "–"
     sign = "+" if signed else ""
-    return f"{value['mean']:{sign}.3f} [{value['ci_low']:{sign}.3f}, {value['ci_high']:{sign}.3f}]"
+    return f"{value['mean']:{sign}.3f} [{value['ci_low']:{sign}.3f}, {value['ci_high']:{sign}.3f}] n={value['n']}"
 
 
 def _mean(value: Mapping | None) -> str:

@@ -203,7 +203,7 @@ def test_summary_lines_show_both_models_and_the_paired_difference() -> None:
     }
     assert summary_lines(data) == [
         "test set, n = 2: mean [90% interval]",
-        "metric   base                    fine-tuned              fine-tuned − base",
-        "term_f1  0.250 [0.000, 0.500]    0.500 [0.500, 0.500]    +0.250 [-0.500, +0.500]",
+        "metric   base                          fine-tuned                    fine-tuned − base",
+        "term_f1  0.250 [0.000, 0.500] n=2      0.500 [0.500, 0.500] n=2      +0.250 [-0.500, +0.500] n=2",
         "regressions: none",
     ]

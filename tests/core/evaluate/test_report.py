@@ -121,7 +121,8 @@ def test_suggestions_name_the_weakest_category_missing_terms_and_misconception(r
 def test_report_files_render_and_reload(report) -> None:
     markdown = report.markdown.read_text(encoding="utf-8")
     assert "| metric | base | fine-tuned | fine-tuned − base |" in markdown
-    assert "| rougeL_char_f1 | 0.250 [0.250, 0.250] | 0.467 [" in markdown
+    assert "| rougeL_char_f1 | 0.250 [0.250, 0.250] n=6 | 0.467 [" in markdown
+    assert "BCa bootstrap of the mean" in markdown
     assert "| post_quantum | 2 | 0.250 → 0.100 | 0.250 → 0.100 | 0.250 → 0.100 | 0.500 → 0.100 |" in markdown
     assert "| 格密码 | lattice_cryptography | post_quantum | 2 |" in markdown
     loaded = json.loads(report.json.read_text(encoding="utf-8"))
