@@ -129,7 +129,12 @@ _CAUTIONS = {
     "leak": r"泄露|泄漏|(?<![A-Za-z])leak",
     "quantum": r"量子|(?<![A-Za-z])quantum",
 }
-_CAUTION = re.compile("|".join(f"(?P<{name}>{pattern})" for name, pattern in _CAUTIONS.items()), re.IGNORECASE)
+# The lookahead lets the engine skip, with one test, the many positions where no caution starts.
+_CAUTION = re.compile(
+    "(?=[弃淘不已禁避切重复泄漏量dibonamsrlq])(?:"
+    + "|".join(f"(?P<{name}>{pattern})" for name, pattern in _CAUTIONS.items()) + ")",
+    re.IGNORECASE,
+)
 # Attacks, side channels and other weaknesses are the dictionary's cryptanalysis terms.
 _SECURITY_CATEGORY = "cryptanalysis"
 
