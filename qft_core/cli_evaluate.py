@@ -157,7 +157,8 @@ def summary_lines(data: Mapping) -> list[str]:
     ]
     for metric in data["main_metrics"]:
         base, tuned = (format_estimate(summary["metrics"][model].get(metric)) for model in ("base", "finetuned"))
-        lines.append(f"{metric:<{width}}{base:<30}{tuned:<30}{format_estimate(summary['difference'].get(metric), True)}")
+        difference = format_estimate(summary["difference"].get(metric), True)
+        lines.append(f"{metric:<{width}}{base:<30}{tuned:<30}{difference}")
     lines += [f"{other} set, n = {data['sets'][other]['n']}: see the report" for other in data["sets"] if other != name]
     lines.append("regressions: " + ("; ".join(data["regressions"]) or "none"))
     return lines

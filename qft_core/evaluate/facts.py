@@ -203,9 +203,10 @@ class Verdict:
     agrees: bool
 
     def describe(self) -> str:
-        """'aes_256 rounds: stated 10, fact 14 (FIPS 197 §5, Figure 4)'."""
-        stated = ", ".join(_format(value) for value in self.claim.values)
-        right = ", ".join(_format(value) for value in sorted(self.fact.values, key=str))
+        """'aes_256 rounds: stated 10, fact 14 (FIPS 197 §5, Figure 4)'; lengths in bits ('stated 512 bits')."""
+        unit = " bits" if self.claim.attribute in BIT_ATTRIBUTES else ""
+        stated = ", ".join(_format(value) for value in self.claim.values) + unit
+        right = ", ".join(_format(value) for value in sorted(self.fact.values, key=str)) + unit
         return f"{self.claim.subject} {self.claim.attribute}: stated {stated}, fact {right} ({self.fact.source})"
 
 
@@ -301,10 +302,6 @@ class FactBase:
             if parent is not None and parent not in names:
                 raise FactBaseError(f"{path}: subject '{subject}': unknown parent '{parent}'")
         return cls(names, facts, parents)
-
-    @property
-    def subjects(self) -> list[str]:
-        return list(self._facts)
 
     def fact(self, subject: str, attribute: str) -> Fact | None:
         """The subject's fact about the attribute, else its parent's (and so on); None when none is known."""
@@ -469,7 +466,8 @@ def _numeric_claims(text: str, start: int, end: int, mentions: list[_Mention]) -
             attribute, values = "rounds", (float(quantity["rounds"]),)
         else:
             factor = 8.0 if quantity["byte"] else 1.0
-            values = tuple(float(number.replace(",", "")) * factor for number in _NUMBER_IN_LIST.findall(quantity["numbers"]))
+            numbers = _NUMBER_IN_LIST.findall(quantity["numbers"])
+            values = tuple(float(number.replace(",", "")) * factor for number in numbers)
             if quantity["round"]:
                 attribute = "rounds"
             else:

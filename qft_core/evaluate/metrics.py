@@ -154,7 +154,9 @@ class PairScorer:
         numbers = compare_claims(answer.claims, reference.claims)
         metrics["numeric_consistency"] = numbers.score
         metrics["numeric_contradictions"] = float(numbers.contradicted)
-        metrics["concept_accuracy"] = concept_accuracy(len(checked.confirmed), len(checked.contradicted), misconceptions)
+        metrics["concept_accuracy"] = concept_accuracy(
+            len(checked.confirmed), len(checked.contradicted), misconceptions
+        )
         metrics["security_coverage"] = security_coverage(answer.security_points, reference.security_points)
         metrics["professional_accuracy"] = professional_accuracy(
             metrics["keypoint_coverage"], metrics["concept_accuracy"], metrics["security_coverage"]

@@ -289,7 +289,8 @@ def _set_section(name: str, summary: Mapping, main_metrics: Sequence[str], chart
     lines += [_row(["model", "answers with claims", "confirmed", "contradicted"]), _row(["---"] * 4)]
     for model, label in zip(models, labels, strict=True):
         check = summary["fact_check"][model]
-        lines.append(_row([label, str(check["answers_with_claims"]), str(check["confirmed"]), str(check["contradicted"])]))
+        counts = (check["answers_with_claims"], check["confirmed"], check["contradicted"])
+        lines.append(_row([label, *(str(count) for count in counts)]))
     contradictions = [
         (label, item) for model, label in zip(models, labels, strict=True)
         for item in summary["fact_check"][model]["contradictions"][:CONTRADICTIONS_LISTED]

@@ -172,13 +172,14 @@ def test_claims_are_checked_against_the_fact_base(summary: dict, report) -> None
     tuned = summary["fact_check"]["finetuned"]
     assert (tuned["answers_with_claims"], tuned["confirmed"], tuned["contradicted"]) == (3, 2, 1)
     assert tuned["contradictions"] == [{
-        "id": "h2", "claim": "512 位", "fact": "sha256 output: stated 512, fact 256 (FIPS 180-4 §1, Figure 1)",
+        "id": "h2", "claim": "512 位", "fact": "sha256 output: stated 512 bits, fact 256 bits (FIPS 180-4 §1, Figure 1)",
     }]
     assert summary["fact_check"]["base"] == {"answers_with_claims": 0, "confirmed": 0, "contradicted": 0,
                                              "contradictions": []}
     markdown = report.markdown.read_text(encoding="utf-8")
     assert "| fine-tuned | 3 | 2 | 1 |" in markdown
-    assert "| fine-tuned | h2 | 512 位 | sha256 output: stated 512, fact 256 (FIPS 180-4 §1, Figure 1) |" in markdown
+    fact = "sha256 output: stated 512 bits, fact 256 bits (FIPS 180-4 §1, Figure 1)"
+    assert f"| fine-tuned | h2 | 512 位 | {fact} |" in markdown
 
 
 def test_more_contradictions_of_the_fact_base_than_the_base_model_is_a_regression() -> None:
