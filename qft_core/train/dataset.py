@@ -171,11 +171,14 @@ def tokenize_examples(
     """
     # Imported here: the chat format pulls in transformers and the tokenizer code, and the dictionary OpenCC,
     # which ranks that only load an already tokenized split never need.
+    from qft_core.data.chinese import use_term_dictionary
     from qft_core.data.terms import load_default_dictionary
     from qft_core.model.chat import encode_example
     from qft_core.train.token_pieces import TokenPieces
 
     dictionary = dictionary if dictionary is not None else load_default_dictionary()
+    # Words for the word-level accuracy come from jieba with the terms as words.
+    use_term_dictionary(dictionary)
     pieces = TokenPieces.of(tokenizer)
     kept_ids: list[str] = []
     kept_inputs: list[list[int]] = []
@@ -222,8 +225,8 @@ def segment_flags(
     Reasoning and answer are the chat encoding's token spans. A TERM token is an answer token whose characters
     overlap a term occurrence `dictionary.find` reports in the answer tokens' text: a term cut mid-token flags
     every token it touches, and a character split over several byte tokens flags all of them. A WORD_START token
-    is the first answer token whose first character falls in a jieba word of the answer text (the dictionary's
-    terms loaded as words); the tokens up to the next WORD_START are that word's, so a token spanning a word
+    is the first answer token whose first character falls in a jieba word of the answer text (`tokenize_examples`
+    loads the dictionary's terms into jieba as words); the tokens up to the next WORD_START are that word's, so a token spanning a word
     boundary belongs to the word it starts in, and the byte tokens of one character to one word.
     """
     flags = [0] * len(encoded.input_ids)
@@ -241,7 +244,7 @@ def segment_flags(
                 token_start, token_end = spans[index]
                 if token_start < term_end and term_start < token_end:
                     flags[index] |= TERM
-        word_of = _word_index_of_chars(text[text_start:text_end], dictionary)
+        word_of = _word_index_of_chars(text[text_start:text_end])
         previous_word = None
         for index in range(answer_start, answer_end):
             word = word_of[spans[index][0] - text_start] if spans[index][0] < text_end else previous_word
@@ -251,11 +254,10 @@ def segment_flags(
     return [flag if label != IGNORE_INDEX else 0 for flag, label in zip(flags, encoded.labels, strict=True)]
 
 
-def _word_index_of_chars(text: str, dictionary: TermDictionary) -> list[int]:
+def _word_index_of_chars(text: str) -> list[int]:
     """For each character of `text`, the index of the jieba word it is in; whitespace belongs to the word before."""
-    from qft_core.data.chinese import segment, use_term_dictionary
+    from qft_core.data.chinese import segment
 
-    use_term_dictionary(dictionary)
     word_of, cursor = [0] * len(text), 0
     for index, word in enumerate(segment(text)):
         start = text.find(word, cursor)
