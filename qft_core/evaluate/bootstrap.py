@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
-from scipy.special import ndtr, ndtri
 
 Method = Literal["BCa", "percentile"]
 # Resampled means are computed in blocks of at most this many drawn values, to bound memory on large sets.
@@ -43,12 +43,10 @@ def bootstrap_interval(
         mean = float(data.mean())
         return mean, mean
     means = _resampled_means(data, samples, seed)
-    levels = np.array([(1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0])
+    levels = [(1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0]
     if method == "BCa":
-        adjusted = _bca_levels(data, means, levels)
-        if np.all(np.isfinite(adjusted)):
-            levels = adjusted
-    low, high = np.percentile(means, levels * 100.0)
+        levels = _bca_levels(data, means, levels) or levels
+    low, high = np.percentile(means, np.array(levels) * 100.0)
     return float(low), float(high)
 
 
@@ -61,18 +59,27 @@ def _resampled_means(data: np.ndarray, samples: int, seed: int) -> np.ndarray:
     ])
 
 
-def _bca_levels(data: np.ndarray, means: np.ndarray, levels: np.ndarray) -> np.ndarray:
-    """The quantile levels BCa reads the resampled means at (Efron & Tibshirani 1993, §14.3)."""
+def _bca_levels(data: np.ndarray, means: np.ndarray, levels: list[float]) -> list[float] | None:
+    """The quantile levels BCa reads the resampled means at (Efron & Tibshirani 1993, §14.3); None where BCa is
+    undefined."""
     mean = data.mean()
     # The sample mean's mid-rank among the resampled means, as scipy counts it.
     below = (np.count_nonzero(means < mean) + np.count_nonzero(means <= mean)) / (2.0 * means.size)
-    bias = ndtri(below)
+    if not 0.0 < below < 1.0:
+        return None
+    normal = NormalDist()
+    bias = normal.inv_cdf(below)
     jackknife = (data.sum() - data) / (data.size - 1)
     spread = jackknife.mean() - jackknife
-    acceleration = (spread**3).sum() / (6.0 * (spread**2).sum() ** 1.5)
-    z = ndtri(levels)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return ndtr(bias + (bias + z) / (1.0 - acceleration * (bias + z)))
+    acceleration = float((spread**3).sum() / (6.0 * (spread**2).sum() ** 1.5))
+    adjusted = []
+    for level in levels:
+        z = bias + normal.inv_cdf(level)
+        denominator = 1.0 - acceleration * z
+        if denominator <= 0.0:
+            return None
+        adjusted.append(normal.cdf(bias + z / denominator))
+    return adjusted
 
 
 def aggregate(
