@@ -25,10 +25,11 @@ def bootstrap_interval(
     "percentile" takes the (1-confidence)/2 and (1+confidence)/2 quantiles of the resampled means. "BCa" moves
     those quantiles by the bias (z0, from where the sample mean falls among the resampled means) and the skew
     (the acceleration a, from the jackknife means) as scipy.stats.bootstrap(method="BCa") does; the mean's
-    jackknife has a closed form, so this costs O(n) where scipy's costs O(n²) (minutes at n = 30,000). It gives
-    scipy's interval to Monte Carlo error (tests/core/evaluate/test_bootstrap.py). The same seed and values give
-    the same interval. Values that cannot vary (one value, all equal) give (mean, mean); where BCa is undefined
-    (every resampled mean on one side of the sample mean) the percentile interval is returned.
+    jackknife has a closed form, so this costs O(n) where scipy's costs O(n²) (14 s for one interval at
+    n = 30,000). On the same resamples it gives scipy's interval (tests/core/evaluate/test_bootstrap.py). The
+    same seed and values give the same interval. Values that cannot vary (one value, all equal) give
+    (mean, mean); where BCa is undefined (every resampled mean on one side of the sample mean) the percentile
+    interval is returned.
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
