@@ -138,11 +138,12 @@ def summary_lines(data: Mapping) -> list[str]:
     width = max(len(metric) for metric in data["main_metrics"]) + 2
     lines = [
         f"{name} set, n = {summary['n']}: mean [{confidence:.0%} interval]",
-        f"{'metric':<{width}}{'base':<24}{'fine-tuned':<24}fine-tuned − base",
+        f"{'metric':<{width}}{'base':<30}{'fine-tuned':<30}fine-tuned − base",
     ]
     for metric in data["main_metrics"]:
         base, tuned = (format_estimate(summary["metrics"][model].get(metric)) for model in ("base", "finetuned"))
-        lines.append(f"{metric:<{width}}{base:<24}{tuned:<24}{format_estimate(summary['difference'].get(metric), True)}")
+        difference = format_estimate(summary["difference"].get(metric), True)
+        lines.append(f"{metric:<{width}}{base:<30}{tuned:<30}{difference}")
     lines += [f"{other} set, n = {data['sets'][other]['n']}: see the report" for other in data["sets"] if other != name]
     lines.append("regressions: " + ("; ".join(data["regressions"]) or "none"))
     return lines

@@ -26,6 +26,7 @@ class PathsConfig(Section):
     corpus_dir: str = "data/corpus"
     term_dictionary: str = "data/crypto_terms.yaml"
     misconceptions: str = "data/misconceptions.yaml"
+    fact_base: str = "data/crypto_facts.yaml"
     artifacts_dir: str = "artifacts"
     model_cache_dir: str = ".cache/qft/models"
     # Where `qft serve ARCHIVE` unpacks a package archive, one folder per archive content (sha256), reused.

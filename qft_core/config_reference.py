@@ -27,6 +27,7 @@ FALLBACK_NOTES: dict[tuple[str, str], str] = {
     ("paths", "corpus_dir"): "Folder searched recursively for the Markdown thinking data (`*.md`).",
     ("paths", "term_dictionary"): "The cryptography term dictionary (YAML: terms, categories, complexity).",
     ("paths", "misconceptions"): "Known cryptography misconceptions that the evaluation detects in answers (YAML).",
+    ("paths", "fact_base"): "Cryptographic parameters, with their standards, to check answers' claims against (YAML).",
     ("paths", "artifacts_dir"): "Where runs write their files: `runs/<run id>/<asset>/` per asset and run.",
     ("paths", "model_cache_dir"): "Built tokenizers and model weights, so they are made or fetched once.",
     ("data", "max_thinking_depth"): "Deepest nesting of `<thinking>` blocks accepted; deeper pairs are quarantined.",

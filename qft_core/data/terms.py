@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import cache, cached_property
+from functools import cache, cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,8 @@ class TermMatch:
     end: int
 
 
+# Evaluation reads the same answer with the dictionary and with the fact base: the last few views are kept.
+@lru_cache(maxsize=8)
 def matching_view(text: str) -> str:
     """The text as the matcher sees it, character for character the same length as `text`.
 
@@ -238,6 +240,13 @@ class TermDictionary:
     @cached_property
     def _matcher(self) -> re.Pattern[str] | None:
         return _compile_matcher(self._spaced_forms) if self._spaced_forms else None
+
+
+def compile_surface_matcher(forms: Iterable[str]) -> re.Pattern[str]:
+    """One regex finding the forms as `TermDictionary.find` does: leftmost-longest, ASCII case-insensitive, at word
+    boundaries, a space matching any whitespace or none. Search `matching_view(text)`; `surface_key` of a match
+    says which form it is."""
+    return _compile_matcher([_spaced(form) for form in forms])
 
 
 def _view_key(view: str) -> str:

@@ -15,9 +15,18 @@ from functools import cached_property
 from qft_core.data.chinese import use_term_dictionary
 from qft_core.data.normalize import to_simplified
 from qft_core.data.terms import TermDictionary, TermMatch
+from qft_core.evaluate.facts import Claim, FactBase, compare_claims, load_default_fact_base
 from qft_core.evaluate.language import language_quality
 from qft_core.evaluate.misconceptions import Misconception, detect_misconceptions
-from qft_core.evaluate.professional import KeyPoint, cover, key_points, numeric_consistency
+from qft_core.evaluate.professional import (
+    KeyPoint,
+    concept_accuracy,
+    cover,
+    key_points,
+    professional_accuracy,
+    security_coverage,
+    security_points,
+)
 from qft_core.evaluate.rouge import RougeScore, char_tokens, lcs_rouge, term_weighted_tokens, word_tokens
 from qft_core.evaluate.term_overlap import term_overlap
 from qft_core.evaluate.thinking_quality import split_generation, thinking_quality
@@ -36,6 +45,7 @@ def score_pair(
     reference_reasoning: str | None = None,
     dictionary: TermDictionary,
     misconceptions: Sequence[Misconception],
+    facts: FactBase | None = None,
 ) -> dict[str, float]:
     """The metrics of one raw model output (reasoning, `</think>`, answer) against the reference answer.
 
@@ -46,7 +56,13 @@ def score_pair(
     - term_{precision,recall,f1} and the same per category (`term_f1.symmetric`, …): distinct term ids;
     - keypoint_coverage: share of the reference's key facts the answer states;
     - misconceptions: how many listed misconceptions the answer states;
-    - numeric_consistency / numeric_contradictions: agreement of the numbers both give for the same thing;
+    - fact_confirmed / fact_contradicted / fact_accuracy: the answer's claims about known algorithms that the fact
+      base (`facts`, default data/crypto_facts.yaml) confirms and contradicts, and confirmed / both;
+    - numeric_consistency / numeric_contradictions: agreement of the numbers answer and reference state about the
+      same algorithm and attribute ("AES-256 有 10 轮" against "AES-256 有 14 轮": 0.0 and 1);
+    - concept_accuracy: confirmed claims / (claims checked + misconceptions stated); security_coverage: share of the
+      reference's security considerations (attacks named, cautions given) the answer raises; professional_accuracy:
+      the mean of keypoint_coverage, concept_accuracy and security_coverage where they apply;
     - thinking_{present,closed,chars,coherence,repetition}: the reasoning block; with a reference reasoning
       also thinking_rougeL_char_f1 and thinking_term_f1 against it (NaN without one);
     - answer_chars, cjk_ratio, punctuation_score, mixed_script, answer_repetition, traditional_chars: the
@@ -54,7 +70,7 @@ def score_pair(
     """
     return score_many(
         [prediction_text], [reference_answer], reference_reasonings=[reference_reasoning],
-        dictionary=dictionary, misconceptions=misconceptions,
+        dictionary=dictionary, misconceptions=misconceptions, facts=facts,
     )[0]
 
 
@@ -65,6 +81,7 @@ def score_many(
     reference_reasonings: Sequence[str | None] | None = None,
     dictionary: TermDictionary,
     misconceptions: Sequence[Misconception],
+    facts: FactBase | None = None,
     workers: int = 1,
 ) -> list[dict[str, float]]:
     """`score_pair` for every pair, in order; each text is segmented and searched once, a recurring reference once
@@ -81,9 +98,9 @@ def score_many(
         raise ValueError(f"{len(predictions)} predictions but {len(reference_reasonings)} reference reasonings")
     pairs = list(zip(predictions, references, reference_reasonings, strict=True))
     workers = min(workers, len(pairs) // _MIN_PAIRS_PER_WORKER)
+    scorer = PairScorer(dictionary, misconceptions, facts)
     if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        return PairScorer(dictionary, misconceptions).score_all(pairs)
-    scorer = PairScorer(dictionary, misconceptions)
+        return scorer.score_all(pairs)
     chunk = math.ceil(len(pairs) / (workers * _CHUNKS_PER_WORKER))
     chunks = [pairs[start : start + chunk] for start in range(0, len(pairs), chunk)]
     # Forked workers inherit the loaded dictionary, jieba and compiled patterns instead of rebuilding them
@@ -96,15 +113,18 @@ def score_many(
 
 
 class PairScorer:
-    """Scores pairs with one dictionary and misconception list, keeping each distinct text's analysis."""
+    """Scores pairs with one dictionary, misconception list and fact base, keeping each distinct text's analysis."""
 
-    def __init__(self, dictionary: TermDictionary, misconceptions: Sequence[Misconception]) -> None:
+    def __init__(
+        self, dictionary: TermDictionary, misconceptions: Sequence[Misconception], facts: FactBase | None = None
+    ) -> None:
         # Loads jieba's dictionary now: forked workers then share it instead of each loading it.
         use_term_dictionary(dictionary)
         # Searching once compiles the matcher in the original, so the view below shares it.
         dictionary.find("密码")
         self.dictionary = _RememberingDictionary(dictionary)
         self.misconceptions = list(misconceptions)
+        self.facts = facts or load_default_fact_base()
         self._references: OrderedDict[str, _TextAnalysis] = OrderedDict()
 
     def score_all(self, pairs: Sequence[tuple[str, str, str | None]]) -> list[dict[str, float]]:
@@ -112,8 +132,8 @@ class PairScorer:
 
     def score(self, prediction_text: str, reference_answer: str, reference_reasoning: str | None) -> dict[str, float]:
         generation = split_generation(prediction_text)
-        answer = _TextAnalysis(generation.answer, self.dictionary)
-        reasoning = _TextAnalysis(generation.reasoning, self.dictionary)
+        answer = _TextAnalysis(generation.answer, self.dictionary, self.facts)
+        reasoning = _TextAnalysis(generation.reasoning, self.dictionary, self.facts)
         reference = self._reference(reference_answer)
         reference_thinking = self._reference(reference_reasoning) if reference_reasoning is not None else None
         self.dictionary.search_within(
@@ -125,10 +145,22 @@ class PairScorer:
         _put_rouge(metrics, "rougeL_term", lcs_rouge(answer.term_string, reference.term_string))
         metrics.update(term_overlap(answer.term_ids, reference.term_ids, self.dictionary).as_metrics())
         metrics["keypoint_coverage"] = cover(answer.key_points, reference.key_points).coverage
-        metrics["misconceptions"] = float(len(detect_misconceptions(answer.text, self.misconceptions)))
-        numbers = numeric_consistency(answer.text, reference.text, self.dictionary)
+        misconceptions = len(detect_misconceptions(answer.text, self.misconceptions))
+        metrics["misconceptions"] = float(misconceptions)
+        checked = self.facts.check(answer.claims)
+        metrics["fact_confirmed"] = float(len(checked.confirmed))
+        metrics["fact_contradicted"] = float(len(checked.contradicted))
+        metrics["fact_accuracy"] = checked.accuracy
+        numbers = compare_claims(answer.claims, reference.claims)
         metrics["numeric_consistency"] = numbers.score
         metrics["numeric_contradictions"] = float(numbers.contradicted)
+        metrics["concept_accuracy"] = concept_accuracy(
+            len(checked.confirmed), len(checked.contradicted), misconceptions
+        )
+        metrics["security_coverage"] = security_coverage(answer.security_points, reference.security_points)
+        metrics["professional_accuracy"] = professional_accuracy(
+            metrics["keypoint_coverage"], metrics["concept_accuracy"], metrics["security_coverage"]
+        )
         metrics.update(thinking_quality(generation, self.dictionary).as_metrics())
         if reference_thinking is None:
             metrics["thinking_rougeL_char_f1"] = metrics["thinking_term_f1"] = math.nan
@@ -145,7 +177,7 @@ class PairScorer:
         """References recur (several predictions per question, several models): the recent ones stay analysed."""
         analysis = self._references.get(text)
         if analysis is None:
-            analysis = self._references[text] = _TextAnalysis(text, self.dictionary)
+            analysis = self._references[text] = _TextAnalysis(text, self.dictionary, self.facts)
             if len(self._references) > _REFERENCES_KEPT:
                 self._references.popitem(last=False)
         else:
@@ -159,6 +191,7 @@ class _TextAnalysis:
 
     text: str
     dictionary: TermDictionary = field(repr=False)
+    facts: FactBase = field(repr=False)
 
     @cached_property
     def matches(self) -> list[TermMatch]:
@@ -183,6 +216,14 @@ class _TextAnalysis:
     @cached_property
     def key_points(self) -> list[KeyPoint]:
         return key_points(self.text, self.dictionary)
+
+    @cached_property
+    def claims(self) -> list[Claim]:
+        return self.facts.claims(self.text)
+
+    @cached_property
+    def security_points(self) -> set[tuple[str, str]]:
+        return security_points(self.text, self.term_ids, self.dictionary)
 
     @cached_property
     def simplified_keeps_length(self) -> bool:
@@ -274,10 +315,11 @@ def mean_scores(
     *,
     dictionary: TermDictionary,
     misconceptions: Sequence[Misconception],
+    facts: FactBase | None = None,
 ) -> dict[str, float]:
     """Each metric's mean over the pairs (pairs where it does not apply are left out): a compact score_fn for
     comparing model variants side by side."""
-    scores = score_many(predictions, references, dictionary=dictionary, misconceptions=misconceptions)
+    scores = score_many(predictions, references, dictionary=dictionary, misconceptions=misconceptions, facts=facts)
     names = scores[0].keys() if scores else ()
     means = {}
     for name in names:

@@ -16,12 +16,17 @@ from qft_core.config import EvalConfig
 from qft_core.data.terms import TermDictionary
 from qft_core.evaluate.bootstrap import aggregate, bootstrap_interval
 from qft_core.evaluate.charts import write_charts
+from qft_core.evaluate.facts import FactBase, load_default_fact_base
 from qft_core.evaluate.generate import GeneratedAnswer
 from qft_core.evaluate.misconceptions import Misconception, detect_misconceptions
 from qft_core.evaluate.suggestions import regressions, suggest
 
 # The metrics a fine-tune is judged by, in the order tables and charts show them.
-MAIN_METRICS = ("rougeL_char_f1", "rougeL_term_f1", "term_f1", "keypoint_coverage")
+MAIN_METRICS = ("rougeL_char_f1", "rougeL_term_f1", "term_f1", "keypoint_coverage", "professional_accuracy")
+# Counts where more is worse: a fine-tune that contradicts the fact base more often than the base model regressed.
+LOWER_IS_BETTER = ("fact_contradicted",)
+# Contradictions of the fact base listed per model in report.md.
+CONTRADICTIONS_LISTED = 20
 MODELS = ("base", "finetuned")
 MODEL_LABELS = {"base": "base", "finetuned": "fine-tuned"}
 PRIMARY_SET = "test"
@@ -66,6 +71,7 @@ def summarize_set(
     misconceptions: Sequence[Misconception],
     config: EvalConfig,
     elapsed_s: Mapping[str, float] | None = None,
+    facts: FactBase | None = None,
 ) -> dict:
     """Everything report.json says about one evaluation set, for each model (keys of `generations`: base,
     finetuned), whose generations and scores are in the same item order."""
@@ -80,6 +86,7 @@ def summarize_set(
                  "confidence": config.confidence_level}
     categories = Counter(item.category or "uncategorized" for item in items)
     metrics = {model: aggregate(scores[model], **bootstrap) for model in models}
+    facts = facts or load_default_fact_base()
     return {
         "n": len(items),
         "categories": dict(sorted(categories.items())),
@@ -90,6 +97,7 @@ def summarize_set(
         "generation": {model: _generation_stats(generations[model], (elapsed_s or {}).get(model)) for model in models},
         "terms": {model: _term_coverage(generations[model], dictionary) for model in models},
         "misconceptions": {model: _misconceptions_stated(generations[model], misconceptions) for model in models},
+        "fact_check": {model: _fact_check(generations[model], facts) for model in models},
         "per_example": {
             model: {metric: [_finite_or_none(row.get(metric)) for row in scores[model]] for metric in MAIN_METRICS}
             for model in models
@@ -133,14 +141,17 @@ def build_report(sets: Mapping[str, dict], *, models: Mapping[str, str], config:
                 headline[f"{model}.{metric}"] = summary["metrics"][model][metric]["mean"]
         if metric in summary["difference"]:
             headline[f"difference.{metric}"] = summary["difference"][metric]["mean"]
-    found = regressions(summary, main_metrics=MAIN_METRICS, tolerance=config.regression_tolerance)
+    found = regressions(
+        summary, main_metrics=MAIN_METRICS, tolerance=config.regression_tolerance, lower_is_better=LOWER_IS_BETTER
+    )
     suggestions = suggest(
         summary, main_metrics=MAIN_METRICS, tolerance=config.regression_tolerance,
-        thinking_budget=config.thinking_budget,
+        thinking_budget=config.thinking_budget, lower_is_better=LOWER_IS_BETTER,
     )
     return {
         "models": dict(models),
         "main_metrics": list(MAIN_METRICS),
+        "lower_is_better": list(LOWER_IS_BETTER),
         "primary_set": primary,
         "settings": {
             "max_new_tokens": config.max_new_tokens,
@@ -182,7 +193,10 @@ def regression_check(report: EvaluationReport | Mapping, tolerance: float) -> li
     """The main metrics of the primary set where the fine-tuned model's mean is below the base model's by more
     than `tolerance` (empty: no regression). Takes the report or report.json's content."""
     data = report.data if isinstance(report, EvaluationReport) else report
-    return regressions(data["sets"][data["primary_set"]], main_metrics=data["main_metrics"], tolerance=tolerance)
+    return regressions(
+        data["sets"][data["primary_set"]], main_metrics=data["main_metrics"], tolerance=tolerance,
+        lower_is_better=data.get("lower_is_better", ()),
+    )
 
 
 def render_markdown(data: Mapping, charts: Mapping[str, Sequence[Path]]) -> str:
@@ -199,9 +213,10 @@ def render_markdown(data: Mapping, charts: Mapping[str, Sequence[Path]]) -> str:
         *(f"- {MODEL_LABELS.get(model, model)}: {description}" for model, description in models.items()),
         f"- generation: at most {settings['max_new_tokens']} new tokens, thinking budget "
         f"{settings['thinking_budget']} tokens, {decoding}",
-        f"- intervals: {settings['confidence_level']:.0%} percentile bootstrap of the mean, "
+        f"- intervals: {settings['confidence_level']:.0%} BCa bootstrap of the mean, "
         f"{settings['bootstrap_samples']} resamples (seed {settings['bootstrap_seed']}); differences are paired "
-        "(fine-tuned − base on the same question)",
+        "(fine-tuned − base on the same question); n is the number of answers the metric applies to, and below 30 "
+        "an interval covers less often than it says (docs/evaluation.md)",
         "",
         f"## Headline ({primary}, n={data['sets'][primary]['n']})",
         "",
@@ -293,6 +308,20 @@ def _set_section(name: str, summary: Mapping, main_metrics: Sequence[str], chart
     else:
         lines.append("None.")
 
+    lines += ["", "### Claims checked against the fact base", ""]
+    lines += [_row(["model", "answers with claims", "confirmed", "contradicted"]), _row(["---"] * 4)]
+    for model, label in zip(models, labels, strict=True):
+        check = summary["fact_check"][model]
+        counts = (check["answers_with_claims"], check["confirmed"], check["contradicted"])
+        lines.append(_row([label, *(str(count) for count in counts)]))
+    contradictions = [
+        (label, item) for model, label in zip(models, labels, strict=True)
+        for item in summary["fact_check"][model]["contradictions"][:CONTRADICTIONS_LISTED]
+    ]
+    if contradictions:
+        lines += ["", _row(["model", "answer", "claim", "against the fact base"]), _row(["---"] * 4)]
+        lines += [_row([label, item["id"], item["claim"], item["fact"]]) for label, item in contradictions]
+
     lines += ["", "### Sample answers", ""]
     for sample in summary["samples"]:
         lines += [f"**{sample['id']}** {_inline(sample['question'])}", "",
@@ -381,6 +410,23 @@ def _misconceptions_stated(answers: Sequence[GeneratedAnswer], misconceptions: S
     ]
 
 
+def _fact_check(answers: Sequence[GeneratedAnswer], facts: FactBase) -> dict:
+    """How many answers make checkable claims, the confirmed and contradicted totals, and each contradiction with the
+    fact and its source."""
+    confirmed = contradicted = with_claims = 0
+    contradictions = []
+    for answer in answers:
+        check = facts.check_text(answer.answer)
+        confirmed += len(check.confirmed)
+        contradicted += len(check.contradicted)
+        with_claims += bool(check.confirmed or check.contradicted)
+        contradictions += [
+            {"id": answer.id, "claim": verdict.claim.text, "fact": verdict.describe()} for verdict in check.contradicted
+        ]
+    return {"answers_with_claims": with_claims, "confirmed": confirmed, "contradicted": contradicted,
+            "contradictions": contradictions}
+
+
 def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
@@ -402,11 +448,12 @@ def _row(cells: Sequence[str]) -> str:
 
 
 def format_estimate(value: Mapping | None, signed: bool = False) -> str:
-    """A bootstrap estimate as `mean [low, high]` (with a sign for differences); – where there is none."""
+    """A bootstrap estimate as `mean [low, high] n=N` (with a sign for differences); – where there is none. The n
+    travels with every interval: one of 12 answers says less than one of 300."""
     if not value:
         return "–"
     sign = "+" if signed else ""
-    return f"{value['mean']:{sign}.3f} [{value['ci_low']:{sign}.3f}, {value['ci_high']:{sign}.3f}]"
+    return f"{value['mean']:{sign}.3f} [{value['ci_low']:{sign}.3f}, {value['ci_high']:{sign}.3f}] n={value['n']}"
 
 
 def _mean(value: Mapping | None) -> str:

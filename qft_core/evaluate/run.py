@@ -13,6 +13,7 @@ from qft_core.config import QftConfig
 from qft_core.data.terms import TermDictionary
 from qft_core.evaluate.experts import GoldItem
 from qft_core.evaluate.generate import EvalItem, GeneratedAnswer, generate_answers, items_from_examples, items_from_gold
+from qft_core.evaluate.facts import FactBase
 from qft_core.evaluate.metrics import score_many
 from qft_core.evaluate.misconceptions import load_misconceptions
 from qft_core.evaluate.report import (
@@ -87,6 +88,7 @@ def evaluate_models(
 
     dictionary = TermDictionary.load(config.paths.resolve(config.paths.term_dictionary))
     misconceptions = load_misconceptions(config.paths.resolve(config.paths.misconceptions), dictionary)
+    facts = FactBase.load(config.paths.resolve(config.paths.fact_base))
     summaries, outputs = {}, []
     for name in sets:
         scores = {
@@ -96,13 +98,14 @@ def evaluate_models(
                 reference_reasonings=[answer.reference_reasoning for answer in answers],
                 dictionary=dictionary,
                 misconceptions=misconceptions,
+                facts=facts,
                 workers=config.eval.metric_workers,
             )
             for role, answers in generations[name].items()
         }
         summaries[name] = summarize_set(
-            generations[name], scores, dictionary=dictionary, misconceptions=misconceptions, config=config.eval,
-            elapsed_s=elapsed[name],
+            generations[name], scores, dictionary=dictionary, misconceptions=misconceptions, facts=facts,
+            config=config.eval, elapsed_s=elapsed[name],
         )
         for role, answers in generations[name].items():
             outputs.append(write_jsonl(answers, out_dir / f"generations_{name}_{role}.jsonl"))

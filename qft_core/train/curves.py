@@ -16,12 +16,13 @@ from qft_core.train.validation_metrics import (  # noqa: E402
     VAL_CHAR_ACCURACY,
     VAL_REASONING_LOSS,
     VAL_TERM_ACCURACY,
+    VAL_WORD_ACCURACY,
 )
 
 # Validation metrics on Chinese text the engine logs next to val_loss (validation_metrics.py defines them):
 # accuracies (higher is better) and the token loss on the reasoning and on the answer part of the targets (lower
 # is better).
-CHINESE_ACCURACIES = (VAL_CHAR_ACCURACY, VAL_TERM_ACCURACY)
+CHINESE_ACCURACIES = (VAL_CHAR_ACCURACY, VAL_WORD_ACCURACY, VAL_TERM_ACCURACY)
 CHINESE_LOSSES = (VAL_REASONING_LOSS, VAL_ANSWER_LOSS)
 CHINESE_METRICS = CHINESE_ACCURACIES + CHINESE_LOSSES
 

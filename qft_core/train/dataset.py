@@ -29,11 +29,14 @@ IGNORE_INDEX = -100
 FORMAT = "qft-tokenized-v1"
 
 # Segment flags of a token (bits of `TokenizedSplit.segments`), set on supervised tokens (label != -100) only:
-# the final turn's reasoning, its answer, and the answer tokens whose characters overlap a cryptography term the
-# dictionary finds in the answer. The `</think>` scaffold and `<|im_end|>` are supervised but in no segment.
+# the final turn's reasoning, its answer, the answer tokens whose characters overlap a cryptography term the
+# dictionary finds in the answer, and the answer tokens that begin a jieba word (the answer token whose first
+# character lies in a word no earlier token started in). The `</think>` scaffold and `<|im_end|>` are supervised but
+# in no segment.
 REASONING = 1
 ANSWER = 2
 TERM = 4
+WORD_START = 8
 
 
 class TokenizedFormatError(ValueError):
@@ -168,11 +171,14 @@ def tokenize_examples(
     """
     # Imported here: the chat format pulls in transformers and the tokenizer code, and the dictionary OpenCC,
     # which ranks that only load an already tokenized split never need.
+    from qft_core.data.chinese import use_term_dictionary
     from qft_core.data.terms import load_default_dictionary
     from qft_core.model.chat import encode_example
     from qft_core.train.token_pieces import TokenPieces
 
     dictionary = dictionary if dictionary is not None else load_default_dictionary()
+    # Words for the word-level accuracy come from jieba with the terms as words.
+    use_term_dictionary(dictionary)
     pieces = TokenPieces.of(tokenizer)
     kept_ids: list[str] = []
     kept_inputs: list[list[int]] = []
@@ -214,11 +220,14 @@ def tokenize_examples(
 def segment_flags(
     encoded: EncodedExample, pieces: TokenPieces | None, dictionary: TermDictionary, what: str = "example"
 ) -> list[int]:
-    """Each token's segment flags (REASONING | ANSWER | TERM), 0 where the label is -100.
+    """Each token's segment flags (REASONING | ANSWER | TERM | WORD_START), 0 where the label is -100.
 
     Reasoning and answer are the chat encoding's token spans. A TERM token is an answer token whose characters
     overlap a term occurrence `dictionary.find` reports in the answer tokens' text: a term cut mid-token flags
-    every token it touches, and a character split over several byte tokens flags all of them.
+    every token it touches, and a character split over several byte tokens flags all of them. A WORD_START token
+    is the first answer token whose first character falls in a jieba word of the answer text (`tokenize_examples`
+    loads the dictionary's terms into jieba as words); the tokens up to the next WORD_START are that word's, so a token spanning a word
+    boundary belongs to the word it starts in, and the byte tokens of one character to one word.
     """
     flags = [0] * len(encoded.input_ids)
     for index in range(*encoded.reasoning_span):
@@ -235,7 +244,28 @@ def segment_flags(
                 token_start, token_end = spans[index]
                 if token_start < term_end and term_start < token_end:
                     flags[index] |= TERM
+        word_of = _word_index_of_chars(text[text_start:text_end])
+        previous_word = None
+        for index in range(answer_start, answer_end):
+            word = word_of[spans[index][0] - text_start] if spans[index][0] < text_end else previous_word
+            if word != previous_word:
+                flags[index] |= WORD_START
+            previous_word = word
     return [flag if label != IGNORE_INDEX else 0 for flag, label in zip(flags, encoded.labels, strict=True)]
+
+
+def _word_index_of_chars(text: str) -> list[int]:
+    """For each character of `text`, the index of the jieba word it is in; whitespace belongs to the word before."""
+    from qft_core.data.chinese import segment
+
+    word_of, cursor = [0] * len(text), 0
+    for index, word in enumerate(segment(text)):
+        start = text.find(word, cursor)
+        end = start + len(word)
+        word_of[cursor:end] = [index] * (end - cursor)
+        cursor = end
+    word_of[cursor:] = [word_of[cursor - 1] if cursor else 0] * (len(text) - cursor)
+    return word_of
 
 
 def save_tokenized(split: TokenizedSplit, path: str | Path) -> Path:

@@ -1,10 +1,11 @@
 """Validation metrics on the Chinese targets, beside the validation loss: reasoning- and answer-token loss,
-character-level next-token accuracy on the answer, and next-token accuracy on cryptography-term tokens.
+character-level and word-level next-token accuracy on the answer, and next-token accuracy on cryptography-term
+tokens.
 
 Every metric is a ratio of sums (a `ValidationTally`), added up over batches and then over ranks before
 dividing, so the result is the same whatever the batching and the world size (never a mean of means).
 All are teacher-forced next-token measurements on the supervised targets, with the segment flags the dataset
-stores (`dataset.REASONING`, `ANSWER`, `TERM`):
+stores (`dataset.REASONING`, `ANSWER`, `TERM`, `WORD_START`):
 
 - val_reasoning_loss: mean cross-entropy over reasoning targets.
 - val_answer_loss: mean cross-entropy over answer targets.
@@ -13,6 +14,9 @@ stores (`dataset.REASONING`, `ANSWER`, `TERM`):
   (`TokenPieces.char_credit`). For a one-character token, the usual case for Chinese, that is whether the next
   character is right; a multi-character target earns partial credit, a longer prediction that starts with the
   target's characters full credit. A byte of a character split over byte tokens counts as one character.
+- val_word_accuracy: over the jieba words of the answer (a WORD_START target and the answer targets up to the
+  next one), the share whose every token the argmax predicts right. A word is as hard as its hardest token:
+  "分组密码" as 分 组 密码 counts once, and only when all three are right.
 - val_term_accuracy: over answer targets flagged TERM (their characters overlap a dictionary term), the share
   whose argmax prediction is the target token.
 
@@ -28,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from qft_core.train.dataset import ANSWER, REASONING, TERM
+from qft_core.train.dataset import ANSWER, REASONING, TERM, WORD_START
 from qft_core.train.loss import TokenScores, scored_positions
 
 if TYPE_CHECKING:
@@ -38,6 +42,7 @@ if TYPE_CHECKING:
 VAL_LOSS = "val_loss"
 VAL_CHAR_ACCURACY = "val_char_accuracy"
 VAL_TERM_ACCURACY = "val_term_accuracy"
+VAL_WORD_ACCURACY = "val_word_accuracy"
 VAL_REASONING_LOSS = "val_reasoning_loss"
 VAL_ANSWER_LOSS = "val_answer_loss"
 
@@ -56,6 +61,8 @@ class ValidationTally:
     answer_chars: int = 0
     term_correct: int = 0
     term_tokens: int = 0
+    words_correct: int = 0
+    words: int = 0
 
     def __add__(self, other: ValidationTally) -> ValidationTally:
         return ValidationTally(*(mine + theirs for mine, theirs in zip(astuple(self), astuple(other), strict=True)))
@@ -78,6 +85,7 @@ class ValidationTally:
             VAL_ANSWER_LOSS: (self.answer_loss_sum, self.answer_tokens),
             VAL_CHAR_ACCURACY: (self.answer_chars_correct, self.answer_chars),
             VAL_TERM_ACCURACY: (self.term_correct, self.term_tokens),
+            VAL_WORD_ACCURACY: (self.words_correct, self.words),
         }
         return {key: numerator / denominator for key, (numerator, denominator) in ratios.items() if denominator}
 
@@ -93,6 +101,7 @@ def tally_batch(
     reasoning = (flags & REASONING) != 0
     answer = (flags & ANSWER) != 0
     term = (flags & TERM) != 0
+    words_correct, words = _word_tally(correct[answer], ((flags & WORD_START) != 0)[answer])
     chars_correct = chars = 0
     if pieces is not None:
         predicted, target = scores.predictions[answer].tolist(), scores.targets[answer].tolist()
@@ -110,4 +119,20 @@ def tally_batch(
         answer_chars=chars,
         term_correct=int(correct[term].sum()),
         term_tokens=int(term.sum()),
+        words_correct=words_correct,
+        words=words,
     )
+
+
+def _word_tally(correct: torch.Tensor, starts: torch.Tensor) -> tuple[int, int]:
+    """(words all of whose tokens are right, words) over answer targets in order, a word being a WORD_START target
+    and those after it up to the next; targets before the first WORD_START (a split written before the flag
+    existed) belong to no word."""
+    words = int(starts.sum())
+    if not words:
+        return 0, 0
+    word = torch.cumsum(starts.long(), dim=0) - 1
+    inside = word >= 0
+    wrong = torch.zeros(words, dtype=torch.long, device=correct.device)
+    wrong.index_add_(0, word[inside], (~correct[inside]).long())
+    return int((wrong == 0).sum()), words

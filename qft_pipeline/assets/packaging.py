@@ -12,6 +12,7 @@ from transformers import AutoTokenizer
 from qft_core.config import QuantConfig
 from qft_core.data.corpus import CorpusManifest
 from qft_core.data.terms import TermDictionary
+from qft_core.evaluate.facts import FactBase
 from qft_core.evaluate.metrics import mean_scores
 from qft_core.evaluate.misconceptions import load_misconceptions
 from qft_core.model.registry import resolve_model
@@ -49,7 +50,8 @@ def merged_model(context: dg.AssetExecutionContext, qft: QftSettings) -> dg.Mate
 def _score_fn(config):
     dictionary = TermDictionary.load(config.paths.resolve(config.paths.term_dictionary))
     misconceptions = load_misconceptions(config.paths.resolve(config.paths.misconceptions), dictionary)
-    return functools.partial(mean_scores, dictionary=dictionary, misconceptions=misconceptions)
+    facts = FactBase.load(config.paths.resolve(config.paths.fact_base))
+    return functools.partial(mean_scores, dictionary=dictionary, misconceptions=misconceptions, facts=facts)
 
 
 @dg.asset(

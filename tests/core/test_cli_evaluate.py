@@ -24,7 +24,8 @@ EXAMPLES = [
     ("t2", "hash_mac", "SHA-256 的输出有多长？", "SHA-256 输出 256 位的摘要。"),
     ("t3", "post_quantum", "格密码为什么被认为能抵抗量子攻击？", "格上的困难问题目前没有已知的高效量子算法。"),
 ]
-REPORT_KEYS = {"models", "main_metrics", "primary_set", "settings", "headline", "regressions", "suggestions", "sets"}
+REPORT_KEYS = {"models", "main_metrics", "lower_is_better", "primary_set", "settings", "headline", "regressions",
+               "suggestions", "sets"}
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +204,7 @@ def test_summary_lines_show_both_models_and_the_paired_difference() -> None:
     }
     assert summary_lines(data) == [
         "test set, n = 2: mean [90% interval]",
-        "metric   base                    fine-tuned              fine-tuned − base",
-        "term_f1  0.250 [0.000, 0.500]    0.500 [0.500, 0.500]    +0.250 [-0.500, +0.500]",
+        "metric   base                          fine-tuned                    fine-tuned − base",
+        "term_f1  0.250 [0.000, 0.500] n=2      0.500 [0.500, 0.500] n=2      +0.250 [-0.500, +0.500] n=2",
         "regressions: none",
     ]

@@ -70,6 +70,58 @@ def test_hash_synonyms_map_to_one_term(dictionary, form):
     assert dictionary.term_ids(form) == ["hash_function"]
 
 
+# Close concepts that the dictionary once merged under one id: an answer naming one where the reference names the
+# other must not score a shared term.
+CLOSE_BUT_DIFFERENT = [
+    ("最小熵", "min_entropy", "香农熵"),
+    ("min-entropy", "min_entropy", "entropy"),
+    ("SHA-512/256", "sha512_256", "SHA-512"),
+    ("SHA-512/224", "sha512_224", "SHA-512"),
+    ("第二原像攻击", "second_preimage_attack", "原像攻击"),
+    ("second-preimage attack", "second_preimage_attack", "preimage attack"),
+    ("Rainbow签名", "rainbow_signature", "多变量密码"),
+    ("UOV", "uov_signature", "多变量密码"),
+    ("UOV", "uov_signature", "Rainbow签名"),
+    ("MQ问题", "mq_problem", "多变量密码"),
+    ("FREAK攻击", "freak", "降级攻击"),
+    ("电子签名", "electronic_signature", "数字签名"),
+    ("数字签名标准", "digital_signature_standard", "DSA签名算法"),
+    ("IND-CCA1", "ind_cca1", "IND-CCA2"),
+    ("不可延展性", "non_malleability", "可延展性"),
+    ("隐写分析", "steganalysis", "隐写术"),
+    ("SIKE", "sidh_sike", "CSIDH"),
+    ("SQIsign", "sqisign", "同源密码"),
+    ("NTRU Prime", "ntru_prime", "NTRU"),
+    ("AES-GCM-SIV", "gcm_siv", "SIV模式"),
+    ("抗误用认证加密", "misuse_resistant_ae", "SIV模式"),
+    ("CRIME攻击", "crime_attack", "BREACH攻击"),
+    ("选择前缀碰撞", "chosen_prefix_collision", "碰撞攻击"),
+    ("标识密码", "identity_based_cryptography", "基于身份的加密"),
+    ("TOTP", "totp", "HOTP"),
+    ("Dual_EC_DRBG", "dual_ec_drbg", "密码后门"),
+    ("密钥建立", "key_establishment", "密钥协商"),
+    ("密钥传输", "key_transport", "密钥协商"),
+    ("基于口令的密钥派生函数", "password_based_kdf", "PBKDF2"),
+    ("JWS", "jws", "JWT"),
+    ("cSHAKE", "cshake", "SHAKE128"),
+    ("128-EEA3", "eea3", "128-EIA3"),
+    ("128-EIA3", "eia3", "ZUC"),
+    ("Intel SGX", "intel_sgx", "TrustZone"),
+]
+
+
+@pytest.mark.parametrize(("form", "term_id", "other"), CLOSE_BUT_DIFFERENT)
+def test_close_concepts_are_different_terms(dictionary, form, term_id, other):
+    (other_id,) = dictionary.term_ids(other)
+    assert dictionary.term_ids(form) == [term_id]
+    assert other_id != term_id
+
+
+def test_sha256_hash_signature_is_a_signature_over_a_hash_not_a_hash_based_signature(dictionary):
+    assert dictionary.term_ids("对安装包的 SHA-256 哈希签名") == ["sha256", "hash_function", "digital_signature"]
+    assert dictionary.term_ids("SPHINCS+ 是基于哈希的签名") == ["slh_dsa", "hash_based_signature"]
+
+
 def test_every_term_is_found_by_its_chinese_name(dictionary):
     missed = [entry.id for entry in dictionary.terms if dictionary.term_ids(entry.zh) != [entry.id]]
     assert missed == []

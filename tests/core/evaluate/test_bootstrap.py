@@ -2,6 +2,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from qft_core.evaluate.bootstrap import aggregate, bootstrap_interval
 
@@ -37,6 +38,41 @@ def test_constant_or_single_values_have_a_point_interval():
     assert bootstrap_interval([3.0], samples=100) == (3.0, 3.0)
 
 
+@pytest.mark.parametrize("values", [[1.0, 2.0], [0.0, 1.0], [0.0, 0.0, 0.0, 0.0, 1.0], [5.0, 5.0, 5.0, 6.0]])
+def test_degenerate_small_samples_give_an_interval_within_the_data(values):
+    for method in ("BCa", "percentile"):
+        low, high = bootstrap_interval(values, samples=500, seed=1, method=method)
+        assert min(values) <= low <= high <= max(values)
+
+
+def test_bca_is_scipys_bca_interval():
+    """Same resamples (scipy draws them the same way from the same generator), same interval."""
+    values = np.random.default_rng(7).lognormal(0.0, 1.0, size=20)
+    ours = bootstrap_interval(values, samples=5000, seed=1)
+    theirs = stats.bootstrap((values,), np.mean, n_resamples=5000, method="BCa", rng=np.random.default_rng(1))
+    assert ours == pytest.approx((theirs.confidence_interval.low, theirs.confidence_interval.high), rel=1e-9)
+    # BCa leans toward the long right tail where the percentile interval stays symmetric about the resamples.
+    percentile = bootstrap_interval(values, samples=5000, seed=1, method="percentile")
+    assert ours[0] > percentile[0] and ours[1] > percentile[1]
+
+
+def test_bca_covers_a_skewed_mean_more_often_than_the_percentile_interval():
+    """200 samples of 15 from lognormal(0, 1), whose mean is e^0.5: how often each 95% interval contains it.
+
+    Measured (seeded, so exact): BCa 0.825, percentile 0.805. Neither reaches 0.95 at this n and skew; BCa
+    closes part of the gap (at n = 30: 0.88 against 0.8675 over 400 samples). Read intervals of n < 30 as rough.
+    """
+    true_mean = math.exp(0.5)
+    rng = np.random.default_rng(2026)
+    samples = [rng.lognormal(0.0, 1.0, size=15) for _ in range(200)]
+    coverage = {}
+    for method in ("BCa", "percentile"):
+        hits = [low <= true_mean <= high for index, sample in enumerate(samples)
+                for low, high in [bootstrap_interval(sample, samples=1000, seed=index, method=method)]]
+        coverage[method] = sum(hits) / len(hits)
+    assert coverage == {"BCa": 0.825, "percentile": 0.805}
+
+
 def test_large_samples_are_resampled_in_blocks_around_the_mean():
     values = np.random.default_rng(1).normal(size=30_000)
     low, high = bootstrap_interval(values, samples=100, seed=2)
@@ -61,3 +97,5 @@ def test_invalid_arguments_are_rejected():
         bootstrap_interval(SAMPLE, confidence=1.0)
     with pytest.raises(ValueError, match="at least one value"):
         bootstrap_interval([])
+    with pytest.raises(ValueError, match="method"):
+        bootstrap_interval(SAMPLE, method="basic")

@@ -75,7 +75,7 @@ def test_worker_processes_give_the_same_scores(dictionary, misconceptions):
 def test_sentence_searches_answered_from_whole_text_equal_fresh_searches(dictionary):
     scorer = PairScorer(dictionary, [])
     text = "AES-128 为 10 轮。DESIGN 不是 DES；SM4 的密钥长度为 128 位！ChaCha20 和 Poly1305 组合成 AEAD。\n3DES 已淘汰。"
-    scorer.dictionary.search_within([_TextAnalysis(text, scorer.dictionary)])
+    scorer.dictionary.search_within([_TextAnalysis(text, scorer.dictionary, scorer.facts)])
     for sentence in ["AES-128 为 10 轮", "DESIGN 不是 DES", "SM4 的密钥长度为 128 位", "3DES 已淘汰", "ES-128 为 10"]:
         assert scorer.dictionary.find(sentence) == dictionary.find(sentence), sentence
     assert extract_quantities(text, scorer.dictionary) == extract_quantities(text, dictionary)
@@ -91,3 +91,16 @@ def _same(first: list[dict[str, float]], second: list[dict[str, float]]) -> bool
         list(a) == list(b) and all(a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
         for a, b in zip(first, second, strict=True)
     )
+
+
+def test_wrong_round_count_is_caught_where_term_overlap_is_perfect(dictionary, misconceptions):
+    scores = score_pair("</think>AES-256 有 10 轮。", "AES-256 有 14 轮。", dictionary=dictionary,
+                        misconceptions=misconceptions)
+    assert scores["term_f1"] == 1.0
+    assert (scores["numeric_consistency"], scores["numeric_contradictions"]) == (0.0, 1.0)
+    assert (scores["fact_confirmed"], scores["fact_contradicted"], scores["fact_accuracy"]) == (0.0, 1.0, 0.0)
+    # Key points: term aes and the quantity "10 轮" vs "14 轮" (1 of 2 covered); concept accuracy 0 of 1; the
+    # reference raises no security consideration.
+    assert scores["keypoint_coverage"] == 0.5 and scores["concept_accuracy"] == 0.0
+    assert math.isnan(scores["security_coverage"])
+    assert scores["professional_accuracy"] == pytest.approx(0.25)

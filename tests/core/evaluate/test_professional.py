@@ -5,9 +5,12 @@ import pytest
 from qft_core.data.terms import load_default_dictionary
 from qft_core.evaluate.professional import (
     KeyPoint,
+    concept_accuracy,
     keypoint_coverage,
     key_points,
-    numeric_consistency,
+    professional_accuracy,
+    security_coverage,
+    security_points,
     standard_key,
     standards,
 )
@@ -58,12 +61,35 @@ def test_standard_citations_are_normalised():
     assert standards("SHA-256 和 X25519") == []
 
 
-def test_numeric_consistency_flags_disagreeing_numbers_for_the_same_thing(dictionary):
-    wrong = numeric_consistency("SM3 的输出长度为 128 位。", "SM3 的输出长度为 256 位。", dictionary)
-    assert (wrong.compared, wrong.contradicted, wrong.score) == (1, 1, 0.0)
-    agreeing = numeric_consistency("SM3 的输出长度为 256 比特。", "SM3 的输出为 32 字节。", dictionary)
-    assert (agreeing.compared, agreeing.contradicted, agreeing.score) == (1, 0, 1.0)
-    assert math.isnan(numeric_consistency("今天天气很好。", "SM3 的输出长度为 256 位。", dictionary).score)
+def test_concept_accuracy_counts_misconceptions_as_wrong_statements():
+    # 3 claims confirmed, 1 contradicted, 1 misconception stated: 3 of 5 checkable statements are right.
+    assert concept_accuracy(3, 1, 1) == pytest.approx(3 / 5)
+    assert concept_accuracy(0, 0, 2) == 0.0
+    assert math.isnan(concept_accuracy(0, 0, 0))
+
+
+def test_security_points_are_attacks_named_and_cautions_given(dictionary):
+    text = "MD5 已不安全，易受碰撞攻击；切勿重用 nonce。"
+    points = security_points(text, dictionary.term_ids(text), dictionary)
+    assert points == {("term", "collision_attack"), ("caution", "deprecated"), ("caution", "avoid"),
+                      ("caution", "reuse")}
+
+
+def test_security_coverage_is_the_share_of_the_reference_considerations_raised(dictionary):
+    reference = "RC4 已被弃用：存在偏差可被利用，也不要在 TLS 中使用它；并注意侧信道攻击。"
+    answer = "RC4 已被弃用。"
+    reference_points = security_points(reference, dictionary.term_ids(reference), dictionary)
+    answer_points = security_points(answer, dictionary.term_ids(answer), dictionary)
+    # Reference: deprecated, avoid, side_channel_attack; the answer raises only "deprecated".
+    assert reference_points == {("caution", "deprecated"), ("caution", "avoid"), ("term", "side_channel_attack")}
+    assert security_coverage(answer_points, reference_points) == pytest.approx(1 / 3)
+    assert math.isnan(security_coverage(answer_points, set()))
+
+
+def test_professional_accuracy_is_the_mean_of_the_parts_that_apply():
+    assert professional_accuracy(0.5, 1.0, 0.0) == pytest.approx(0.5)
+    assert professional_accuracy(0.6, math.nan, 0.2) == pytest.approx(0.4)
+    assert math.isnan(professional_accuracy(math.nan, math.nan, math.nan))
 
 
 def test_key_point_keeps_the_reference_wording(dictionary):

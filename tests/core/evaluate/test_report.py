@@ -33,7 +33,7 @@ ITEMS = [
     ("p1", "post_quantum", "格密码可以抵抗量子攻击。", "不知道。", "量子计算机很快。"),
     ("p2", "post_quantum", "格密码基于格上的困难问题。", "不知道。", "这是一个难题。"),
     ("h1", "hash_mac", "SHA-256 是哈希函数。", "不知道。", "MD5 是一种加密算法。"),
-    ("h2", "hash_mac", "SHA-256 输出 256 位摘要。", "不知道。", "SHA-256 输出摘要。"),
+    ("h2", "hash_mac", "SHA-256 输出 256 位摘要。", "不知道。", "SHA-256 输出 512 位摘要。"),
 ]
 # Fine-tuned scores per category (the first three main metrics); keypoint coverage is 0.1 everywhere,
 # below the base model's 0.5: a regression.
@@ -131,13 +131,14 @@ def test_suggestions_name_the_weakest_category_missing_terms_and_misconception(r
 def test_report_files_render_and_reload(report) -> None:
     markdown = report.markdown.read_text(encoding="utf-8")
     assert "| metric | base | fine-tuned | fine-tuned − base |" in markdown
-    assert "| rougeL_char_f1 | 0.250 [0.250, 0.250] | 0.467 [" in markdown
+    assert "| rougeL_char_f1 | 0.250 [0.250, 0.250] n=6 | 0.467 [" in markdown
+    assert "BCa bootstrap of the mean" in markdown
     assert "| post_quantum | 2 | 0.250 → 0.100 | 0.250 → 0.100 | 0.250 → 0.100 | 0.500 → 0.100 |" in markdown
     assert "| 格密码 | lattice_cryptography | post_quantum | 2 |" in markdown
     loaded = json.loads(report.json.read_text(encoding="utf-8"))
     assert loaded == report.data
-    assert set(loaded) == {"models", "main_metrics", "primary_set", "settings", "headline", "regressions",
-                           "suggestions", "sets"}
+    assert set(loaded) == {"models", "main_metrics", "lower_is_better", "primary_set", "settings", "headline",
+                           "regressions", "suggestions", "sets"}
     assert loaded["main_metrics"] == list(MAIN_METRICS)
     assert loaded["headline"]["finetuned.rougeL_char_f1"] == pytest.approx(2.8 / 6)
     assert loaded["headline"]["difference.keypoint_coverage"] == pytest.approx(-0.4)
@@ -174,6 +175,38 @@ def test_regression_check_lists_metrics_below_base_by_more_than_the_tolerance(re
     assert regression_check(data, 0.0) == [
         "rougeL_char_f1: finetuned 0.250 < base 0.300 − 0.000", "term_f1: finetuned 0.490 < base 0.500 − 0.000",
     ]
+
+
+def test_claims_are_checked_against_the_fact_base(summary: dict, report) -> None:
+    # Fine-tuned: "AES 是一种分组密码" and "SM4 是分组密码" are right, "SHA-256 输出 512 位摘要" is wrong.
+    tuned = summary["fact_check"]["finetuned"]
+    assert (tuned["answers_with_claims"], tuned["confirmed"], tuned["contradicted"]) == (3, 2, 1)
+    assert tuned["contradictions"] == [{
+        "id": "h2", "claim": "512 位", "fact": "sha256 output: stated 512 bits, fact 256 bits (FIPS 180-4 §1, Figure 1)",
+    }]
+    assert summary["fact_check"]["base"] == {"answers_with_claims": 0, "confirmed": 0, "contradicted": 0,
+                                             "contradictions": []}
+    markdown = report.markdown.read_text(encoding="utf-8")
+    assert "| fine-tuned | 3 | 2 | 1 |" in markdown
+    fact = "sha256 output: stated 512 bits, fact 256 bits (FIPS 180-4 §1, Figure 1)"
+    assert f"| fine-tuned | h2 | 512 位 | {fact} |" in markdown
+
+
+def test_more_contradictions_of_the_fact_base_than_the_base_model_is_a_regression() -> None:
+    def metric(mean: float) -> dict:
+        return {"mean": mean, "ci_low": mean, "ci_high": mean, "n": 3}
+
+    data = {
+        "primary_set": "test",
+        "main_metrics": ["term_f1"],
+        "lower_is_better": ["fact_contradicted"],
+        "sets": {"test": {"metrics": {
+            "base": {"term_f1": metric(0.5), "fact_contradicted": metric(0.10)},
+            "finetuned": {"term_f1": metric(0.5), "fact_contradicted": metric(0.40)},
+        }}},
+    }
+    assert regression_check(data, 0.02) == ["fact_contradicted: finetuned 0.400 > base 0.100 + 0.020"]
+    assert regression_check(data, 0.5) == []
 
 
 def test_summary_refuses_generations_of_different_items(summary: dict) -> None:

@@ -42,3 +42,19 @@ def test_empty_sides_follow_the_nan_conventions():
 
 def vars_of(scores: TermScores) -> tuple[float, float, float]:
     return scores.precision, scores.recall, scores.f1
+
+
+@pytest.mark.parametrize(
+    ("answer", "reference"),
+    [
+        ("最小熵很低", "香农熵很低"),
+        ("选用 SHA-512/256", "选用 SHA-512"),
+        ("这是第二原像攻击", "这是原像攻击"),
+        ("Rainbow签名已被攻破", "多变量密码已被攻破"),
+        ("这是FREAK攻击", "这是降级攻击"),
+        ("电子签名有效", "数字签名有效"),
+    ],
+)
+def test_answer_naming_a_close_but_different_concept_shares_no_term(dictionary, answer, reference):
+    overlap = term_overlap(dictionary.term_ids(answer), dictionary.term_ids(reference), dictionary)
+    assert overlap.overall.f1 == 0.0

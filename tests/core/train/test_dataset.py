@@ -13,6 +13,7 @@ from qft_core.train.dataset import (
     ANSWER,
     REASONING,
     TERM,
+    WORD_START,
     DataPosition,
     FORMAT,
     DataShardError,
@@ -121,6 +122,8 @@ def supervised_tokens(split: TokenizedSplit, index: int, tokenizer) -> list[tupl
 
 
 R, A, T = REASONING, ANSWER, ANSWER | TERM
+# The same with the flag of a token that begins a jieba word of the answer.
+AW, TW = A | WORD_START, T | WORD_START
 
 
 def tokenize(tokenizer, answer: str, reasoning: str = "", *, loss_on_reasoning: bool = True) -> TokenizedSplit:
@@ -140,15 +143,16 @@ def test_segment_flags_mark_reasoning_answer_and_term_tokens_by_hand(qwen3_token
     # Qwen3's tokens of the trained part, counted by hand: the reasoning (6 tokens, its last one fusing 。 with
     # the scaffold's \n), </think> and \n\n (no segment), the answer (15 tokens) and <|im_end|> (no segment).
     # The terms are SM4 (2 tokens), 分组密码 (分, 组, 密码) and 密钥 (密, 钥); SM4分组密码 is not in the text.
+    # The answer's jieba words: SM4 | 是 | 分组密码 | ， | 密钥 | 长 | 128 | 位 | 。, each flagged on its first token.
     assert supervised_tokens(split, 0, qwen3_tokenizer) == [
         ("先", R), ("回忆", R), ("国", R), ("密", R), ("算法", R), ("。\n", R),
         ("</think>", 0), ("\n\n", 0),
-        ("SM", T), ("4", T), ("是", A), ("分", T), ("组", T), ("密码", T), ("，", A), ("密", T), ("钥", T),
-        ("长", A), ("1", A), ("2", A), ("8", A), ("位", A), ("。", A),
+        ("SM", TW), ("4", T), ("是", AW), ("分", TW), ("组", T), ("密码", T), ("，", AW), ("密", TW), ("钥", T),
+        ("长", AW), ("1", AW), ("2", A), ("8", A), ("位", AW), ("。", AW),
         ("<|im_end|>", 0),
     ]  # fmt: skip
     flags = split.sequence_segments(0)
-    assert [int(((flags & bit) != 0).sum()) for bit in (REASONING, ANSWER, TERM)] == [6, 15, 7]
+    assert [int(((flags & bit) != 0).sum()) for bit in (REASONING, ANSWER, TERM, WORD_START)] == [6, 15, 7, 9]
     assert not flags[split.sequence(0)[1] == -100].any()  # the prompt is in no segment
 
 
@@ -156,14 +160,14 @@ def test_a_character_split_over_byte_tokens_flags_every_byte_token_of_a_term(qwe
     split = tokenize(qwen3_tokenizer, "鬱金香算法很老。")
 
     answer = [(text, flag) for text, flag in supervised_tokens(split, 0, qwen3_tokenizer) if flag & ANSWER]
-    # 鬱 is two byte tokens; both overlap the term.
-    assert answer == [("�", T), ("�", T), ("金", T), ("香", T), ("算法", T), ("很", A), ("老", A), ("。", A)]
+    # 鬱 is two byte tokens; both overlap the term, and the first begins the word 鬱金香算法.
+    assert answer == [("�", TW), ("�", T), ("金", T), ("香", T), ("算法", T), ("很", AW), ("老", AW), ("。", AW)]
 
 
 def test_reasoning_tokens_have_no_flags_when_the_reasoning_is_not_trained(qwen3_tokenizer):
     split = tokenize(qwen3_tokenizer, "密钥很长。", "先想一想。", loss_on_reasoning=False)
 
-    assert [flag for _, flag in supervised_tokens(split, 0, qwen3_tokenizer)] == [0, 0, T, T, A, A, 0]
+    assert [flag for _, flag in supervised_tokens(split, 0, qwen3_tokenizer)] == [0, 0, TW, T, AW, AW, 0]
     assert not (split.sequence_segments(0) & REASONING).any()
 
 

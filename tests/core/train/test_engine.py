@@ -23,7 +23,7 @@ from qft_core.train.batches import BatchError, BatchLayout
 from qft_core.config import ModelConfig, QftConfig
 from qft_core.records import ThinkingExample, ThinkingStructure
 from qft_core.train.curves import CHINESE_METRICS
-from qft_core.train.dataset import ANSWER, REASONING, TERM
+from qft_core.train.dataset import ANSWER, REASONING, TERM, WORD_START
 from qft_core.train.engine import (
     WARMUP_STEPS,
     AnomalyStop,
@@ -359,11 +359,12 @@ def test_validation_records_carry_the_chinese_metrics_on_qwen3_tiny(tmp_path: Pa
     assert tally.reasoning_tokens == int((flags & REASONING).bool().sum()) > 0
     assert tally.answer_tokens == int((flags & ANSWER).bool().sum()) > tally.term_tokens
     assert tally.term_tokens == int((flags & TERM).bool().sum()) > 0
+    assert tally.words == int((flags & WORD_START).bool().sum()) > 0
     validation = [record for record in _step_records(tmp_path / "run") if "val_loss" in record]
     assert [record["step"] for record in validation] == [2]
     record = validation[0]
     assert set(CHINESE_METRICS) <= record.keys()
-    for key in ("val_char_accuracy", "val_term_accuracy"):
+    for key in ("val_char_accuracy", "val_word_accuracy", "val_term_accuracy"):
         assert 0.0 <= record[key] <= 1.0, key
     for key in ("val_reasoning_loss", "val_answer_loss"):
         assert 0.0 < record[key] < 2 * math.log(151_936), key

@@ -11,7 +11,7 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models
 
 from qft_core.model.tokenizer import byte_to_unicode
-from qft_core.train.dataset import ANSWER, REASONING, TERM
+from qft_core.train.dataset import ANSWER, REASONING, TERM, WORD_START
 from qft_core.train.loss import IGNORE_INDEX, chunked_token_scores
 from qft_core.train.token_pieces import TokenPieces, TokenPiecesError
 from qft_core.train.validation_metrics import ValidationTally, tally_batch
@@ -171,3 +171,19 @@ def test_only_byte_level_tokenizers_have_pieces() -> None:
 
     assert TokenPieces.of(word_level) is None
     assert TokenPieces.of(object()) is None
+
+
+def test_word_accuracy_counts_a_word_right_only_when_all_its_tokens_are(pieces: TokenPieces) -> None:
+    W = ANSWER | WORD_START
+    # Targets 密 码 密码 密 码 with argmax right, wrong, right, right, wrong (logits FAVOUR_0, FAVOUR_2, FAVOUR_2,
+    # FAVOUR_0, UNIFORM). Words [密] [码 密码] [密 码]: only the first has every token right, 1 of 3.
+    logits = [[FAVOUR_0, FAVOUR_2, FAVOUR_2, FAVOUR_0, UNIFORM, UNIFORM]]
+    labels = [[IGNORE_INDEX, MI, MA, MIMA, MI, MA]]
+    result = tally(logits, labels, [[0, W, W, A, W, A]], pieces)
+    assert (result.words_correct, result.words) == (1, 3)
+    assert result.metrics()["val_word_accuracy"] == pytest.approx(1 / 3)
+    # Answer targets before the first word start (a split tokenized before the flag existed) are in no word.
+    early = tally(logits, labels, [[0, A, W, A, W, A]], pieces)
+    assert (early.words_correct, early.words) == (0, 2)
+    # Without any word start the metric is left out, as the character accuracy is without token pieces.
+    assert "val_word_accuracy" not in tally(logits, labels, [[0, A, A, A, A, A]], pieces).metrics()
