@@ -3,7 +3,7 @@ misconceptions it states, reasoning it does not close, and metrics that got wors
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 # How many weak categories and missing terms a suggestion names.
@@ -31,11 +31,15 @@ def suggest(
     thinking_budget: int,
     model: str = "finetuned",
     baseline: str = "base",
+    loss_metrics: Sequence[str] = (),
 ) -> list[Suggestion]:
     """Suggestions from one evaluation set's summary (the `sets[name]` part of report.json), about `model`
-    and, for regressions, against `baseline`; in order: regressions, weak categories, missing terms,
-    misconceptions, unclosed reasoning."""
-    found = regressions(set_summary, main_metrics=main_metrics, tolerance=tolerance, model=model, baseline=baseline)
+    and, for regressions (of the main metrics and of `loss_metrics`, where lower is better), against
+    `baseline`; in order: regressions, weak categories, missing terms, misconceptions, unclosed reasoning."""
+    found = regressions(
+        set_summary, main_metrics=main_metrics, tolerance=tolerance, model=model, baseline=baseline,
+        loss_metrics=loss_metrics,
+    )
     suggestions = [
         Suggestion(
             "regression",
@@ -52,17 +56,20 @@ def suggest(
 
 def regressions(
     set_summary: Mapping, *, main_metrics: Sequence[str], tolerance: float, model: str = "finetuned",
-    baseline: str = "base",
+    baseline: str = "base", loss_metrics: Collection[str] = (),
 ) -> list[str]:
-    """The main metrics whose mean under `model` is below the baseline's mean by more than `tolerance`,
-    each as 'metric: model 0.120 < base 0.150 − 0.020'."""
+    """The main metrics whose mean under `model` is below the baseline's mean by more than `tolerance`, each
+    as 'metric: model 0.120 < base 0.150 − 0.020'; then the loss metrics (lower is better) whose mean is above
+    the baseline's by more than `tolerance`, each as 'metric: model 2.100 > base 2.000 + 0.020'."""
     metrics = set_summary["metrics"]
     found = []
-    for metric in main_metrics:
+    for metric in [*main_metrics, *loss_metrics]:
         ours, theirs = metrics[model].get(metric), metrics[baseline].get(metric)
         if ours is None or theirs is None:
             continue
-        if ours["mean"] < theirs["mean"] - tolerance:
+        if metric in loss_metrics and ours["mean"] > theirs["mean"] + tolerance:
+            found.append(f"{metric}: {model} {ours['mean']:.3f} > {baseline} {theirs['mean']:.3f} + {tolerance:.3f}")
+        elif metric not in loss_metrics and ours["mean"] < theirs["mean"] - tolerance:
             found.append(
                 f"{metric}: {model} {ours['mean']:.3f} < {baseline} {theirs['mean']:.3f} − {tolerance:.3f}"
             )

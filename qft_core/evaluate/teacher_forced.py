@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from qft_core.evaluate.generate import EvalItem
 from qft_core.model.chat import Turn, encode_conversation
 
 Progress = Callable[[int, int, str], None]
@@ -32,6 +33,12 @@ def target_nats(logits: torch.Tensor, targets: torch.Tensor) -> float:
     """The summed negative log-likelihood of `targets[i]` under the distribution `softmax(logits[i])`."""
     logits = logits.float()
     return float((torch.logsumexp(logits, dim=-1) - logits.gather(1, targets[:, None])[:, 0]).sum())
+
+
+def reference_turns(items: Sequence[EvalItem]) -> list[Turn]:
+    """The references of evaluation items as conversations; an item without reference reasoning (only expert
+    reasoning is a reference) has its answer scored after an empty reasoning."""
+    return [Turn(item.question, item.reference_answer, item.reference_reasoning or "") for item in items]
 
 
 @torch.no_grad()
