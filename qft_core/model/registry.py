@@ -281,11 +281,15 @@ def convert_packaged_gguf(name: str, directory: Path) -> None:
         convert_gguf(gguf_file, directory)
 
 
-def convert_gguf(gguf_file: Path, directory: Path) -> None:
-    """Dequantize a GGUF checkpoint into a float32 safetensors directory, with the tokenizer its metadata
-    describes (`gguf` package needed)."""
+def convert_gguf(gguf_file: Path, directory: Path, tokenizer_dir: Path | None = None) -> None:
+    """Dequantize a GGUF checkpoint into a float32 safetensors directory (`gguf` package needed), with the
+    tokenizer its metadata describes, or the one saved in `tokenizer_dir` by an earlier conversion (how
+    transformers rebuilds a tokenizer from GGUF metadata has changed between its releases)."""
     source = {"pretrained_model_name_or_path": gguf_file.parent, "gguf_file": gguf_file.name}
-    tokenizer = AutoTokenizer.from_pretrained(**source)
+    tokenizer = (
+        AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True) if tokenizer_dir
+        else AutoTokenizer.from_pretrained(**source)
+    )
     model = AutoModelForCausalLM.from_pretrained(**source, dtype=torch.float32)
     # The weights are dequantized on load; dropping the GGUF quantizer lets them save as plain tensors.
     model.hf_quantizer = None

@@ -271,3 +271,17 @@ def test_gemma3_gguf_converts_to_the_same_weights_and_a_tokenizer_that_opens_wit
         thinking=[ThinkingStructure(text="加密")],
     )
     assert encode_example(example, tokenizer).input_ids[0] == 2
+
+
+def test_gguf_conversion_can_take_the_tokenizer_of_an_earlier_conversion(tmp_path):
+    write_tiny_gemma3_gguf(tmp_path / "tiny-gemma3.gguf")
+    convert_gguf(tmp_path / "tiny-gemma3.gguf", tmp_path / "here")
+    # Mark the earlier conversion's tokenizer, so the test tells it from one rebuilt from the GGUF metadata.
+    config_file = tmp_path / "here" / "tokenizer_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "model_max_length": 77}))
+
+    convert_gguf(tmp_path / "tiny-gemma3.gguf", tmp_path / "there", tokenizer_dir=tmp_path / "here")
+
+    weights = [(tmp_path / folder / "model.safetensors").read_bytes() for folder in ("here", "there")]
+    assert weights[0] == weights[1]
+    assert json.loads((tmp_path / "there" / "tokenizer_config.json").read_text())["model_max_length"] == 77
