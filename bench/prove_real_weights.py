@@ -41,7 +41,8 @@ COPIED = ("report.md", "report.json", "generations_test_base.jsonl", "generation
 
 def proof_config(args: argparse.Namespace) -> QftConfig:
     """The recipe: LoRA on every linear layer, r 16 / alpha 32, lr 2e-4 cosine, several epochs; greedy
-    evaluation with budgets long enough for the corpus' reasoning and answers."""
+    evaluation with budgets long enough for the corpus' reasoning and answers (in Gemma 3 tokens, bundled
+    corpus: reasoning p90 245, max 669; answers p90 123, max 169; whole examples at most 799)."""
     config = QftConfig()
     config.paths.model_cache_dir = str(args.work / "models")
     config.model.name = args.model
@@ -56,6 +57,9 @@ def proof_config(args: argparse.Namespace) -> QftConfig:
     training.schedule = "cosine"
     training.seed = args.seed
     training.max_restarts = 0
+    # Unpacked rows: a packed batch under sdpa hands the model one dense document mask, which Gemma 3's
+    # sliding-window layers would take in place of their 512-token window (and train unlike they were trained).
+    training.packing = False
     # One checkpoint and validation pass per epoch or so: the run is short.
     training.checkpoint_every = training.eval_every = args.eval_every
     config.eval.thinking_budget = args.thinking_budget
@@ -162,13 +166,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--global-batch", type=int, default=16)
-    parser.add_argument("--max-length", type=int, default=4096)
+    parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--eval-every", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--train-limit", type=int, default=None, help="train on the first N examples (smoke)")
     parser.add_argument("--test-limit", type=int, default=None, help="evaluate the first N test questions")
     parser.add_argument("--thinking-budget", type=int, default=384)
-    parser.add_argument("--max-new-tokens", type=int, default=768)
+    parser.add_argument("--max-new-tokens", type=int, default=640)
     parser.add_argument("--eval-batch", type=int, default=32)
     parser.add_argument("--metric-workers", type=int, default=4)
     args = parser.parse_args()
