@@ -209,7 +209,7 @@ def main() -> None:
 
     result = {
         "machine": {
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor()})",
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()})",
             "torch": torch.__version__, "python": platform.python_version(),
             "transformers": __import__("transformers").__version__,
         },

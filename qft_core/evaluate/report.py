@@ -203,8 +203,8 @@ def render_markdown(data: Mapping, charts: Mapping[str, Sequence[Path]]) -> str:
     if data["regressions"]:
         lines += [f"- {item}" for item in data["regressions"]]
     else:
-        lines.append(f"None: no main metric of the fine-tuned model is below the base model's by more than "
-                     f"{settings['regression_tolerance']}.")
+        lines.append(f"None: no main metric of the fine-tuned model is below the base model's, and no loss "
+                     f"above it, by more than {settings['regression_tolerance']}.")
     lines += ["", "## Suggestions", ""]
     lines += [f"- **{item['kind']}**: {item['message']}" for item in data["suggestions"]] or ["None."]
     for name, summary in data["sets"].items():
