@@ -20,11 +20,17 @@ from qft_core.evaluate.facts import FactBase, load_default_fact_base
 from qft_core.evaluate.generate import GeneratedAnswer
 from qft_core.evaluate.misconceptions import Misconception, detect_misconceptions
 from qft_core.evaluate.suggestions import regressions, suggest
+from qft_core.evaluate.teacher_forced import ANSWER_LOSS, REASONING_LOSS
 
 # The metrics a fine-tune is judged by, in the order tables and charts show them.
 MAIN_METRICS = ("rougeL_char_f1", "rougeL_term_f1", "term_f1", "keypoint_coverage", "professional_accuracy")
-# Counts where more is worse: a fine-tune that contradicts the fact base more often than the base model regressed.
-LOWER_IS_BETTER = ("fact_contradicted",)
+# Teacher-forced losses of the references (nats per token; lower is better), judged beside the main metrics:
+# in the headline, paired differences and the regression check, not in charts or category means.
+LOSS_METRICS = (ANSWER_LOSS, REASONING_LOSS)
+JUDGED_METRICS = MAIN_METRICS + LOSS_METRICS
+# Where more is worse: a fine-tune whose losses rose, or that contradicts the fact base more often than the
+# base model, regressed.
+LOWER_IS_BETTER = (*LOSS_METRICS, "fact_contradicted")
 # Contradictions of the fact base listed per model in report.md.
 CONTRADICTIONS_LISTED = 20
 MODELS = ("base", "finetuned")
@@ -99,7 +105,7 @@ def summarize_set(
         "misconceptions": {model: _misconceptions_stated(generations[model], misconceptions) for model in models},
         "fact_check": {model: _fact_check(generations[model], facts) for model in models},
         "per_example": {
-            model: {metric: [_finite_or_none(row.get(metric)) for row in scores[model]] for metric in MAIN_METRICS}
+            model: {metric: [_finite_or_none(row.get(metric)) for row in scores[model]] for metric in JUDGED_METRICS}
             for model in models
         },
         "samples": [
@@ -135,7 +141,7 @@ def build_report(sets: Mapping[str, dict], *, models: Mapping[str, str], config:
     primary = PRIMARY_SET if PRIMARY_SET in sets else next(iter(sets))
     summary = sets[primary]
     headline = {}
-    for metric in MAIN_METRICS:
+    for metric in JUDGED_METRICS:
         for model in MODELS:
             if metric in summary["metrics"].get(model, {}):
                 headline[f"{model}.{metric}"] = summary["metrics"][model][metric]["mean"]
@@ -152,6 +158,7 @@ def build_report(sets: Mapping[str, dict], *, models: Mapping[str, str], config:
         "models": dict(models),
         "main_metrics": list(MAIN_METRICS),
         "lower_is_better": list(LOWER_IS_BETTER),
+        "loss_metrics": list(LOSS_METRICS),
         "primary_set": primary,
         "settings": {
             "max_new_tokens": config.max_new_tokens,
@@ -191,7 +198,8 @@ def write_report(data: dict, out_dir: str | Path, outputs: Sequence[Path] = ()) 
 
 def regression_check(report: EvaluationReport | Mapping, tolerance: float) -> list[str]:
     """The main metrics of the primary set where the fine-tuned model's mean is below the base model's by more
-    than `tolerance` (empty: no regression). Takes the report or report.json's content."""
+    than `tolerance`, and the loss metrics where it is above by more than that (empty: no regression). Takes
+    the report or report.json's content."""
     data = report.data if isinstance(report, EvaluationReport) else report
     return regressions(
         data["sets"][data["primary_set"]], main_metrics=data["main_metrics"], tolerance=tolerance,
@@ -220,7 +228,8 @@ def render_markdown(data: Mapping, charts: Mapping[str, Sequence[Path]]) -> str:
         "",
         f"## Headline ({primary}, n={data['sets'][primary]['n']})",
         "",
-        *_headline_table(data["sets"][primary], data["main_metrics"]),
+        *_headline_table(data["sets"][primary], [*data["main_metrics"], *data.get("loss_metrics", ())]),
+        *_loss_note(data["sets"][primary], data.get("loss_metrics", ())),
         "",
         "## Regressions",
         "",
@@ -228,8 +237,8 @@ def render_markdown(data: Mapping, charts: Mapping[str, Sequence[Path]]) -> str:
     if data["regressions"]:
         lines += [f"- {item}" for item in data["regressions"]]
     else:
-        lines.append(f"None: no main metric of the fine-tuned model is below the base model's by more than "
-                     f"{settings['regression_tolerance']}.")
+        lines.append(f"None: no main metric of the fine-tuned model is below the base model's, and no loss "
+                     f"above it, by more than {settings['regression_tolerance']}.")
     lines += ["", "## Suggestions", ""]
     lines += [f"- **{item['kind']}**: {item['message']}" for item in data["suggestions"]] or ["None."]
     for name, summary in data["sets"].items():
@@ -249,6 +258,14 @@ def _headline_table(summary: Mapping, main_metrics: Sequence[str]) -> list[str]:
             cells.append(format_estimate(summary["difference"].get(metric), signed=True))
         rows.append(_row(cells))
     return rows
+
+
+def _loss_note(summary: Mapping, loss_metrics: Sequence[str]) -> list[str]:
+    shown = [metric for metric in loss_metrics if any(metric in values for values in summary["metrics"].values())]
+    if not shown:
+        return []
+    return ["", f"{', '.join(shown)}: teacher-forced loss of the reference given the question, in the training "
+                "chat format (nats per token; lower is better)."]
 
 
 def _set_section(name: str, summary: Mapping, main_metrics: Sequence[str], charts: Sequence[Path]) -> list[str]:
@@ -333,7 +350,7 @@ def _set_section(name: str, summary: Mapping, main_metrics: Sequence[str], chart
 
 def _paired_differences(scores: Mapping[str, Scores], models: Sequence[str], bootstrap: Mapping) -> dict:
     differences = {}
-    for metric in MAIN_METRICS:
+    for metric in JUDGED_METRICS:
         pairs = [
             (tuned.get(metric), base.get(metric))
             for tuned, base in zip(scores["finetuned"], scores["base"], strict=True)

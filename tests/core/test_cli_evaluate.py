@@ -24,7 +24,7 @@ EXAMPLES = [
     ("t2", "hash_mac", "SHA-256 的输出有多长？", "SHA-256 输出 256 位的摘要。"),
     ("t3", "post_quantum", "格密码为什么被认为能抵抗量子攻击？", "格上的困难问题目前没有已知的高效量子算法。"),
 ]
-REPORT_KEYS = {"models", "main_metrics", "lower_is_better", "primary_set", "settings", "headline", "regressions",
+REPORT_KEYS = {"models", "main_metrics", "lower_is_better", "loss_metrics", "primary_set", "settings", "headline", "regressions",
                "suggestions", "sets"}
 
 

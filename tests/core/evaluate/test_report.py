@@ -39,6 +39,9 @@ ITEMS = [
 # below the base model's 0.5: a regression.
 TUNED = {"symmetric": 0.8, "post_quantum": 0.1, "hash_mac": 0.5}
 BASE = 0.25
+# Teacher-forced answer loss (nats per token, lower is better): 2.0 for the base model everywhere.
+TUNED_LOSS = {"symmetric": 1.0, "post_quantum": 2.5, "hash_mac": 1.5}
+BASE_LOSS = 2.0
 
 
 def _answer(item_id: str, category: str, reference: str, text: str, closed: bool) -> GeneratedAnswer:
@@ -50,9 +53,9 @@ def _answer(item_id: str, category: str, reference: str, text: str, closed: bool
     )
 
 
-def _scores(value: float, keypoint: float, category: str) -> dict[str, float]:
+def _scores(value: float, keypoint: float, category: str, loss: float) -> dict[str, float]:
     scores = {"rougeL_char_f1": value, "rougeL_term_f1": value, "term_f1": value, "keypoint_coverage": keypoint,
-              "misconceptions": 0.0}
+              "misconceptions": 0.0, "answer_loss": loss, "reasoning_loss": math.nan}
     scores.update({f"term_f1.{name}": (value if name == category else math.nan) for name in TUNED})
     return scores
 
@@ -69,8 +72,8 @@ def generations() -> dict[str, list[GeneratedAnswer]]:
 @pytest.fixture(scope="module")
 def scores() -> dict[str, list[dict[str, float]]]:
     return {
-        "base": [_scores(BASE, 0.5, c) for _, c, *_ in ITEMS],
-        "finetuned": [_scores(TUNED[c], 0.1, c) for _, c, *_ in ITEMS],
+        "base": [_scores(BASE, 0.5, c, BASE_LOSS) for _, c, *_ in ITEMS],
+        "finetuned": [_scores(TUNED[c], 0.1, c, TUNED_LOSS[c]) for _, c, *_ in ITEMS],
     }
 
 
@@ -97,6 +100,12 @@ def test_summary_means_differences_and_categories(summary: dict) -> None:
     assert summary["metrics"]["base"]["rougeL_char_f1"] == {"mean": 0.25, "ci_low": 0.25, "ci_high": 0.25, "n": 6}
     assert summary["difference"]["rougeL_char_f1"]["mean"] == pytest.approx(tuned_mean - BASE)
     assert summary["difference"]["keypoint_coverage"]["mean"] == pytest.approx(-0.4)
+    # Paired (fine-tuned − base on each question): 1.0 − 2.0 twice, 2.5 − 2.0 twice, 1.5 − 2.0 twice.
+    assert summary["difference"]["answer_loss"]["mean"] == pytest.approx((-1.0 - 1.0 + 0.5 + 0.5 - 0.5 - 0.5) / 6)
+    difference = summary["difference"]["answer_loss"]
+    assert -1.0 <= difference["ci_low"] < difference["ci_high"] <= 0.5
+    assert "reasoning_loss" not in summary["difference"] and "reasoning_loss" not in summary["metrics"]["base"]
+    assert summary["per_example"]["finetuned"]["answer_loss"] == [1.0, 1.0, 2.5, 2.5, 1.5, 1.5]
     assert summary["by_category"]["finetuned"]["post_quantum"]["term_f1"]["mean"] == pytest.approx(0.1)
     assert summary["term_f1_by_category"]["finetuned"]["symmetric"]["n"] == 2
     generation = summary["generation"]["finetuned"]
@@ -135,11 +144,16 @@ def test_report_files_render_and_reload(report) -> None:
     assert "BCa bootstrap of the mean" in markdown
     assert "| post_quantum | 2 | 0.250 → 0.100 | 0.250 → 0.100 | 0.250 → 0.100 | 0.500 → 0.100 |" in markdown
     assert "| 格密码 | lattice_cryptography | post_quantum | 2 |" in markdown
+    assert "| answer_loss | 2.000 [2.000, 2.000] n=6 | 1.667 [" in markdown
+    assert "answer_loss: teacher-forced loss of the reference" in markdown
     loaded = json.loads(report.json.read_text(encoding="utf-8"))
     assert loaded == report.data
-    assert set(loaded) == {"models", "main_metrics", "lower_is_better", "primary_set", "settings", "headline",
+    assert set(loaded) == {"models", "main_metrics", "lower_is_better", "loss_metrics", "primary_set", "settings",
+                           "headline",
                            "regressions", "suggestions", "sets"}
     assert loaded["main_metrics"] == list(MAIN_METRICS)
+    assert loaded["loss_metrics"] == ["answer_loss", "reasoning_loss"]
+    assert loaded["headline"]["difference.answer_loss"] == pytest.approx(-1 / 3)
     assert loaded["headline"]["finetuned.rougeL_char_f1"] == pytest.approx(2.8 / 6)
     assert loaded["headline"]["difference.keypoint_coverage"] == pytest.approx(-0.4)
     assert [path.name for path in report.charts] == [
@@ -207,6 +221,24 @@ def test_more_contradictions_of_the_fact_base_than_the_base_model_is_a_regressio
     }
     assert regression_check(data, 0.02) == ["fact_contradicted: finetuned 0.400 > base 0.100 + 0.020"]
     assert regression_check(data, 0.5) == []
+
+
+def test_regression_check_flags_a_loss_above_base_by_more_than_the_tolerance() -> None:
+    def metric(mean: float) -> dict:
+        return {"mean": mean, "ci_low": mean, "ci_high": mean, "n": 3}
+
+    data = {
+        "primary_set": "test",
+        "main_metrics": ["rougeL_char_f1"],
+        "lower_is_better": ["answer_loss", "reasoning_loss"],
+        "sets": {"test": {"metrics": {
+            "base": {"rougeL_char_f1": metric(0.30), "answer_loss": metric(2.00), "reasoning_loss": metric(3.00)},
+            "finetuned": {"rougeL_char_f1": metric(0.31), "answer_loss": metric(2.10), "reasoning_loss": metric(2.01)},
+        }}},
+    }
+    # Lower is better: 2.10 > 2.00 + 0.02 is a regression, 2.01 < 3.00 an improvement.
+    assert regression_check(data, 0.02) == ["answer_loss: finetuned 2.100 > base 2.000 + 0.020"]
+    assert regression_check(data, 0.2) == []
 
 
 def test_summary_refuses_generations_of_different_items(summary: dict) -> None:

