@@ -124,13 +124,33 @@ _QUANTITY = re.compile(
 _NUMBER_IN_LIST = re.compile(_NUMBER)
 _RESPECTIVELY = re.compile(r"分别|依次|各自|respectively", re.IGNORECASE)
 # A number near these words is about an attack, a reduced or truncated variant, a quantum adversary or a difference
-# ("攻击可达 7 轮", "截断为 128 位", "多了 4 轮"), not the algorithm's parameter.
+# ("攻击可达 7 轮", "可以攻到 6 轮", "截断为 128 位", "多了 4 轮"), not the algorithm's parameter.
 _NOT_THE_PARAMETER = re.compile(
-    r"攻击|分析|区分器|差分|约减|缩减|简化|截断|截取|截短|变体|量子|碰撞|原像|生日|多出|多了|少了|增加|减少|额外|相差|降至|降到|只剩"
+    r"攻|分析|区分器|差分|约减|缩减|简化|截断|截取|截短|变体|量子|碰撞|原像|生日|多出|多了|少了|增加|减少|额外|相差|降至|降到|只剩"
     r"|减半|翻倍|增至|提高到|扩展到|扩展为|升级到|改为|变为"
     r"|(?<![A-Za-z])(?:attack|reduced|distinguisher|truncat|quantum|Grover|collision|preimage|birthday|more|fewer|less"
     r"|extra|half)",
     re.IGNORECASE,
+)
+# A sentence that supposes or degrades ("如果去掉 ShiftRows，…", "AES 会退化为 32 位分组密码") describes another
+# algorithm than the one named; "若干" is "several", not "if".
+_HYPOTHETICAL = re.compile(
+    r"如果|假如|假设|假若|倘若|如若|若(?!干)|要是|一旦|否则|退化|沦为"
+    r"|(?<![A-Za-z])(?:if|suppose|supposing|would|hypothetical(?:ly)?)(?![A-Za-z])",
+    re.IGNORECASE,
+)
+# A count of rounds that is approximate or a point along the way ("约 6 轮", "6 轮左右", "3 轮后", "after 3 rounds")
+# tells how far an attack or a trace reaches; the round counts of a cipher are exact and whole.
+_ROUNDS_BEFORE = re.compile(
+    r"(?:约|大约|大概|将近|近|超过|不到|至少|最多|(?<![A-Za-z])(?:about|around|approximately|up\s+to|after|within"
+    r"|at\s+most|at\s+least))\s*$",
+    re.IGNORECASE,
+)
+_ROUNDS_AFTER = re.compile(r"\s*(?:左右|上下|以上|以下|之后|以后|过后|后|以内|之内|内(?!部)|多)")
+# A name that is the object of "以 … 为", "基于", "用" ("以 AES 为轮函数的 Feistel 结构") is a part, not the
+# subject whose kind or structure the clause states.
+_INSTRUMENT = re.compile(
+    r"(?:以|用|使用|采用|基于|借助|通过|将|把|(?<![A-Za-z])(?:using|with|via|by|on))\s*$", re.IGNORECASE
 )
 _SENTENCE_MARKS = "。！？!?；;\n"
 _SENTENCE_END = re.compile(r"[。！？!?；;\n]|\.(?=\s|$)")
@@ -243,6 +263,8 @@ class _Mention:
     start: int
     end: int
     compound: bool
+    # Joined after another name ("XTS-AES-128"): a different algorithm, whose numbers are not this subject's.
+    prefixed: bool
 
 
 class FactBase:
@@ -320,7 +342,7 @@ class FactBase:
         text = matching_view(text)
         mentions = [
             _Mention(self._subject(match.group()), match.start(), match.end(),
-                     _is_compound(text, match.start(), match.end()))
+                     _is_compound(text, match.start(), match.end()), _is_prefixed(text, match.start()))
             for match in self._names.finditer(text)
         ]
         if not mentions:
@@ -334,7 +356,7 @@ class FactBase:
                 last += 1
             inside = mentions[first:last]
             first = last
-            for claim in (*_numeric_claims(text, start, end, inside), *_categorical_claims(text, end, inside)):
+            for claim in (*_numeric_claims(text, start, end, inside), *_categorical_claims(text, start, end, inside)):
                 found.setdefault((claim.subject, claim.attribute, claim.values), claim)
         return list(found.values())
 
@@ -427,10 +449,17 @@ def _is_compound(text: str, start: int, end: int) -> bool:
     )
 
 
+def _is_prefixed(text: str, start: int) -> bool:
+    return start >= 2 and text[start - 1] in "-_" and text[start - 2].isascii() and text[start - 2].isalnum()
+
+
 def _sentence_around(text: str, position: int) -> tuple[int, int]:
     """The sentence the position is in: only sentences with a name in them are read, so they are found from the
     names rather than by splitting the whole text."""
-    start = max(max(text.rfind(mark, 0, position) for mark in _SENTENCE_MARKS) + 1, text.rfind(". ", 0, position) + 2)
+    # With no ". " before the position, rfind's -1 plus the mark's length would skip the text's first character.
+    full_stop = text.rfind(". ", 0, position)
+    last_mark = max(text.rfind(mark, 0, position) for mark in _SENTENCE_MARKS)
+    start = max(last_mark + 1, full_stop + 2 if full_stop >= 0 else 0)
     end = _SENTENCE_END.search(text, position)
     return start, end.start() if end else len(text)
 
@@ -445,8 +474,10 @@ def _numeric_claims(text: str, start: int, end: int, mentions: list[_Mention]) -
     """Numbers with units (or "轮数为 32", "安全类别 3") after a subject in its sentence, each with what it measures.
 
     A sentence that pairs lists with lists ("分别") is left alone, and so is a number inside a name ("RSA 2048"), a
-    part ("前 16 轮", "各 32 字节"), or one whose subject-to-clause span speaks of attacks, truncation, quantum
-    adversaries or changes ("攻击可达 7 轮", "截断为 128 位", "密钥增至 256 位").
+    part ("前 16 轮", "各 32 字节"), one whose subject-to-clause span speaks of attacks, truncation, quantum
+    adversaries or changes ("攻击可达 7 轮", "截断为 128 位", "密钥增至 256 位"), one in a supposition up to its
+    clause ("若去掉 ShiftRows，AES 会退化为 32 位分组密码"), a round count that is approximate or a point along the
+    way ("约 6 轮", "3 轮后"), and one whose nearest name is joined after another ("XTS-AES-128 用 256 位密钥").
     """
     if _RESPECTIVELY.search(text, start, end):
         return
@@ -455,10 +486,12 @@ def _numeric_claims(text: str, start: int, end: int, mentions: list[_Mention]) -
         if any(mention.start < quantity.end() and quantity.start() < mention.end for mention in mentions):
             continue
         owner = next((mention for mention in reversed(mentions) if mention.end <= quantity.start()), None)
-        if owner is None:
+        if owner is None or owner.prefixed:
             continue
         clause_start, clause_end = _clause_bounds(text, quantity.start(), quantity.end(), start, end)
-        if _NOT_THE_PARAMETER.search(text, owner.start, clause_end):
+        if _NOT_THE_PARAMETER.search(text, owner.start, clause_end) or _HYPOTHETICAL.search(text, start, clause_end):
+            continue
+        if (quantity["round"] or quantity["rounds"]) and _is_partial_count(text, quantity):
             continue
         if quantity["level"]:
             attribute, values = "category", (float(quantity["level"]),)
@@ -478,6 +511,11 @@ def _numeric_claims(text: str, start: int, end: int, mentions: list[_Mention]) -
                 if attribute is None:
                     continue
         yield Claim(owner.subject, attribute, values, text[quantity.start() : quantity.end()])
+
+
+def _is_partial_count(text: str, quantity: re.Match[str]) -> bool:
+    before = text[max(0, quantity.start() - 16) : quantity.start()]
+    return bool(_ROUNDS_BEFORE.search(before) or _ROUNDS_AFTER.match(text, quantity.end()))
 
 
 def _attribute_of(
@@ -502,15 +540,22 @@ def _attribute_of(
     return None, quantity.end()
 
 
-def _categorical_claims(text: str, sentence_end: int, mentions: list[_Mention]) -> Iterable[Claim]:
+def _categorical_claims(
+    text: str, sentence_start: int, sentence_end: int, mentions: list[_Mention]
+) -> Iterable[Claim]:
+    """Kind and structure are stated of a subject, not of a name used as a part ("以 AES 为轮函数") nor in a
+    supposition; a standard cited right after a name is that name's either way."""
     for index, mention in enumerate(mentions):
         if mention.compound:
             continue
         limit = mentions[index + 1].start if index + 1 < len(mentions) else sentence_end
-        clause = _CLAUSE_END.search(text, mention.end, limit)
-        clause_end = clause.start() if clause else limit
-        yield from _kind_claim(text, mention, clause_end)
-        yield from _structure_claim(text, mention, clause_end)
+        clause_start, clause_end = _clause_bounds(text, mention.start, mention.end, sentence_start, limit)
+        if not (
+            _INSTRUMENT.search(text, clause_start, mention.start)
+            or _HYPOTHETICAL.search(text, sentence_start, clause_end)
+        ):
+            yield from _kind_claim(text, mention, clause_end)
+            yield from _structure_claim(text, mention, clause_end)
         yield from _standard_claim(text, mention, limit)
 
 

@@ -48,6 +48,9 @@ def test_aes_256_with_10_rounds_contradicts_the_fact_base_and_the_reference(fact
         ("RSA-2048 的安全强度为 128 位。", 0, 1),
         ("SHA3-256 的容量为 512 位。", 1, 0),
         ("ＡＥＳ－２５６ 有 １０ 轮。", 0, 1),
+        ("XTS-AES-128 用 256 位密钥，而 AES-128 本身用 256 位密钥。", 0, 1),  # only the joined name is another
+        ("若干文献称 AES-256 有 10 轮。", 0, 1),  # "若干" is "several", not "if"
+        ("AES-256 共 10 轮，3 轮后即可完全扩散。", 0, 1),  # a point along the way leaves the count beside it
     ],
 )
 def test_numeric_claims_in_chinese_and_english(facts, answer, confirmed, contradicted):
@@ -93,6 +96,18 @@ def test_categorical_claims_kind_structure_and_standard(facts, answer, confirmed
         "双重 DES 看似有 112 位密钥。",  # another algorithm with the same letters
         "HMAC-SHA256（FIPS 198-1）",  # a standard cited for a compound name
         "112 位：3DES（三密钥），RSA 2048 位。",  # a number inside a name
+        "XTS-AES-128 用 256 位密钥。",  # a name joined after another is another algorithm
+        "XTS 模式下，XTS-AES-128 的密钥为 256 位。",
+        "若去掉 ShiftRows，AES 会退化为 4 个独立的 32 位分组密码。",  # a supposition
+        "AES 会退化为 4 个独立的 32 位分组密码。",
+        "如果 AES-128 只用 6 轮，它就不安全。",
+        "If AES-256 had 10 rounds, it would be weaker.",
+        "FF1 和 FF3 都是以 AES 为轮函数的 Feistel 结构。",  # a name used as a part is not the clause's subject
+        "这种模式以 AES 为核心构造了一个序列密码。",
+        "对 AES 可以攻到 6 轮左右，但对完整的 10 轮无效。",  # how far an attack or a trace reaches
+        "利用 AES 的字节结构：3 轮后每个字节位置上的异或和恒为 0。",
+        "AES-128 约 6 轮即可完全扩散。",
+        "In AES, after 3 rounds every output byte depends on every input byte.",
     ],
 )
 def test_sound_statements_are_not_contradictions(facts, answer):
