@@ -63,8 +63,8 @@ def proof_config(args: argparse.Namespace) -> QftConfig:
     training.packing = False
     # One checkpoint and validation pass per epoch or so: the run is short.
     training.checkpoint_every = training.eval_every = args.eval_every
-    config.eval.thinking_budget = args.thinking_budget
     config.eval.max_new_tokens = args.max_new_tokens
+    config.eval.thinking_budget = args.thinking_budget
     config.eval.batch_size = args.eval_batch
     config.eval.temperature = 0.0
     config.eval.metric_workers = args.metric_workers
