@@ -14,7 +14,7 @@ from qft_pipeline.instance import project_dagster_home
 def cmd_run(args: argparse.Namespace) -> int:
     from qft_pipeline.runner import materialize_graph
 
-    outcome = materialize_graph(config_file=args.config, selection=args.select)
+    outcome = materialize_graph(config_file=args.config, selection=args.select, device=args.device)
     for asset, path in outcome.artifacts.items():
         print(f"{asset:<28} {path}")
     runs = ", ".join(outcome.run_ids)

@@ -269,6 +269,7 @@ class VerifyReport:
     files_checked: int
     total_bytes: int
     quantization: str | None
+    device: str
     prompt_tokens: int
     completion_tokens: int
     sample_question: str
@@ -279,7 +280,7 @@ class VerifyReport:
             [
                 f"package        {self.package_name} ({self.source})",
                 f"manifest       ok: {self.files_checked} files, {self.total_bytes / 1e6:.1f} MB match MANIFEST.sha256",
-                f"weights        {self.quantization or 'full precision'}",
+                f"weights        {self.quantization or 'full precision'} on {self.device}",
                 "chat template  ok: the generation prompt ends with <|im_start|>assistant\\n<think>\\n",
                 f"generation     ok: {self.completion_tokens} token(s) after a {self.prompt_tokens}-token prompt",
                 f"  question     {self.sample_question}",
@@ -303,6 +304,7 @@ def _verify_folder(package_dir: Path, source: Path, device: str) -> VerifyReport
         files_checked=manifest.files,
         total_bytes=manifest.total_bytes,
         quantization=served.quantization,
+        device=served.model.device.type,
         prompt_tokens=completion.prompt_tokens,
         completion_tokens=completion.completion_tokens,
         sample_question=VERIFY_QUESTION,
@@ -313,7 +315,8 @@ def _verify_folder(package_dir: Path, source: Path, device: str) -> VerifyReport
 def verify_package(path: Path, *, device: str = "auto") -> VerifyReport:
     """Check a package folder or archive: every file against the manifest (`ManifestError` names any missing,
     extra or changed file), the metadata, the chat template's `<think>` prompt, and that the model loads and
-    generates a few greedy tokens. An archive is unpacked into a temporary folder first."""
+    generates a few greedy tokens on `device` (auto, cpu or cuda: the config's `device`). An archive is unpacked into a
+    temporary folder first."""
     path = Path(path)
     if path.is_dir():
         return _verify_folder(path, path, device)

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from qft_core.model.sampling import GENERATION_CONFIG_FILE
+
 METADATA_FILE = "qft_metadata.json"
 MODEL_CARD_FILE = "README.md"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
-GENERATION_CONFIG_FILE = "generation_config.json"
 # Bump when the layout changes in a way a reader of older packages must know about.
 PACKAGE_FORMAT = 1
 # How the package's chat template must end a conversation that asks for a reply: the reply starts inside <think>.
