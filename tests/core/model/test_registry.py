@@ -51,7 +51,7 @@ def test_max_length_is_capped_by_the_model_context(paths_config):
 
 
 def test_an_unknown_name_lists_the_registered_models(paths_config):
-    with pytest.raises(UnknownModelError, match="'gpt-5'.*qwen3-4b-thinking-2507, qwen3-tiny, smollm2-135m"):
+    with pytest.raises(UnknownModelError, match="'gpt-5'.*qwen3-4b-thinking-2507, qwen3-tiny, qwen3-4b-shape, smollm2-135m"):
         resolve_model(ModelConfig(name="gpt-5"), paths_config)
 
 
