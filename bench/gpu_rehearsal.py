@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--phase", choices=["train", "package"], required=True)
     parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"qft config (default {DEFAULT_CONFIG})")
     parser.add_argument("--out", default=os.environ.get("OUT", "rehearsal_out"))
-    parser.add_argument("--deadline-s", type=float, default=420, help="start no asset after this many seconds")
+    parser.add_argument("--deadline-s", type=float, default=300, help="start no asset after this many seconds")
     parser.add_argument("--bench-engine", action="store_true", help="then run bench_train_gpu.py's engine path")
     args = parser.parse_args(argv)
     config_file = str(Path(args.config).resolve())

@@ -20,10 +20,10 @@ import torch
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
 from qft_core.model.registry import has_weights
+from qft_core.model.sampling import GENERATION_CONFIG_FILE
 from qft_core.model.tokenizer import EOS_TOKEN, PAD_TOKEN, qwen3_thinking_chat_template
 from qft_core.package.layout import (
     CHAT_TEMPLATE_FILE,
-    GENERATION_CONFIG_FILE,
     METADATA_FILE,
     MODEL_CARD_FILE,
     PACKAGE_FORMAT,

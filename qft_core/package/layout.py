@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from qft_core.model.sampling import GENERATION_CONFIG_FILE
-
 METADATA_FILE = "qft_metadata.json"
 MODEL_CARD_FILE = "README.md"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
