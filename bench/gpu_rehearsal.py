@@ -41,6 +41,7 @@ import dagster as dg  # noqa: E402
 import torch  # noqa: E402
 
 from qft_core.config import load_config  # noqa: E402
+from qft_core.model.registry import REGISTRY  # noqa: E402
 from qft_core.train.curves import read_metrics  # noqa: E402
 from qft_core.train.job import TrainingSummary  # noqa: E402
 from qft_pipeline.definitions import defs  # noqa: E402
@@ -194,6 +195,8 @@ def bench_engine(out: Path, seq: int) -> list[dict]:
 
 
 def environment(config_file: str) -> dict:
+    model = load_config(config_file).model.name
+    entry = REGISTRY.get(model)
     versions = {}
     for name in VERSIONS:
         try:
@@ -205,6 +208,8 @@ def environment(config_file: str) -> dict:
         "card": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
         "python": platform.python_version(),
         "config": config_file,
+        "model": model,
+        "random_weights": bool(entry and entry.random_weights),
         "versions": versions,
     }
 
@@ -213,7 +218,8 @@ def markdown(phase: str, env: dict, rows: list[dict], engine: list[dict]) -> str
     columns = ["asset", "status", "wall_s", "peak_gpu_gib"]
     extra = sorted({key for row in rows for key in row} - set(columns))
     lines = [
-        f"# Rehearsal, phase {phase} — RANDOM WEIGHTS (qwen3-4b-shape): time and memory only",
+        f"# Rehearsal, phase {phase}: {env['model']}"
+        + (" — RANDOM WEIGHTS: time and memory only, every quality number is noise" if env["random_weights"] else ""),
         "",
         f"{env['date']}, {env['card']}, Python {env['python']}, config `{env['config']}`; "
         + ", ".join(f"{name} {version}" for name, version in env["versions"].items() if version),

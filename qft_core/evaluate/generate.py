@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from pydantic import Field
 from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from qft_core.config import EvalConfig
 from qft_core.evaluate.experts import EvalOutput, GoldItem
@@ -20,6 +21,10 @@ from qft_core.model.sampling import recommended_sampling
 from qft_core.records import Record, ThinkingExample
 
 Progress = Callable[[int, int, str], None]
+
+# What generate calls the KV cache, as argument and in its output: `cache` since transformers 5.2x,
+# `past_key_values` before (5.17 on the GPU machines' image).
+CACHE_FIELD = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
 
 # Why a phase of generation stopped; None: it ran out of tokens.
 END = "end"
@@ -345,7 +350,7 @@ def _generate(
     output = model.generate(
         input_ids=input_ids.to(model.device),
         attention_mask=attention_mask.to(model.device),
-        cache=cache,
+        **{CACHE_FIELD: cache},
         max_new_tokens=limit,
         eos_token_id=sorted(rule.tokens),
         pad_token_id=pad_id,
@@ -358,7 +363,7 @@ def _generate(
         _Phase(tokens[: end if end is not None else limit], reason)
         for tokens, end, reason in zip(new_tokens, tracker.ends, tracker.reasons, strict=True)
     ]
-    return phases, _GeneratedBatch(output.sequences, attention_mask.to(model.device), phases, output.cache)
+    return phases, _GeneratedBatch(output.sequences, attention_mask.to(model.device), phases, getattr(output, CACHE_FIELD))
 
 
 def with_model_sampling(config: EvalConfig, model_dir: Path) -> EvalConfig:
