@@ -46,6 +46,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from qft_core.model.registry import QWEN3_4B_ARCHITECTURE
 from qft_core.train.attention import SDPA, packed_model_inputs
 from qft_core.train.fast_path import (
     FastPath,
@@ -58,12 +59,7 @@ from qft_core.train.packing import collate_packed, pack_sequences
 
 GIB = 1024**3
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-# Qwen3-4B-Thinking-2507's config.json, less what does not change the compute.
-QWEN3_4B = {
-    "vocab_size": 151936, "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
-    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 262144,
-    "rope_theta": 5_000_000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
-}
+QWEN3_4B = QWEN3_4B_ARCHITECTURE
 TINY = {
     "vocab_size": 4096, "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
     "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64, "max_position_embeddings": 4096,

@@ -46,7 +46,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
     from qft_core.data.parse import parse_paths
     from qft_core.records import RecordFileError, ThinkingExample, write_parquet
 
-    config = load_config(args.config)
+    config = load_config(args.config, device=args.device)
     missing = [path for path in args.paths if not Path(path).exists()]
     if missing:
         raise CommandError(f"no such file or folder: {', '.join(missing)}")
@@ -80,7 +80,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     from qft_core.data.terms import TermDictionary
     from qft_core.records import RecordFileError, ThinkingExample, read_parquet, write_parquet
 
-    config = load_config(args.config)
+    config = load_config(args.config, device=args.device)
     if not Path(args.examples).is_file():
         raise CommandError(f"no such parquet file: {args.examples}")
     try:
@@ -106,7 +106,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 def cmd_terms(args: argparse.Namespace) -> int:
     from qft_core.data.terms import TermDictionary
 
-    config = load_config(args.config)
+    config = load_config(args.config, device=args.device)
     dictionary = TermDictionary.load(config.paths.resolve(config.paths.term_dictionary))
     text = " ".join(args.text)
     matches = dictionary.find(text)
@@ -125,7 +125,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from qft_core.train.hardware import profile_hardware
     from qft_core.train.plan import ModelShape, plan_training
 
-    config = load_config(args.config)
+    config = load_config(args.config, device=args.device)
     if args.nproc:
         config.training.nproc = args.nproc
     profile = profile_hardware()
@@ -139,7 +139,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from qft_core.train.launch import run_training
 
-    config = load_config(args.config)
+    config = load_config(args.config, device=args.device)
     if args.nproc:
         config.training.nproc = args.nproc
     summary = run_training(config, Path(args.splits), Path(args.out), stream=print)
@@ -162,6 +162,11 @@ def cmd_export_data(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qft", description="Fine-tune Qwen3-Thinking on Chinese cryptography Q&A.")
     parser.add_argument("--config", help="YAML config file (default: the embedded CPU defaults)")
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        help="where every stage computes, instead of the config's model.device (auto: CUDA when a GPU is visible)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     parse = commands.add_parser("parse", help="parse Markdown thinking data into parquet")

@@ -174,7 +174,7 @@ def _base_model_for(adapter_dir: Path, config: QftConfig) -> ModelSpec:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_config(args.config, device=args.device)
     if args.model and args.model != config.model.name:
         # Another model: model.path pointed the configured name at its weights, not this one's.
         config.model = config.model.model_copy(update={"name": args.model, "path": None})

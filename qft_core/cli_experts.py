@@ -30,7 +30,7 @@ def _open_store(args: argparse.Namespace) -> ExpertStore:
     if args.db:
         return ExpertStore(args.db)
     # `--config` belongs to the main `qft` parser; a parser built without it means the embedded defaults.
-    config = load_config(getattr(args, "config", None))
+    config = load_config(getattr(args, "config", None), device=getattr(args, "device", None))
     return ExpertStore(default_db_path(config.paths))
 
 

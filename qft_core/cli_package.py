@@ -39,7 +39,8 @@ def _package_errors_as_command_errors(run: Handler) -> Handler:
 def cmd_package_verify(args: argparse.Namespace) -> int:
     from qft_core.package.bundle import verify_package
 
-    print(verify_package(Path(args.path), limits=load_config(args.config).export).summary())
+    config = load_config(args.config, device=args.device)
+    print(verify_package(Path(args.path), device=config.model.device, limits=config.export).summary())
     return 0
 
 
@@ -55,7 +56,7 @@ def cmd_package_unpack(args: argparse.Namespace) -> int:
 def cmd_package_vllm_command(args: argparse.Namespace) -> int:
     from qft_core.package.vllm import vllm_command
 
-    export = load_config(args.config).export
+    export = load_config(args.config, device=args.device).export
     command = vllm_command(
         Path(args.path),
         max_model_len=export.vllm_max_model_len,
@@ -96,7 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from qft_core.package.bundle import unpack_cached
     from qft_core.package.server import ServerSettings, serve_package
 
-    config = load_config(args.config)
+    config = load_config(args.config, device=args.device)
     export = config.export
     package = Path(args.package)
     if package.is_file():
@@ -111,6 +112,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ServerSettings.from_export_config(export, api_key=api_key),
         host=args.host or export.host,
         port=args.port or export.port,
+        device=config.model.device,
     )
     return 0
 

@@ -77,7 +77,6 @@ FALLBACK_NOTES: dict[tuple[str, str], str] = {
     ("training", "anomaly_spike_factor"): "A step whose gradient norm exceeds this many times the recent median is skipped.",
     ("training", "max_consecutive_anomalies"): "Stop training after this many skipped (anomalous) steps in a row.",
     ("eval", "batch_size"): "Prompts generated together.",
-    ("eval", "top_p"): "Nucleus sampling threshold when temperature > 0.",
     ("eval", "sampling_seed"): "Seed of sampling when temperature > 0.",
     ("eval", "max_examples"): "Evaluate at most this many test examples; empty: all.",
     ("eval", "bootstrap_samples"): "Bootstrap resamples for the confidence intervals of the metrics.",

@@ -15,7 +15,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from qft_pipeline.runner import SelectionError, materialize_graph
 
     try:
-        outcome = materialize_graph(config_file=args.config, selection=args.select)
+        outcome = materialize_graph(config_file=args.config, selection=args.select, device=args.device)
     except SelectionError as error:
         raise core_cli.CommandError(str(error)) from None
     for run_id in outcome.abandoned:

@@ -43,8 +43,11 @@ class _Step:
     partition: str | None = None
 
 
-def _run_config(config_file: str | None) -> dict:
-    resources = {"qft": {"config": {"config_file": config_file}}} if config_file else {}
+def _run_config(config_file: str | None, device: str | None) -> dict:
+    settings = {"config_file": config_file} if config_file else {}
+    if device is not None:
+        settings["model"] = {"device": device}
+    resources = {"qft": {"config": settings}} if settings else {}
     return {**_QUIET_LOGS, "resources": resources}
 
 
@@ -95,7 +98,7 @@ def _tags(step: _Step, lineage: str | None) -> dict[str, str]:
 
 
 def _execute(
-    step: _Step, instance: dg.DagsterInstance, config_file: str | None, lineage: str | None, bar: tqdm
+    step: _Step, instance: dg.DagsterInstance, run_config: dict, lineage: str | None, bar: tqdm
 ) -> tuple[str, object]:
     """Run one job on a worker thread while this thread advances the bar as materializations land."""
     # Chosen here rather than by Dagster so that this thread can follow the run's events while it executes.
@@ -105,7 +108,7 @@ def _execute(
     def execute() -> None:
         try:
             outcome["result"] = defs.resolve_job_def(step.job).execute_in_process(
-                run_config=_run_config(config_file),
+                run_config=run_config,
                 instance=instance,
                 run_id=run_id,
                 tags=_tags(step, lineage),
@@ -146,15 +149,20 @@ def _failures(result) -> list[str]:
     return failures
 
 
-def materialize_graph(config_file: str | None = None, selection: str | None = None) -> RunOutcome:
+def materialize_graph(
+    config_file: str | None = None, selection: str | None = None, device: str | None = None
+) -> RunOutcome:
+    """Materialize the graph (or `selection`) with the YAML config `config_file`; `device` replaces its
+    `model.device`."""
     steps = plan_steps(config_file, selection)  # before the instance opens: a bad selection leaves no trace
     instance = project_instance()
+    run_config = _run_config(config_file, device)
     # First, so that the training of a killed run counts as failed and can be resumed (resumable_run_folder).
     outcome = RunOutcome(abandoned=fail_abandoned_runs(instance))
     lineage = None  # the main run of this pass, which its packaging runs name; none when the pass has no main step
     with tqdm(desc="materializing", unit="asset", total=sum(len(step.assets) for step in steps)) as bar:
         for step in steps:
-            run_id, result = _execute(step, instance, config_file, lineage, bar)
+            run_id, result = _execute(step, instance, run_config, lineage, bar)
             outcome.run_ids.append(run_id)
             if step.job == MAIN_JOB:
                 lineage = run_id

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from pydantic import Field
@@ -16,6 +17,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 from qft_core.config import EvalConfig
 from qft_core.evaluate.experts import EvalOutput, GoldItem
 from qft_core.model.chat import THINK_CLOSE, THINKING_SCAFFOLD, TURN_END, generation_prompt_ids, split_reasoning
+from qft_core.model.sampling import recommended_sampling
 from qft_core.records import Record, ThinkingExample
 
 Progress = Callable[[int, int, str], None]
@@ -345,7 +347,6 @@ def _generate(
     With `cache`, its positions of `input_ids` are not encoded again."""
     width = input_ids.shape[1]
     tracker = StopTracker(rule, tokenizer, width, input_ids.shape[0])
-    sampling = {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p}
     output = model.generate(
         input_ids=input_ids.to(model.device),
         attention_mask=attention_mask.to(model.device),
@@ -355,7 +356,7 @@ def _generate(
         pad_token_id=pad_id,
         stopping_criteria=StoppingCriteriaList([tracker]),
         return_dict_in_generate=True,
-        **(sampling if config.temperature > 0 else {"do_sample": False}),
+        **_sampling_arguments(config),
     )
     new_tokens = output.sequences[:, width:].tolist()
     phases = [
@@ -365,10 +366,28 @@ def _generate(
     return phases, _GeneratedBatch(output.sequences, attention_mask.to(model.device), phases, getattr(output, CACHE_FIELD))
 
 
+def with_model_sampling(config: EvalConfig, model_dir: Path) -> EvalConfig:
+    """`config` with its empty sampling settings (temperature, top_p, top_k) filled from the model folder's
+    generation_config.json; a model that does not sample decodes greedily."""
+    recommended = recommended_sampling(model_dir)
+    chosen = {
+        key: recommended.get(key) if getattr(config, key) is None else getattr(config, key)
+        for key in ("temperature", "top_p", "top_k")
+    }
+    return config.model_copy(update=chosen)
+
+
+def _sampling_arguments(config: EvalConfig) -> dict:
+    # Empty settings that no model filled: greedy decoding, no nucleus or top-k cut.
+    if not config.temperature:
+        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    return {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k}
+
+
 @contextmanager
 def _sampling_seed(config: EvalConfig, device: torch.device) -> Iterator[None]:
     """Sampling draws from a generator seeded with `config.sampling_seed`, leaving the global one as it was."""
-    if config.temperature <= 0:
+    if not config.temperature:
         yield
         return
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

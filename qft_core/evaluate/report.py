@@ -165,6 +165,7 @@ def build_report(sets: Mapping[str, dict], *, models: Mapping[str, str], config:
             "thinking_budget": config.thinking_budget,
             "temperature": config.temperature,
             "top_p": config.top_p,
+            "top_k": config.top_k,
             "bootstrap_samples": config.bootstrap_samples,
             "bootstrap_seed": config.bootstrap_seed,
             "confidence_level": config.confidence_level,
@@ -207,13 +208,24 @@ def regression_check(report: EvaluationReport | Mapping, tolerance: float) -> li
     )
 
 
+def _truncation_line(summary: Mapping, set_name: str) -> str:
+    """How often the budgets cut a completion short, per model: a report whose reasoning was mostly cut off
+    measures the budget, not the model."""
+    parts = [
+        f"{MODEL_LABELS.get(model, model)} {stats['forced_close_rate']:.0%} of reasoning cut at the thinking budget, "
+        f"{1 - stats['finished_rate']:.0%} of completions cut at max_new_tokens"
+        for model, stats in summary["generation"].items()
+    ]
+    return f"- truncation ({set_name}): " + "; ".join(parts)
+
+
 def render_markdown(data: Mapping, charts: Mapping[str, Sequence[Path]]) -> str:
     """report.md: headline, regressions and suggestions of the primary set, then every set in detail."""
     primary = data["primary_set"]
     settings = data["settings"]
     models = data["models"]
-    decoding = "greedy" if settings["temperature"] == 0 else (
-        f"temperature {settings['temperature']}, top_p {settings['top_p']}"
+    decoding = "greedy" if not settings["temperature"] else (
+        f"temperature {settings['temperature']}, top_p {settings['top_p']}, top_k {settings.get('top_k') or 'off'}"
     )
     lines = [
         "# Evaluation report",
@@ -221,6 +233,7 @@ def render_markdown(data: Mapping, charts: Mapping[str, Sequence[Path]]) -> str:
         *(f"- {MODEL_LABELS.get(model, model)}: {description}" for model, description in models.items()),
         f"- generation: at most {settings['max_new_tokens']} new tokens, thinking budget "
         f"{settings['thinking_budget']} tokens, {decoding}",
+        _truncation_line(data["sets"][primary], primary),
         f"- intervals: {settings['confidence_level']:.0%} BCa bootstrap of the mean, "
         f"{settings['bootstrap_samples']} resamples (seed {settings['bootstrap_seed']}); differences are paired "
         "(fine-tuned − base on the same question); n is the number of answers the metric applies to, and below 30 "

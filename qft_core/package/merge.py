@@ -17,9 +17,9 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from qft_core.config import ModelConfig, PathsConfig
+from qft_core.config import ModelConfig, PathsConfig, QuantConfig
 from qft_core.model.chat import generation_prompt_ids
-from qft_core.model.registry import ModelSpec, load_model, load_tokenizer, resolve_model, torch_dtype
+from qft_core.model.registry import ModelSpec, ensure_model_dir, load_model, load_tokenizer, resolve_model, torch_dtype
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -75,6 +75,12 @@ def base_model_spec(base: ModelSpec | str | Path) -> ModelSpec:
         return base
     name = str(Path(base).resolve()) if Path(base).exists() else str(base)
     return resolve_model(ModelConfig(name=name), PathsConfig())
+
+
+def merge_tolerance(config: QuantConfig, dtype: torch.dtype) -> float:
+    """The logit tolerance of a merge computed in `dtype`: `quant.merge_tolerance` in float32,
+    `quant.merge_tolerance_half` in 16 bits, where the merged and the unmerged model round differently."""
+    return config.merge_tolerance if dtype == torch.float32 else config.merge_tolerance_half
 
 
 def weights_bytes(directory: Path) -> int:
@@ -133,7 +139,7 @@ def verify_merge(
     adapter_dir: Path,
     *,
     tolerance: float = 1e-3,
-    dtype: str = "float32",
+    dtype: str | torch.dtype = "float32",
     device: str = "cpu",
     questions: Sequence[str] = VERIFICATION_QUESTIONS,
 ) -> float:
@@ -142,7 +148,7 @@ def verify_merge(
     merged_dir, adapter_dir = Path(merged_dir), Path(adapter_dir)
     _check_adapter(adapter_dir)
     spec = base_model_spec(base)
-    torch_type = torch_dtype(dtype, device)
+    torch_type = torch_dtype(dtype, device, ensure_model_dir(spec))
     prompts = _prompt_ids(load_tokenizer(spec), questions)
     adapted = _adapted_model(spec, adapter_dir, torch_type, device)
     reference = _logits(adapted, prompts)
@@ -160,7 +166,7 @@ def merge_adapter(
     out_dir: Path,
     *,
     tolerance: float = 1e-3,
-    dtype: str = "float32",
+    dtype: str | torch.dtype = "float32",
     device: str = "cpu",
     questions: Sequence[str] = VERIFICATION_QUESTIONS,
 ) -> MergeReport:
@@ -170,13 +176,14 @@ def merge_adapter(
     chat template. Before anything appears there the merged model is reloaded from disk and its logits on
     `questions` are compared with base + adapter (PEFT, unmerged): beyond `tolerance` the merge raises
     `MergeVerificationError` and writes nothing. Merge in float32 (the default) for an exact comparison; a
-    bfloat16 merge rounds the folded weights and needs a looser tolerance.
+    bfloat16 merge (the model's own dtype on a GPU) rounds the folded weights and needs a looser tolerance
+    (`merge_tolerance`).
     """
     started = time.perf_counter()
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     _check_adapter(adapter_dir)
     spec = base_model_spec(base)
-    torch_type = torch_dtype(dtype, device)
+    torch_type = torch_dtype(dtype, device, ensure_model_dir(spec))
     tokenizer = load_tokenizer(spec)
     prompts = _prompt_ids(tokenizer, questions)
 

@@ -3,7 +3,6 @@ time, OpenAI-style sampling (temperature, top-p, stop strings) and the reply han
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,10 +14,11 @@ from jinja2 import TemplateError
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from qft_core.config import ModelConfig, PathsConfig
+from qft_core.device import resolve_device
 from qft_core.model.registry import has_weights, load_model, resolve_model
+from qft_core.model.sampling import recommended_sampling
 from qft_core.package.layout import (
     CHAT_TEMPLATE_FILE,
-    GENERATION_CONFIG_FILE,
     GENERATION_PROMPT_SUFFIX,
     PackageError,
     package_quantization,
@@ -190,15 +190,6 @@ def _load_weights(package_dir: Path, device: str) -> PreTrainedModel:
     return load_model(spec, dtype="auto", device=device)
 
 
-def _sampling_defaults(package_dir: Path) -> dict[str, Any]:
-    """Sampling settings the package recommends (its generation config); requests override them."""
-    path = package_dir / GENERATION_CONFIG_FILE
-    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    if not config.get("do_sample", False):
-        return {"temperature": 0.0}
-    return {key: config[key] for key in ("temperature", "top_p", "top_k") if config.get(key) is not None}
-
-
 class ServedModel:
     """One model and its tokenizer behind a lock: generations run one after another."""
 
@@ -222,19 +213,17 @@ class ServedModel:
 
     @classmethod
     def load(cls, package_dir: Path, *, device: str = "auto") -> ServedModel:
-        """Load an unpacked package: quantized weights through `quantize.load_quantized`, plain ones as
-        safetensors; the model id is the package name."""
+        """Load an unpacked package on `device` (auto, cpu or cuda; `qft_core.device`): quantized weights through
+        `quantize.load_quantized`, plain ones as safetensors in their own dtype; the model id is the package name."""
         package_dir = Path(package_dir)
         metadata = read_package_metadata(package_dir)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
         tokenizer = load_package_tokenizer(package_dir)
-        model = _load_weights(package_dir, device)
+        model = _load_weights(package_dir, resolve_device(device))
         return cls(
             model,
             tokenizer,
             str(metadata.get("package_name") or package_dir.name),
-            sampling_defaults=_sampling_defaults(package_dir),
+            sampling_defaults=recommended_sampling(package_dir),
             quantization=package_quantization(metadata),
         )
 

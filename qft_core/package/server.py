@@ -349,13 +349,18 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def serve_package(package_dir: Path, settings: ServerSettings, *, host: str, port: int) -> None:
-    """Check the package against its manifest, load its model and serve it until interrupted."""
+def serve_package(
+    package_dir: Path, settings: ServerSettings, *, host: str, port: int, device: str = "auto"
+) -> None:
+    """Check the package against its manifest, load its model on `device` (auto, cpu or cuda) and serve it until
+    interrupted."""
     check_manifest(package_dir)
-    served = ServedModel.load(package_dir)
+    served = ServedModel.load(package_dir, device=device)
     if settings.api_key is None and not _is_loopback(host):
         logger.warning("serving on %s without an API key: anyone who can reach it can use the model", host)
-    logger.info("serving %s from %s on http://%s:%d/v1", served.model_id, package_dir, host, port)
+    logger.info(
+        "serving %s from %s on %s at http://%s:%d/v1", served.model_id, package_dir, served.model.device, host, port
+    )
     config = uvicorn.Config(create_app(served, settings), host=host, port=port, log_level="info")
     # uvicorn shuts down gracefully on Ctrl-C, then raises it again; it is how a server is stopped, not an error.
     with contextlib.suppress(KeyboardInterrupt):

@@ -335,7 +335,7 @@ def evaluate_directory(
         model = (
             AutoModelForCausalLM.from_pretrained(
                 model_dir,
-                dtype=torch_dtype("auto", device),
+                dtype=torch_dtype("auto", device, model_dir),
                 use_safetensors=True,
                 local_files_only=True,
                 trust_remote_code=False,

@@ -69,6 +69,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from qft_core.config import ModelConfig, QftConfig
+from qft_core.device import resolve_device
 from qft_core.train.hardware import GIB, HardwareProfile
 
 USABLE_FRACTION = {"cuda": 0.95, "cpu": 0.85}
@@ -570,10 +571,21 @@ def _torchrun_args(config: QftConfig, nproc_per_node: int, why: list[str]) -> li
     ]
 
 
+def _on_configured_device(config: QftConfig, hardware: HardwareProfile, why: list[str]) -> HardwareProfile:
+    """The hardware as `model.device` lets training use it: `cpu` hides the GPUs, `cuda` without one is a
+    `DeviceUnavailableError`."""
+    device = resolve_device(config.model.device, cuda_available=bool(hardware.gpus))
+    if device == "cpu" and hardware.gpus:
+        why.append(f"device cpu: as configured (model.device); the {hardware.gpu_count} GPU(s) stay idle.")
+        return hardware.model_copy(update={"gpus": [], "links": [], "interconnect": "none"})
+    return hardware
+
+
 def plan_training(config: QftConfig, hardware: HardwareProfile, shape: ModelShape) -> TrainingPlan:
     """Decide processes, sharding, micro-batch, accumulation, checkpointing, precision and LoRA size."""
     training, lora = config.training, config.lora
     why: list[str] = []
+    hardware = _on_configured_device(config, hardware, why)
     device = hardware.device
     dtype = _resolve_dtype(config, hardware, why)
     nproc = _processes(config, hardware, why)

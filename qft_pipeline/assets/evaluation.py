@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from qft_core.device import resolve_device
 from qft_core.evaluate.expert_store import default_db_path, load_gold_set
 from qft_core.evaluate.experts import GoldItem
 from qft_core.evaluate.report import regression_check
@@ -54,6 +55,7 @@ def evaluation_report(context: dg.AssetExecutionContext, qft: QftSettings):
     yield dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(report.markdown)),
+            "device": resolve_device(config.model.device),
             "report": dg.MetadataValue.md(report.markdown.read_text(encoding="utf-8")),
             "headline": markdown_table([{"metric": key, "value": value} for key, value in report.headline.items()]),
             **charts,

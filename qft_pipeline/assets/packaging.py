@@ -15,10 +15,11 @@ from qft_core.data.terms import TermDictionary
 from qft_core.evaluate.facts import FactBase
 from qft_core.evaluate.metrics import mean_scores
 from qft_core.evaluate.misconceptions import load_misconceptions
-from qft_core.model.registry import resolve_model
+from qft_core.device import resolve_device
+from qft_core.model.registry import ensure_model_dir, resolve_model, torch_dtype
 from qft_core.package.bundle import archive_path, build_package
 from qft_core.package.layout import METADATA_FILE
-from qft_core.package.merge import merge_adapter
+from qft_core.package.merge import merge_adapter, merge_tolerance
 from qft_core.package.model_card import ModelCardInfo
 from qft_core.package.quantize import FormatUnavailableError, QuantSettingsError, quantize
 from qft_core.package.verify import chat_formatted_texts, check_degradation, compare_packages, evaluate_directory, verification_set
@@ -36,15 +37,22 @@ QUANT_FORMATS = dg.StaticPartitionsDefinition(["int8", "int4", "gptq"])
 
 @dg.asset(group_name=GROUP, deps=[lora_checkpoint], kinds={"safetensors"})
 def merged_model(context: dg.AssetExecutionContext, qft: QftSettings) -> dg.MaterializeResult:
-    """The LoRA adapter merged into the base weights, verified: merged logits equal base + adapter."""
+    """The LoRA adapter merged into the base weights in the model's dtype on the configured device, verified:
+    merged logits equal base + adapter within the tolerance of that dtype."""
     config = qft.load()
+    spec = resolve_model(config.model, config.paths)
+    device = resolve_device(config.model.device)
+    dtype = torch_dtype(config.model.dtype, device, ensure_model_dir(spec))
     report = merge_adapter(
-        resolve_model(config.model, config.paths),
+        spec,
         upstream_path(context, "lora_checkpoint"),
         run_folder(context, config) / "merged",
-        tolerance=config.quant.merge_tolerance,
+        tolerance=merge_tolerance(config.quant, dtype),
+        dtype=dtype,
+        device=device,
     )
-    return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(report.out_dir)), **report.to_metadata()})
+    metadata = {"path": dg.MetadataValue.path(str(report.out_dir)), "device": device, **report.to_metadata()}
+    return dg.MaterializeResult(metadata=metadata)
 
 
 def _score_fn(config):
@@ -66,19 +74,20 @@ def _score_fn(config):
 def quantized_package(context: dg.AssetExecutionContext, qft: QftSettings):
     """The merged model quantized to this partition's format, verified side by side with the unquantized one."""
     config = qft.load()
+    device = resolve_device(config.model.device)
     fmt = context.partition_key
     merged_dir = upstream_path(context, "merged_model")
     splits = upstream_path(context, "term_balanced_splits")
     tokenizer = AutoTokenizer.from_pretrained(merged_dir, local_files_only=True)
     calibration = chat_formatted_texts(read_parquet(splits / "train.parquet", ThinkingExample), tokenizer)
     try:
-        package = quantize(merged_dir, fmt, run_folder(context, config) / fmt, config.quant, calibration)
+        package = quantize(merged_dir, fmt, run_folder(context, config) / fmt, config.quant, calibration, device=device)
     except (FormatUnavailableError, QuantSettingsError) as error:
         raise dg.Failure(description=f"{fmt} package not built on this machine: {error}") from None
     verification = verification_set(read_parquet(splits / "test.parquet", ThinkingExample), tokenizer, config.quant)
     score_fn = _score_fn(config)
-    reference = evaluate_directory(merged_dir, verification, config.quant, score_fn=score_fn)
-    evaluation = evaluate_directory(package.directory, verification, config.quant, score_fn=score_fn)
+    reference = evaluate_directory(merged_dir, verification, config.quant, score_fn=score_fn, device=device)
+    evaluation = evaluate_directory(package.directory, verification, config.quant, score_fn=score_fn, device=device)
     row = compare_packages(reference, [evaluation])[-1]  # the first row is the unquantized reference
     violations = check_degradation(row, config.quant)
     yield dg.MaterializeResult(
@@ -87,6 +96,7 @@ def quantized_package(context: dg.AssetExecutionContext, qft: QftSettings):
             # The deployment package lists a variant only if it was quantized from the model it packages.
             "merged_model": dg.MetadataValue.path(str(merged_dir)),
             "method": package.method,
+            "device": device,
             "weights_bytes": package.weights_bytes,
             "quantize_seconds": package.seconds,
             "comparison": dg.MetadataValue.json(row),

@@ -73,7 +73,13 @@ def test_a_selection_reaches_the_quantize_and_deploy_jobs_in_graph_order(config_
     assert _steps(config_file, "group:data") == [
         (
             MAIN_JOB,
-            ["parsed_thinking_examples", "raw_thinking_documents", "term_annotated_examples", "term_balanced_splits"],
+            [
+                "dataset_exports",
+                "parsed_thinking_examples",
+                "raw_thinking_documents",
+                "term_annotated_examples",
+                "term_balanced_splits",
+            ],
             None,
         )
     ]

@@ -53,7 +53,7 @@ def test_max_length_is_capped_by_the_model_context(paths_config):
 
 
 def test_an_unknown_name_lists_the_registered_models(paths_config):
-    with pytest.raises(UnknownModelError, match="'gpt-5'.*qwen3-4b-thinking-2507, qwen3-tiny, smollm2-135m"):
+    with pytest.raises(UnknownModelError, match="'gpt-5'.*qwen3-4b-thinking-2507, qwen3-tiny, qwen3-4b-shape, smollm2-135m"):
         resolve_model(ModelConfig(name="gpt-5"), paths_config)
 
 
@@ -301,3 +301,33 @@ def test_gguf_conversion_can_take_the_tokenizer_of_an_earlier_conversion(tmp_pat
     weights = [(tmp_path / folder / "model.safetensors").read_bytes() for folder in ("here", "there")]
     assert weights[0] == weights[1]
     assert json.loads((tmp_path / "there" / "tokenizer_config.json").read_text())["model_max_length"] == 77
+
+
+def test_the_shape_model_is_qwen3_4b_thinking_2507s_architecture_with_random_weights(paths_config, model_cache_dir):
+    spec = resolve_model(ModelConfig(name="qwen3-4b-shape", max_length=2048), paths_config)
+    assert (spec.source, spec.family, spec.thinking_format, spec.max_length) == ("shape", "qwen3", True, 2048)
+    assert spec.local_dir.parent == model_cache_dir and spec.local_dir.name.startswith("qwen3-4b-shape-seed0-")
+    assert registry.REGISTRY["qwen3-4b-shape"].random_weights
+    # huggingface.co/Qwen/Qwen3-4B-Thinking-2507/blob/main/config.json
+    assert registry.QWEN3_4B_ARCHITECTURE == {
+        "hidden_size": 2560, "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "head_dim": 128, "intermediate_size": 9728, "vocab_size": 151_936, "tie_word_embeddings": True,
+        "max_position_embeddings": 262_144, "rope_theta": 5_000_000.0, "rms_norm_eps": 1e-6,
+    }
+
+
+def test_the_shape_builder_writes_a_bf16_qwen3_folder_with_the_tokenizer_and_qwens_sampling(tmp_path, model_cache_dir):
+    # The full size is 8 GB; the same code path at two layers of width 64.
+    small = {**registry.QWEN3_4B_ARCHITECTURE, "num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+             "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32}
+    registry.build_shape_qwen3(tmp_path / "a", 0, model_cache_dir, small)
+    registry.build_shape_qwen3(tmp_path / "b", 0, model_cache_dir, small)
+    config = json.loads((tmp_path / "a" / "config.json").read_text(encoding="utf-8"))
+    assert config["dtype"] == "bfloat16" and config["num_hidden_layers"] == 2 and config["vocab_size"] == 151_936
+    assert config.get("rope_parameters", config).get("rope_theta") == 5_000_000.0
+    tensors = load_file(tmp_path / "a" / "model.safetensors")
+    assert {tensor.dtype for tensor in tensors.values()} == {torch.bfloat16}
+    assert state_dict_digest(tmp_path / "a") == state_dict_digest(tmp_path / "b")  # same seed, same weights
+    generation = json.loads((tmp_path / "a" / "generation_config.json").read_text(encoding="utf-8"))
+    assert (generation["do_sample"], generation["temperature"], generation["top_p"], generation["top_k"]) == (True, 0.6, 0.95, 20)
+    assert {"tokenizer.json", "chat_template.jinja"} <= {path.name for path in (tmp_path / "a").iterdir()}

@@ -337,6 +337,7 @@ def test_build_refuses_incomplete_metadata_and_foreign_out_dir(tiny_model_dir: P
 def _qft(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="qft")
     parser.add_argument("--config")
+    parser.add_argument("--device")
     add_package_commands(parser.add_subparsers(dest="command", required=True))
     return run(parser, argv)
 

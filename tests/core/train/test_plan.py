@@ -7,6 +7,7 @@ from peft import get_peft_model
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from qft_core.config import QftConfig
+from qft_core.device import DeviceUnavailableError
 from qft_core.train.fast_path import choose_fast_path
 from qft_core.train.hardware import GIB, GpuInfo, HardwareProfile, profile_hardware
 from qft_core.train.plan import (
@@ -481,3 +482,16 @@ def test_explanations_cover_every_decision():
 def test_unknown_lora_target_names_the_config_key():
     with pytest.raises(PlanError, match=r"lora\.target_modules"):
         plan_training(config(lora={"target_modules": ["qkv"]}), gpu_profile(1, 80), QWEN3_4B)
+
+
+def test_model_device_cpu_plans_for_the_cpu_on_a_gpu_machine_and_says_so():
+    plan = plan_training(config(model={"device": "cpu"}), gpu_profile(2, 80), QWEN3_4B)
+    assert (plan.device, plan.backend, plan.dtype) == ("cpu", "gloo", "float32")
+    idle = "device cpu: as configured (model.device); the 2 GPU(s) stay idle."
+    assert idle in plan.explanations
+    assert plan_training(config(), gpu_profile(2, 80), QWEN3_4B).device == "cuda"
+
+
+def test_model_device_cuda_on_a_profile_without_gpus_is_the_one_line_device_error():
+    with pytest.raises(DeviceUnavailableError, match="model.device"):
+        plan_training(config(model={"device": "cuda"}), cpu_profile(), QWEN3_4B)
