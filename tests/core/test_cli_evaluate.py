@@ -11,7 +11,7 @@ import pytest
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from qft_core.cli import main
-from qft_core.cli_evaluate import EXIT_BAD_INPUT, adapter_mismatches, newest_run, summary_lines
+from qft_core.cli_evaluate import EXIT_BAD_INPUT, adapter_mismatches, newest_run
 from qft_core.config import ModelConfig, PathsConfig
 from qft_core.evaluate.experts import GoldItem
 from qft_core.evaluate.report import MAIN_METRICS
@@ -184,26 +184,3 @@ def test_defaults_come_from_the_newest_run_that_has_both_split_and_adapter(tmp_p
     paths = PathsConfig(artifacts_dir=str(tmp_path))
     assert newest_run(paths, members).name == "complete-new"
     assert newest_run(paths, members[:1]).name == "splits-only-newest"
-
-
-def test_summary_lines_show_both_models_and_the_paired_difference() -> None:
-    def estimate(mean: float, low: float, high: float) -> dict:
-        return {"mean": mean, "ci_low": low, "ci_high": high, "n": 2}
-
-    data = {
-        "primary_set": "test",
-        "main_metrics": ["term_f1"],
-        "settings": {"confidence_level": 0.9},
-        "regressions": [],
-        "sets": {
-            "test": {"n": 2, "metrics": {"base": {"term_f1": estimate(0.25, 0.0, 0.5)},
-                                         "finetuned": {"term_f1": estimate(0.5, 0.5, 0.5)}},
-                     "difference": {"term_f1": estimate(0.25, -0.5, 0.5)}},
-        },
-    }
-    assert summary_lines(data) == [
-        "test set, n = 2: mean [90% interval]",
-        "metric   base                    fine-tuned              fine-tuned − base",
-        "term_f1  0.250 [0.000, 0.500]    0.500 [0.500, 0.500]    +0.250 [-0.500, +0.500]",
-        "regressions: none",
-    ]

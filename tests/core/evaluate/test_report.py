@@ -16,6 +16,7 @@ from qft_core.evaluate.misconceptions import load_default_misconceptions
 from qft_core.evaluate.report import (
     MAIN_METRICS,
     build_report,
+    headline_lines,
     regression_check,
     summarize_set,
     write_report,
@@ -90,7 +91,9 @@ def test_summary_means_differences_and_categories(summary: dict) -> None:
     assert summary["by_category"]["finetuned"]["post_quantum"]["term_f1"]["mean"] == pytest.approx(0.1)
     assert summary["term_f1_by_category"]["finetuned"]["symmetric"]["n"] == 2
     generation = summary["generation"]["finetuned"]
-    assert generation["thinking_closed_rate"] == pytest.approx(2 / 6)
+    assert generation["closed_by_model_rate"] == pytest.approx(2 / 6)
+    assert generation["closed_by_budget_rate"] == pytest.approx(4 / 6)
+    assert generation["degenerate_rate"] == 0.0
     assert generation["tokens_per_second"] == pytest.approx(18 / 3.0)
 
 
@@ -126,8 +129,9 @@ def test_report_files_render_and_reload(report) -> None:
     assert "| 格密码 | lattice_cryptography | post_quantum | 2 |" in markdown
     loaded = json.loads(report.json.read_text(encoding="utf-8"))
     assert loaded == report.data
-    assert set(loaded) == {"models", "main_metrics", "primary_set", "settings", "headline", "regressions",
-                           "suggestions", "sets"}
+    assert set(loaded) == {"models", "stand_in", "main_metrics", "primary_set", "settings", "headline", "verdict",
+                           "regressions", "suggestions", "sets"}
+    assert loaded["verdict"]["kind"] == "regressed" and loaded["stand_in"] is None
     assert loaded["main_metrics"] == list(MAIN_METRICS)
     assert loaded["headline"]["finetuned.rougeL_char_f1"] == pytest.approx(2.8 / 6)
     assert loaded["headline"]["difference.keypoint_coverage"] == pytest.approx(-0.4)
@@ -172,3 +176,82 @@ def test_summary_refuses_generations_of_different_items(summary: dict) -> None:
     with pytest.raises(ValueError, match="'finetuned' are not of the same items"):
         summarize_set({"base": base, "finetuned": tuned}, {"base": [{}], "finetuned": [{}]},
                       dictionary=load_default_dictionary(), misconceptions=[], config=CONFIG)
+
+
+def _degenerate_report(tmp_path, tuned_text: str, stand_in: str | None = None):
+    """The issue's qwen3-tiny evaluation: every fine-tuned answer is `tuned_text`, yet it matches the references'
+    punctuation for a ROUGE-L 0.30 against the base model's 0.25 on every question."""
+    generations = {
+        "base": [_answer(i, c, r, base, closed=True) for i, c, r, base, _ in ITEMS],
+        "finetuned": [_answer(i, c, r, tuned_text, closed=False) for i, c, r, _, _ in ITEMS],
+    }
+    scores = {"base": [_scores(BASE, 0.5, c) for _, c, *_ in ITEMS], "finetuned": [_scores(0.30, 0.5, c) for _, c, *_ in ITEMS]}
+    dictionary = load_default_dictionary()
+    summary = summarize_set(generations, scores, dictionary=dictionary, misconceptions=[], config=CONFIG)
+    data = build_report({"test": summary}, models={"base": "tiny", "finetuned": "tiny + adapter"}, config=CONFIG,
+                        stand_in=stand_in)
+    return write_report(data, tmp_path)
+
+
+def test_a_gain_made_of_degenerate_answers_is_reported_as_degenerate_not_as_an_improvement(tmp_path) -> None:
+    report = _degenerate_report(tmp_path, "，，，，，，，，")
+
+    summary = report.data["sets"]["test"]
+    assert summary["degenerate"]["finetuned"] == {
+        "count": 6, "n": 6, "reasons": {"repeated": 6}, "examples": {i: "'，' repeated 8 times" for i, *_ in ITEMS},
+    }
+    assert summary["degenerate"]["base"]["count"] == 0
+    assert summary["generation"]["finetuned"]["degenerate_rate"] == 1.0
+    # Every paired difference is +0.05 with a point interval, which alone would read as an improvement.
+    assert summary["difference"]["rougeL_char_f1"]["ci_low"] == pytest.approx(0.05)
+    assert report.data["verdict"] == {
+        "kind": "degenerate",
+        "message": "DEGENERATE: 6 of 6 fine-tuned answers are degenerate (6 repeated); metric differences come from "
+        "matching characters such as punctuation and are not an improvement",
+    }
+    markdown = report.markdown.read_text(encoding="utf-8")
+    assert "**Verdict: DEGENERATE: 6 of 6" in markdown
+    assert "| fine-tuned − base (degenerate answers: not an improvement) |" in markdown
+    assert "Not judged: the fine-tuned answers are degenerate" in markdown
+    assert "None: no main metric" not in markdown
+
+
+def test_the_same_gain_from_real_answers_is_an_improvement(tmp_path) -> None:
+    report = _degenerate_report(tmp_path, "AES 是一种分组密码。")
+
+    assert report.data["verdict"]["kind"] == "improved"
+    assert report.data["verdict"]["message"].startswith("improved on rougeL_char_f1, rougeL_term_f1, term_f1: the 95%")
+
+
+def test_a_stand_in_model_is_named_at_the_top_of_the_report(tmp_path) -> None:
+    note = "STAND-IN MODEL: 'qwen3-tiny' has random weights."
+    markdown = _degenerate_report(tmp_path, "，，，", stand_in=note).markdown.read_text(encoding="utf-8")
+
+    assert markdown.splitlines()[2] == f"> **{note}**"
+
+
+def test_headline_lines_show_the_verdict_both_models_and_the_paired_difference() -> None:
+    def estimate(mean: float, low: float, high: float) -> dict:
+        return {"mean": mean, "ci_low": low, "ci_high": high, "n": 2}
+
+    data = {
+        "primary_set": "test",
+        "main_metrics": ["term_f1"],
+        "settings": {"confidence_level": 0.9},
+        "regressions": [],
+        "stand_in": "STAND-IN MODEL: random weights.",
+        "verdict": {"kind": "no_clear_difference", "message": "no clear difference"},
+        "sets": {
+            "test": {"n": 2, "metrics": {"base": {"term_f1": estimate(0.25, 0.0, 0.5)},
+                                         "finetuned": {"term_f1": estimate(0.5, 0.5, 0.5)}},
+                     "difference": {"term_f1": estimate(0.25, -0.5, 0.5)}},
+        },
+    }
+    assert headline_lines(data) == [
+        "STAND-IN MODEL: random weights.",
+        "verdict: no clear difference",
+        "test set, n = 2: mean [90% interval]",
+        "metric   base                    fine-tuned              fine-tuned − base",
+        "term_f1  0.250 [0.000, 0.500]    0.500 [0.500, 0.500]    +0.250 [-0.500, +0.500]",
+        "regressions: none",
+    ]
