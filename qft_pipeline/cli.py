@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from qft_core import cli as core_cli
@@ -12,13 +13,27 @@ from qft_pipeline.instance import project_dagster_home
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from qft_pipeline.console import output_to_file
     from qft_pipeline.runner import materialize_graph
+    from qft_pipeline.summary import summary_lines
 
-    outcome = materialize_graph(config_file=args.config, selection=args.select)
+    if args.verbose:
+        outcome = materialize_graph(config_file=args.config, selection=args.select)
+        log_file = None
+    else:
+        log_file = project_dagster_home() / "logs" / f"qft-run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        with output_to_file(log_file) as console:
+            outcome = materialize_graph(config_file=args.config, selection=args.select, console=console)
+    print()
     for asset, path in outcome.artifacts.items():
         print(f"{asset:<28} {path}")
+    print()
+    print("\n".join(summary_lines(outcome.metadata, outcome.stages)))
+    print()
     runs = ", ".join(outcome.run_ids)
     print(f"runs {runs} {'succeeded' if outcome.success else 'FAILED'} (Dagster home: {project_dagster_home()})")
+    if log_file is not None:
+        print(f"library output (warnings, banners, INFO): {log_file}")
     for failure in outcome.failures:
         print(f"  failed: {failure}", file=sys.stderr)
     return 0 if outcome.success else 1
@@ -36,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
     run = commands.add_parser("run", help="materialize the whole asset graph in the project's Dagster instance")
     run.add_argument("--select", help="Dagster asset selection, e.g. 'term_balanced_splits' or '*lora_checkpoint'")
+    run.add_argument(
+        "--verbose", action="store_true",
+        help="show every library's output on the console instead of keeping it in .dagster_home/logs/",
+    )
     run.set_defaults(handler=cmd_run)
     ui = commands.add_parser("ui", help="open the Dagster UI on the project's instance (dagster dev)")
     ui.add_argument("--host", default="127.0.0.1")

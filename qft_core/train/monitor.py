@@ -898,6 +898,8 @@ class ProgressTracker:
                 )
             return None
         step = record["step"]
+        if self.total_steps is None:
+            self.total_steps = record.get("total_steps")
         if record.get("step_time_s") is not None:
             self.step_times = [*self.step_times, record["step_time_s"]][-self.eta_steps :]
         if record.get("loss") is not None and not record.get("skipped"):

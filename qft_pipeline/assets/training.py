@@ -110,6 +110,7 @@ def lora_checkpoint(
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(summary.adapter_dir),
+            "first_train_loss": monitor.stats.first_loss,
             "final_train_loss": summary.final_train_loss,
             "final_val_loss": summary.final_val_loss,
             "best_val_loss": summary.best_val_loss,

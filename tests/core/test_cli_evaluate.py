@@ -24,7 +24,8 @@ EXAMPLES = [
     ("t2", "hash_mac", "SHA-256 的输出有多长？", "SHA-256 输出 256 位的摘要。"),
     ("t3", "post_quantum", "格密码为什么被认为能抵抗量子攻击？", "格上的困难问题目前没有已知的高效量子算法。"),
 ]
-REPORT_KEYS = {"models", "main_metrics", "primary_set", "settings", "headline", "regressions", "suggestions", "sets"}
+REPORT_KEYS = {"models", "stand_in", "main_metrics", "primary_set", "settings", "headline", "verdict", "regressions",
+               "suggestions", "sets"}
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +109,8 @@ def test_evaluate_writes_the_report_and_prints_the_main_metrics(config_file, ada
 
     assert "on 2 example(s) of " in printed and "and 1 gold-set item(s)" in printed
     assert "test set, n = 2: mean [95% interval]" in printed
+    # qwen3-tiny: the random-weight note comes first, then the verdict.
+    assert printed.index("STAND-IN MODEL: 'qwen3-tiny' has random weights") < printed.index("verdict: ")
     for metric in MAIN_METRICS:
         assert f"\n{metric} " in printed
     assert "gold set, n = 1: see the report" in printed

@@ -209,6 +209,14 @@ def test_progress_tracker_reports_a_skipped_step_and_the_last_step_at_once() -> 
     assert tracker.update(step(3, 1.5)).startswith("step 3/3 (100%) | loss 1.5000")
 
 
+def test_progress_tracker_takes_the_total_from_the_engines_records() -> None:
+    tracker = ProgressTracker(every=1)
+    tracker.update(step(1, 2.0, total_steps=4))
+    # Two steps of 2 s each left.
+    assert tracker.update(step(2, 1.8, total_steps=4)).startswith("step 2/4 (50%) | loss 1.8000")
+    assert tracker.update(step(2, 1.8, total_steps=4)).endswith("| ETA 4s")
+
+
 def test_format_duration() -> None:
     assert [format_duration(s) for s in (45, 140, 3725, None)] == ["45s", "2m20s", "1h02m", "unknown"]
 
