@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
 
 from qft_core import cli as core_cli
+from qft_core.config import REPO_ROOT
 from qft_pipeline.instance import project_dagster_home
 
 
@@ -41,8 +43,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     os.environ.setdefault("DAGSTER_HOME", str(project_dagster_home()))
-    workspace = project_dagster_home().parent / "workspace.yaml"
+    # The project's workspace, wherever DAGSTER_HOME points.
+    workspace = REPO_ROOT / "workspace.yaml"
     command = ["dagster", "dev", "-w", str(workspace), "--host", args.host, "--port", str(args.port)]
+    # `dagster dev` maps SIGTERM onto its SIGINT handler; a shell starts background jobs with SIGINT ignored, and
+    # an ignored signal stays ignored across exec, so both signals would be ignored. Restored, either one stops
+    # dagster dev, which then shuts its webserver and daemon down.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.execvp(command[0], command)
 
 
