@@ -16,16 +16,16 @@ from qft_pipeline.instance import project_dagster_home
 
 def cmd_run(args: argparse.Namespace) -> int:
     from qft_pipeline.console import output_to_file
-    from qft_pipeline.runner import materialize_graph
-    from qft_pipeline.summary import summary_lines
 
     if args.verbose:
-        outcome = materialize_graph(config_file=args.config, selection=args.select)
+        outcome = _materialize(args, console=sys.stderr)
         log_file = None
     else:
         log_file = project_dagster_home() / "logs" / f"qft-run-{time.strftime('%Y%m%d-%H%M%S')}.log"
         with output_to_file(log_file) as console:
-            outcome = materialize_graph(config_file=args.config, selection=args.select, console=console)
+            outcome = _materialize(args, console)
+    from qft_pipeline.summary import summary_lines
+
     print()
     for asset, path in outcome.artifacts.items():
         print(f"{asset:<28} {path}")
@@ -39,6 +39,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     for failure in outcome.failures:
         print(f"  failed: {failure}", file=sys.stderr)
     return 0 if outcome.success else 1
+
+
+def _materialize(args: argparse.Namespace, console):
+    console.write("qft run: loading torch, transformers and the Dagster definitions…\n")
+    # Imported here, inside the redirection: these imports are where torch, torchao and Dagster print their
+    # import-time warnings.
+    from qft_pipeline.runner import materialize_graph
+
+    return materialize_graph(config_file=args.config, selection=args.select, console=console)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

@@ -1,8 +1,11 @@
-"""Live progress of `qft run`: one updating console line with the asset running and, while training, the step,
-loss and ETA that the engine sends through Pipes; and the wall and CPU time each asset took."""
+"""Live progress of `qft run`: one updating console line with the asset running and its own progress (the
+training step, loss and ETA that the engine sends through Pipes; the evaluation's questions answered); and the
+wall and CPU time each asset took."""
 
 from __future__ import annotations
 
+import os
+import re
 import resource
 import time
 from dataclasses import dataclass, field
@@ -11,9 +14,10 @@ from typing import TextIO
 import dagster as dg
 from tqdm import tqdm
 
-# Pipes log lines of the training step that carry its progress (`ProgressTracker` lines).
 TRAINING_STEP = "lora_checkpoint"
-TRAINING_LINE_PREFIX = "step "
+# Log lines that carry an asset's progress: the training's `ProgressTracker` lines ("step 12/50 (24%) | loss …")
+# and the evaluation's "12/60 finetuned on test".
+PROGRESS_LINE = re.compile(r"^(step \d+|\d+/\d+ )")
 
 
 def cpu_seconds() -> float:
@@ -64,7 +68,7 @@ class RunFollower:
     def _see(self, entry: dg.EventLogEntry) -> None:
         event = entry.dagster_event
         if event is None:
-            if entry.step_key == TRAINING_STEP and entry.user_message.startswith(TRAINING_LINE_PREFIX):
+            if entry.step_key is not None and PROGRESS_LINE.match(entry.user_message):
                 self.bar.set_postfix_str(entry.user_message, refresh=True)
             return
         step = event.step_key
@@ -89,12 +93,17 @@ class RunFollower:
 
 
 def progress_bar(total: int, console: TextIO) -> tqdm:
-    """The one console line: assets done of all, elapsed time, the running asset and its detail."""
+    """The one console line: assets done of all, elapsed time, the running asset and its detail. On a terminal it
+    is cut to the terminal's width (following resizes); elsewhere (a file, a terminal of unknown size) it is whole."""
+    try:
+        width = os.get_terminal_size(console.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        width = 0
     return tqdm(
         total=total,
         file=console,
         unit="asset",
         bar_format="{n_fmt}/{total_fmt} assets {elapsed} | {desc}{postfix}",
-        dynamic_ncols=True,
+        dynamic_ncols=width > 0,
         desc="starting",
     )

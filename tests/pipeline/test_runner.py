@@ -40,6 +40,7 @@ def test_qft_run_shows_its_progress_on_the_console_and_times_each_asset(project)
 def test_the_follower_shows_the_training_steps_pipes_line_and_the_running_asset():
     @dg.op(name=TRAINING_STEP)
     def training(context):
+        context.log.debug("12/60 an evaluation's progress line")
         context.log.debug("step 3/10 (30%) | loss 2.0000 | ETA 7s")
         context.log.debug("not a progress line")
 
