@@ -63,7 +63,10 @@ class RunFollower:
             for record in connection.records:
                 self._see(record.event_log_entry)
             if not connection.has_more:
-                return
+                break
+        # On a terminal the elapsed time keeps moving while a long step sends nothing.
+        if self.bar.dynamic_ncols:
+            self.bar.refresh()
 
     def _see(self, entry: dg.EventLogEntry) -> None:
         event = entry.dagster_event

@@ -158,7 +158,7 @@ def verdict(summary: Mapping, found_regressions: Sequence[str], confidence_level
             "kind": "degenerate",
             "message": (
                 f"DEGENERATE: {tuned['count']} of {tuned['n']} fine-tuned answers are degenerate ({reasons}); "
-                "metric differences come from matching characters such as punctuation and are not an improvement"
+                "whatever the metrics credit them with (a reference's punctuation, say) is not an improvement"
             ),
         }
     if found_regressions:

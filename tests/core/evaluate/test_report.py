@@ -206,8 +206,8 @@ def test_a_gain_made_of_degenerate_answers_is_reported_as_degenerate_not_as_an_i
     assert summary["difference"]["rougeL_char_f1"]["ci_low"] == pytest.approx(0.05)
     assert report.data["verdict"] == {
         "kind": "degenerate",
-        "message": "DEGENERATE: 6 of 6 fine-tuned answers are degenerate (6 repeated); metric differences come from "
-        "matching characters such as punctuation and are not an improvement",
+        "message": "DEGENERATE: 6 of 6 fine-tuned answers are degenerate (6 repeated); whatever the metrics credit "
+        "them with (a reference's punctuation, say) is not an improvement",
     }
     markdown = report.markdown.read_text(encoding="utf-8")
     assert "**Verdict: DEGENERATE: 6 of 6" in markdown
