@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from typing import TextIO
 
 from qft_core import cli as core_cli
 from qft_core.config import REPO_ROOT
@@ -41,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if outcome.success else 1
 
 
-def _materialize(args: argparse.Namespace, console):
+def _materialize(args: argparse.Namespace, console: TextIO):
     console.write("qft run: loading torch, transformers and the Dagster definitions…\n")
     # Imported here, inside the redirection: these imports are where torch, torchao and Dagster print their
     # import-time warnings.

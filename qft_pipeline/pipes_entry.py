@@ -34,8 +34,14 @@ class PipesReporter:
         if line is None:
             return
         step = step_record.get("step", 0)
-        notable = step % LOG_EVERY_STEPS == 0 or step == self.progress.total_steps or step_record.get("skipped")
-        (self.pipes.log.info if notable or "event" in step_record else self.pipes.log.debug)(line)
+        notable = (
+            "event" in step_record
+            or step_record.get("skipped")
+            or step % LOG_EVERY_STEPS == 0
+            or step == self.progress.total_steps
+        )
+        log = self.pipes.log.info if notable else self.pipes.log.debug
+        log(line)
 
     def summary(self, summary: dict[str, Any]) -> None:
         self.pipes.report_custom_message({"training_summary": summary})

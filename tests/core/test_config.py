@@ -88,3 +88,11 @@ def test_the_deployed_variant_must_be_one_the_run_quantizes():
     config_from_dict({"export": {"deployed_variant": "int8"}})
     with pytest.raises(ConfigError, match=r"export.deployed_variant 'gptq' is not among quant.formats \['int8'\]"):
         config_from_dict({"quant": {"formats": ["int8"]}, "export": {"deployed_variant": "gptq"}})
+
+
+def test_the_cpu_demo_config_loads_and_names_the_pretrained_smollm2():
+    from qft_core.config import REPO_ROOT
+
+    config = load_config(REPO_ROOT / "configs" / "cpu-demo.yaml")
+    assert (config.model.name, config.training.max_steps, config.eval.max_examples) == ("smollm2-135m", 8, 4)
+    assert config.export.deployed_variant == "unquantized" and config.quant.formats == ["int8"]
