@@ -88,6 +88,7 @@ def quantized_package(context: dg.AssetExecutionContext, qft: QftSettings):
             "weights_bytes": package.weights_bytes,
             "quantize_seconds": package.seconds,
             "comparison": dg.MetadataValue.json(row),
+            **stand_in_metadata(config.model.name),
         }
     )
     yield dg.AssetCheckResult(
