@@ -131,7 +131,7 @@ def _evaluation_numbers(materialization) -> dict:
     report = json.loads((Path(str(materialization.metadata["path"].value)).parent / "report.json").read_text())
     numbers = {}
     for model, stats in report["sets"][report["primary_set"]]["generation"].items():
-        numbers[f"{model}_reasoning_cut"] = round(stats["forced_close_rate"], 3)
+        numbers[f"{model}_reasoning_cut"] = round(stats["closed_by_budget_rate"], 3)
         numbers[f"{model}_completion_cut"] = round(1 - stats["finished_rate"], 3)
         numbers[f"{model}_tokens_per_s"] = round(stats.get("tokens_per_second", 0.0), 1)
     numbers["test_examples"] = report["sets"][report["primary_set"]]["n"]

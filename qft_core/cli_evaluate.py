@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -127,28 +127,6 @@ def _same_model(recorded: str, names: set[str], model_dir: Path, paths: PathsCon
     return path.is_dir() and path.resolve() == model_dir.resolve()
 
 
-def summary_lines(data: Mapping) -> list[str]:
-    """The terminal summary of report.json's content: the main metrics of the primary set, base against
-    fine-tuned with their intervals and the paired difference, then the regressions."""
-    from qft_core.evaluate.report import format_estimate
-
-    name = data["primary_set"]
-    summary = data["sets"][name]
-    confidence = data["settings"]["confidence_level"]
-    width = max(len(metric) for metric in data["main_metrics"]) + 2
-    lines = [
-        f"{name} set, n = {summary['n']}: mean [{confidence:.0%} interval]",
-        f"{'metric':<{width}}{'base':<30}{'fine-tuned':<30}fine-tuned − base",
-    ]
-    for metric in data["main_metrics"]:
-        base, tuned = (format_estimate(summary["metrics"][model].get(metric)) for model in ("base", "finetuned"))
-        difference = format_estimate(summary["difference"].get(metric), True)
-        lines.append(f"{metric:<{width}}{base:<30}{tuned:<30}{difference}")
-    lines += [f"{other} set, n = {data['sets'][other]['n']}: see the report" for other in data["sets"] if other != name]
-    lines.append("regressions: " + ("; ".join(data["regressions"]) or "none"))
-    return lines
-
-
 def _base_model_for(adapter_dir: Path, config: QftConfig) -> ModelSpec:
     """The configured base model, once it is known to be there and to have the layers the adapter adapts."""
     # Imported only now that the input files are known to be there: torch and transformers take seconds to import.
@@ -197,6 +175,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     # Here, not at the top: qft_core.cli imports this module, and evaluate.run imports torch.
     from qft_core.cli import progress_bar
+    from qft_core.evaluate.report import headline_lines
     from qft_core.evaluate.run import evaluate_models
 
     out_dir = Path(args.out) if args.out else (
@@ -211,7 +190,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         report = evaluate_models(config, examples, adapter_dir, out_dir, gold_items=gold, progress=update)
     finally:
         close()
-    print("\n".join(summary_lines(report.data)))
+    print("\n".join(headline_lines(report.data)))
     print(f"report: {report.markdown} (with report.json, {len(report.charts)} charts and the generations)")
     return 0
 

@@ -188,6 +188,9 @@ class ExportConfig(Section):
     """The deployment package and how it is served (`qft serve`, and the vLLM command line for GPUs)."""
 
     package_name: str = "qft-crypto-zh"
+    # Which model the deployment package holds: the merged model unquantized (the reference every variant is
+    # measured against; loads anywhere without a quantization backend), or one of quant.formats.
+    deployed_variant: Literal["unquantized", "int8", "int4", "gptq"] = "unquantized"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     api_key: str | None = None
@@ -221,6 +224,16 @@ class QftConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     quant: QuantConfig = Field(default_factory=QuantConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+
+    @model_validator(mode="after")
+    def _deployed_variant_is_built(self) -> QftConfig:
+        variant = self.export.deployed_variant
+        if variant != "unquantized" and variant not in self.quant.formats:
+            raise ValueError(
+                f"export.deployed_variant '{variant}' is not among quant.formats {self.quant.formats}: the "
+                "deployment package can only hold a variant the run quantizes"
+            )
+        return self
 
 
 def _format_errors(error: ValidationError, source: str) -> str:

@@ -11,8 +11,13 @@ from filelock import FileLock
 from qft_core.config import REPO_ROOT
 
 
+def dagster_home_path() -> Path:
+    """Where the project's Dagster instance lives ($DAGSTER_HOME, else .dagster_home), without creating it."""
+    return Path(os.environ.get("DAGSTER_HOME") or REPO_ROOT / ".dagster_home")
+
+
 def project_dagster_home() -> Path:
-    home = Path(os.environ.get("DAGSTER_HOME") or REPO_ROOT / ".dagster_home")
+    home = dagster_home_path()
     home.mkdir(parents=True, exist_ok=True)
     settings = home / "dagster.yaml"
     if not settings.exists():

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from qft_core.model.registry import stand_in_note
+
 # Each log line is a stored Dagster event, so a corpus with thousands of warnings would flood the run log: the
 # log and the UI show the first ones, and the file that keeps them all is named.
 SHOWN_WARNINGS = 50
@@ -43,3 +45,10 @@ def report_warnings(context: dg.AssetExecutionContext, warnings: Sequence[str], 
     for warning in shown:
         context.log.warning(warning)
     return dg.MetadataValue.md("\n".join(f"- {warning}" for warning in shown) or "none")
+
+
+def stand_in_metadata(model_name: str) -> dict[str, str]:
+    """`{"stand_in": note}` for an asset whose results come from a random-weight model, else nothing: the note
+    then sits beside every number that model produced."""
+    note = stand_in_note(model_name)
+    return {"stand_in": note} if note else {}

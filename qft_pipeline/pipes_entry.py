@@ -14,7 +14,8 @@ from dagster_pipes import PipesContext, open_dagster_pipes
 from qft_core.train import engine
 from qft_core.train.monitor import ProgressTracker
 
-# One log line per this many optimizer steps keeps the Dagster run log readable on long runs.
+# One info line per this many optimizer steps keeps the Dagster run log readable on long runs; the other steps'
+# lines go out at debug level, for `qft run`'s live progress line.
 LOG_EVERY_STEPS = 5
 
 
@@ -23,15 +24,24 @@ class PipesReporter:
 
     def __init__(self, pipes: PipesContext) -> None:
         self.pipes = pipes
-        self.progress = ProgressTracker(every=LOG_EVERY_STEPS)
+        self.progress = ProgressTracker(every=1)
 
     def log(self, message: str) -> None:
         self.pipes.log.info(message)
 
     def metrics(self, step_record: dict[str, Any]) -> None:
         line = self.progress.update(step_record)
-        if line is not None:
-            self.pipes.log.info(line)
+        if line is None:
+            return
+        step = step_record.get("step", 0)
+        notable = (
+            "event" in step_record
+            or step_record.get("skipped")
+            or step % LOG_EVERY_STEPS == 0
+            or step == self.progress.total_steps
+        )
+        log = self.pipes.log.info if notable else self.pipes.log.debug
+        log(line)
 
     def summary(self, summary: dict[str, Any]) -> None:
         self.pipes.report_custom_message({"training_summary": summary})

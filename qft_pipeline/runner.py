@@ -1,4 +1,4 @@
-"""Materialize the asset graph in-process on the project instance, with a progress bar over the assets.
+"""Materialize the asset graph in-process on the project instance, with a live progress line over the assets.
 
 The whole graph is three jobs in order (see jobs.py): the main job, one run per configured quantization
 format, then the deployment package. A selection runs the matching assets of each of those jobs, in the same
@@ -7,18 +7,20 @@ order, so an interrupted quantize or deploy can be redone alone.
 
 from __future__ import annotations
 
+import sys
 import threading
 import uuid
 from dataclasses import dataclass, field
+from typing import Any, TextIO
 
 import dagster as dg
-from tqdm import tqdm
 
 from qft_core.config import load_config
 from qft_pipeline.abandoned_runs import fail_abandoned_runs, launcher_tag
 from qft_pipeline.definitions import defs
 from qft_pipeline.instance import project_instance
 from qft_pipeline.jobs import CLI_TRIGGER, DEPLOY_JOB, FORMAT_TAG, LINEAGE_TAG, MAIN_JOB, QUANTIZE_JOB, TRIGGER_TAG
+from qft_pipeline.progress import RunFollower, StageTime, progress_bar
 
 _QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -28,8 +30,11 @@ class RunOutcome:
     run_ids: list[str] = field(default_factory=list)
     success: bool = True
     artifacts: dict[str, str] = field(default_factory=dict)
+    # Each materialized asset's metadata as plain values (partitioned ones as `asset[partition]`).
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     abandoned: list[str] = field(default_factory=list)  # runs of killed `qft run`s, marked failed before this one
+    stages: list[StageTime] = field(default_factory=list)
 
     @property
     def run_id(self) -> str:
@@ -98,9 +103,9 @@ def _tags(step: _Step, lineage: str | None) -> dict[str, str]:
 
 
 def _execute(
-    step: _Step, instance: dg.DagsterInstance, run_config: dict, lineage: str | None, bar: tqdm
-) -> tuple[str, object]:
-    """Run one job on a worker thread while this thread advances the bar as materializations land."""
+    step: _Step, instance: dg.DagsterInstance, run_config: dict, lineage: str | None, bar
+) -> tuple[str, object, list[StageTime]]:
+    """Run one job on a worker thread while this thread follows its events on the progress line."""
     # Chosen here rather than by Dagster so that this thread can follow the run's events while it executes.
     run_id = str(uuid.uuid4())
     outcome: dict = {}
@@ -120,19 +125,15 @@ def _execute(
             outcome["error"] = error
 
     worker = threading.Thread(target=execute, name=f"qft-{step.job}")
+    follower = RunFollower(instance, run_id, bar, label=step.partition)
     worker.start()
-    seen: set[str] = set()
     while worker.is_alive():
         worker.join(timeout=0.5)
-        for record in instance.all_logs(run_id, of_type={dg.DagsterEventType.ASSET_MATERIALIZATION}):
-            name = record.dagster_event.asset_key.to_user_string()
-            if name not in seen:
-                seen.add(name)
-                bar.set_postfix_str(f"{name}[{step.partition}]" if step.partition else name)
-                bar.update(1)
+        follower.poll()
+    follower.poll()
     if "error" in outcome:
         raise outcome["error"]
-    return run_id, outcome["result"]
+    return run_id, outcome["result"], follower.stages
 
 
 def _failures(result) -> list[str]:
@@ -150,20 +151,24 @@ def _failures(result) -> list[str]:
 
 
 def materialize_graph(
-    config_file: str | None = None, selection: str | None = None, device: str | None = None
+    config_file: str | None = None,
+    selection: str | None = None,
+    device: str | None = None,
+    console: TextIO | None = None,
 ) -> RunOutcome:
-    """Materialize the graph (or `selection`) with the YAML config `config_file`; `device` replaces its
-    `model.device`."""
+    """Run the graph (or `selection`) job by job with the YAML config `config_file`, `device` replacing its
+    `model.device`; the progress line goes to `console` (stderr by default)."""
     steps = plan_steps(config_file, selection)  # before the instance opens: a bad selection leaves no trace
     instance = project_instance()
     run_config = _run_config(config_file, device)
     # First, so that the training of a killed run counts as failed and can be resumed (resumable_run_folder).
     outcome = RunOutcome(abandoned=fail_abandoned_runs(instance))
     lineage = None  # the main run of this pass, which its packaging runs name; none when the pass has no main step
-    with tqdm(desc="materializing", unit="asset", total=sum(len(step.assets) for step in steps)) as bar:
+    with progress_bar(sum(len(step.assets) for step in steps), console or sys.stderr) as bar:
         for step in steps:
-            run_id, result = _execute(step, instance, run_config, lineage, bar)
+            run_id, result, stages = _execute(step, instance, run_config, lineage, bar)
             outcome.run_ids.append(run_id)
+            outcome.stages += stages
             if step.job == MAIN_JOB:
                 lineage = run_id
             for record in instance.all_logs(run_id, of_type={dg.DagsterEventType.ASSET_MATERIALIZATION}):
@@ -171,6 +176,7 @@ def materialize_graph(
                 name = materialization.asset_key.to_user_string()
                 if materialization.partition:
                     name = f"{name}[{materialization.partition}]"
+                outcome.metadata[name] = {key: entry.value for key, entry in materialization.metadata.items()}
                 if "path" in materialization.metadata:
                     outcome.artifacts[name] = str(materialization.metadata["path"].value)
             failures = _failures(result)

@@ -63,7 +63,7 @@ def score_pair(
     - concept_accuracy: confirmed claims / (claims checked + misconceptions stated); security_coverage: share of the
       reference's security considerations (attacks named, cautions given) the answer raises; professional_accuracy:
       the mean of keypoint_coverage, concept_accuracy and security_coverage where they apply;
-    - thinking_{present,closed,chars,coherence,repetition}: the reasoning block; with a reference reasoning
+    - thinking_{present,chars,coherence,repetition}: the reasoning block; with a reference reasoning
       also thinking_rougeL_char_f1 and thinking_term_f1 against it (NaN without one);
     - answer_chars, cjk_ratio, punctuation_score, mixed_script, answer_repetition, traditional_chars: the
       answer's language.

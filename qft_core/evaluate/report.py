@@ -16,6 +16,7 @@ from qft_core.config import EvalConfig
 from qft_core.data.terms import TermDictionary
 from qft_core.evaluate.bootstrap import aggregate, bootstrap_interval
 from qft_core.evaluate.charts import write_charts
+from qft_core.evaluate.degenerate import DEGENERATE_SHARE, degeneration
 from qft_core.evaluate.facts import FactBase, load_default_fact_base
 from qft_core.evaluate.generate import GeneratedAnswer
 from qft_core.evaluate.misconceptions import Misconception, detect_misconceptions
@@ -93,6 +94,7 @@ def summarize_set(
     categories = Counter(item.category or "uncategorized" for item in items)
     metrics = {model: aggregate(scores[model], **bootstrap) for model in models}
     facts = facts or load_default_fact_base()
+    degenerate = {model: _degenerate(generations[model]) for model in models}
     return {
         "n": len(items),
         "categories": dict(sorted(categories.items())),
@@ -100,7 +102,11 @@ def summarize_set(
         "difference": _paired_differences(scores, models, bootstrap) if set(MODELS) <= set(models) else {},
         "by_category": {model: _by_category(items, scores[model], bootstrap) for model in models},
         "term_f1_by_category": {model: _term_f1_by_category(metrics[model]) for model in models},
-        "generation": {model: _generation_stats(generations[model], (elapsed_s or {}).get(model)) for model in models},
+        "generation": {
+            model: _generation_stats(generations[model], (elapsed_s or {}).get(model), degenerate[model]["count"])
+            for model in models
+        },
+        "degenerate": degenerate,
         "terms": {model: _term_coverage(generations[model], dictionary) for model in models},
         "misconceptions": {model: _misconceptions_stated(generations[model], misconceptions) for model in models},
         "fact_check": {model: _fact_check(generations[model], facts) for model in models},
@@ -135,9 +141,12 @@ def write_score_table(
     return path
 
 
-def build_report(sets: Mapping[str, dict], *, models: Mapping[str, str], config: EvalConfig) -> dict:
-    """report.json's content: the set summaries with the headline, regressions and suggestions of the primary
-    set (`test`, or the first set when there is no test set). `models` describes each model in words."""
+def build_report(
+    sets: Mapping[str, dict], *, models: Mapping[str, str], config: EvalConfig, stand_in: str | None = None
+) -> dict:
+    """report.json's content: the set summaries with the headline, verdict, regressions and suggestions of the
+    primary set (`test`, or the first set when there is no test set). `models` describes each model in words;
+    `stand_in` is the note a random-weight base model carries (`registry.stand_in_note`)."""
     primary = PRIMARY_SET if PRIMARY_SET in sets else next(iter(sets))
     summary = sets[primary]
     headline = {}
@@ -156,6 +165,7 @@ def build_report(sets: Mapping[str, dict], *, models: Mapping[str, str], config:
     )
     return {
         "models": dict(models),
+        "stand_in": stand_in,
         "main_metrics": list(MAIN_METRICS),
         "lower_is_better": list(LOWER_IS_BETTER),
         "loss_metrics": list(LOSS_METRICS),
@@ -172,9 +182,44 @@ def build_report(sets: Mapping[str, dict], *, models: Mapping[str, str], config:
             "regression_tolerance": config.regression_tolerance,
         },
         "headline": headline,
+        "verdict": verdict(summary, found, config.confidence_level),
         "regressions": found,
         "suggestions": [asdict(suggestion) for suggestion in suggestions],
         "sets": dict(sets),
+    }
+
+
+def verdict(summary: Mapping, found_regressions: Sequence[str], confidence_level: float) -> dict[str, str]:
+    """What the primary set's numbers support, as `kind` and a one-line `message`: `degenerate` (at least
+    DEGENERATE_SHARE of the fine-tuned answers are degenerate, so a metric gain is no improvement), `regressed`,
+    `improved` (a judged metric whose paired interval lies above 0, or below 0 for a LOWER_IS_BETTER one such as
+    a loss) or `no_clear_difference`."""
+    tuned = summary["degenerate"].get("finetuned")
+    if tuned and tuned["count"] and tuned["count"] >= DEGENERATE_SHARE * tuned["n"]:
+        reasons = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in tuned["reasons"].items())
+        return {
+            "kind": "degenerate",
+            "message": (
+                f"DEGENERATE: {tuned['count']} of {tuned['n']} fine-tuned answers are degenerate ({reasons}); "
+                "whatever the metrics credit them with (a reference's punctuation, say) is not an improvement"
+            ),
+        }
+    if found_regressions:
+        return {"kind": "regressed", "message": f"regressed: {'; '.join(found_regressions)}"}
+    above = [
+        metric for metric, value in summary["difference"].items()
+        if (value["ci_high"] < 0 if metric in LOWER_IS_BETTER else value["ci_low"] > 0)
+    ]
+    caveat = f" ({tuned['count']} of {tuned['n']} fine-tuned answers degenerate)" if tuned and tuned["count"] else ""
+    if above:
+        return {
+            "kind": "improved",
+            "message": f"improved on {', '.join(above)}: the {confidence_level:.0%} interval of the paired "
+            f"difference lies above 0 (below 0 for a loss){caveat}",
+        }
+    return {
+        "kind": "no_clear_difference",
+        "message": f"no clear difference: every paired {confidence_level:.0%} interval includes 0{caveat}",
     }
 
 
@@ -212,11 +257,35 @@ def _truncation_line(summary: Mapping, set_name: str) -> str:
     """How often the budgets cut a completion short, per model: a report whose reasoning was mostly cut off
     measures the budget, not the model."""
     parts = [
-        f"{MODEL_LABELS.get(model, model)} {stats['forced_close_rate']:.0%} of reasoning cut at the thinking budget, "
+        f"{MODEL_LABELS.get(model, model)} {stats['closed_by_budget_rate']:.0%} of reasoning cut at the thinking "
+        "budget, "
         f"{1 - stats['finished_rate']:.0%} of completions cut at max_new_tokens"
         for model, stats in summary["generation"].items()
     ]
     return f"- truncation ({set_name}): " + "; ".join(parts)
+
+
+def headline_lines(data: Mapping) -> list[str]:
+    """The terminal summary of report.json's content: the stand-in note, the verdict, the main metrics of the
+    primary set (base against fine-tuned with their intervals and the paired difference), then the regressions."""
+    name = data["primary_set"]
+    summary = data["sets"][name]
+    confidence = data["settings"]["confidence_level"]
+    width = max(len(metric) for metric in data["main_metrics"]) + 2
+    lines = [data["stand_in"]] if data.get("stand_in") else []
+    if data.get("verdict"):
+        lines.append(f"verdict: {data['verdict']['message']}")
+    lines += [
+        f"{name} set, n = {summary['n']}: mean [{confidence:.0%} interval]",
+        f"{'metric':<{width}}{'base':<30}{'fine-tuned':<30}fine-tuned − base",
+    ]
+    for metric in data["main_metrics"]:
+        base, tuned = (format_estimate(summary["metrics"][model].get(metric)) for model in MODELS)
+        difference = format_estimate(summary["difference"].get(metric), True)
+        lines.append(f"{metric:<{width}}{base:<30}{tuned:<30}{difference}")
+    lines += [f"{other} set, n = {data['sets'][other]['n']}: see the report" for other in data["sets"] if other != name]
+    lines.append("regressions: " + ("; ".join(data["regressions"]) or "none"))
+    return lines
 
 
 def render_markdown(data: Mapping, charts: Mapping[str, Sequence[Path]]) -> str:
@@ -230,6 +299,9 @@ def render_markdown(data: Mapping, charts: Mapping[str, Sequence[Path]]) -> str:
     lines = [
         "# Evaluation report",
         "",
+        *([f"> **{data['stand_in']}**", ""] if data.get("stand_in") else []),
+        f"**Verdict: {data['verdict']['message']}**",
+        "",
         *(f"- {MODEL_LABELS.get(model, model)}: {description}" for model, description in models.items()),
         f"- generation: at most {settings['max_new_tokens']} new tokens, thinking budget "
         f"{settings['thinking_budget']} tokens, {decoding}",
@@ -241,7 +313,10 @@ def render_markdown(data: Mapping, charts: Mapping[str, Sequence[Path]]) -> str:
         "",
         f"## Headline ({primary}, n={data['sets'][primary]['n']})",
         "",
-        *_headline_table(data["sets"][primary], [*data["main_metrics"], *data.get("loss_metrics", ())]),
+        *_headline_table(
+            data["sets"][primary], [*data["main_metrics"], *data.get("loss_metrics", ())],
+            data["verdict"]["kind"] == "degenerate",
+        ),
         *_loss_note(data["sets"][primary], data.get("loss_metrics", ())),
         "",
         "## Regressions",
@@ -249,6 +324,8 @@ def render_markdown(data: Mapping, charts: Mapping[str, Sequence[Path]]) -> str:
     ]
     if data["regressions"]:
         lines += [f"- {item}" for item in data["regressions"]]
+    elif data["verdict"]["kind"] == "degenerate":
+        lines.append("Not judged: the fine-tuned answers are degenerate, so means above the base model's are no gain.")
     else:
         lines.append(f"None: no main metric of the fine-tuned model is below the base model's, and no loss "
                      f"above it, by more than {settings['regression_tolerance']}.")
@@ -259,11 +336,11 @@ def render_markdown(data: Mapping, charts: Mapping[str, Sequence[Path]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _headline_table(summary: Mapping, main_metrics: Sequence[str]) -> list[str]:
+def _headline_table(summary: Mapping, main_metrics: Sequence[str], degenerate: bool) -> list[str]:
     models = list(summary["metrics"])
     header = ["metric", *(MODEL_LABELS.get(model, model) for model in models)]
     if summary["difference"]:
-        header.append("fine-tuned − base")
+        header.append("fine-tuned − base" + (" (degenerate answers: not an improvement)" if degenerate else ""))
     rows = [_row(header), _row(["---"] * len(header))]
     for metric in main_metrics:
         cells = [metric, *(format_estimate(summary["metrics"][model].get(metric)) for model in models)]
@@ -389,22 +466,37 @@ def _term_f1_by_category(metrics: Mapping[str, Mapping]) -> dict:
     return {name.removeprefix(prefix): value for name, value in metrics.items() if name.startswith(prefix)}
 
 
-def _generation_stats(answers: Sequence[GeneratedAnswer], elapsed_s: float | None) -> dict[str, float]:
+def _generation_stats(answers: Sequence[GeneratedAnswer], elapsed_s: float | None, degenerate: int) -> dict[str, float]:
     count = len(answers)
     tokens = sum(answer.tokens_generated for answer in answers)
     stats = {
         "tokens_generated_mean": tokens / count,
         "reasoning_tokens_mean": sum(answer.reasoning_tokens for answer in answers) / count,
         "answer_chars_mean": sum(len(answer.answer) for answer in answers) / count,
-        "thinking_closed_rate": sum(answer.thinking_closed for answer in answers) / count,
-        "forced_close_rate": sum(answer.forced_close for answer in answers) / count,
+        # One definition each: the model wrote `</think>` itself, or the thinking budget ran out and it was
+        # appended; the rest ended their turn while still reasoning.
+        "closed_by_model_rate": sum(answer.thinking_closed for answer in answers) / count,
+        "closed_by_budget_rate": sum(answer.forced_close for answer in answers) / count,
         "finished_rate": sum(answer.finished for answer in answers) / count,
+        "degenerate_rate": degenerate / count,
         "latency_mean_s": sum(answer.latency_s for answer in answers) / count,
     }
     if elapsed_s:
         stats["generation_s"] = elapsed_s
         stats["tokens_per_second"] = tokens / elapsed_s
     return stats
+
+
+def _degenerate(answers: Sequence[GeneratedAnswer]) -> dict:
+    """How many answers are degenerate (`degenerate.degeneration`), how many of each kind, and which."""
+    found = {answer.id: found for answer in answers if (found := degeneration(answer.answer)) is not None}
+    kinds = Counter(found.kind for found in found.values())
+    return {
+        "count": len(found),
+        "n": len(answers),
+        "reasons": dict(kinds.most_common()),
+        "examples": {key: found.detail for key, found in found.items()},
+    }
 
 
 def _term_coverage(answers: Sequence[GeneratedAnswer], dictionary: TermDictionary) -> dict:

@@ -32,7 +32,7 @@ from qft_core.evaluate.report import (
 )
 from qft_core.evaluate.teacher_forced import reference_turns, teacher_forced_losses
 from qft_core.model.peft_files import ADAPTER_CONFIG
-from qft_core.model.registry import ensure_model_dir, load_model, load_tokenizer, resolve_model
+from qft_core.model.registry import ensure_model_dir, load_model, load_tokenizer, resolve_model, stand_in_note
 from qft_core.records import ThinkingExample, write_jsonl
 
 Progress = Callable[[int, int, str], None]
@@ -134,6 +134,7 @@ def evaluate_models(
         summaries,
         models={"base": spec.name, "finetuned": f"{spec.name} + LoRA adapter {adapter_dir}"},
         config=eval_config,
+        stand_in=stand_in_note(spec.name),
     )
     return write_report(data, out_dir, outputs)
 

@@ -130,7 +130,7 @@ def _misconceptions(set_summary: Mapping, model: str) -> list[Suggestion]:
 
 
 def _unclosed_thinking(set_summary: Mapping, model: str, thinking_budget: int) -> list[Suggestion]:
-    rate = 1.0 - set_summary["generation"][model]["thinking_closed_rate"]
+    rate = 1.0 - set_summary["generation"][model]["closed_by_model_rate"]
     if rate <= MAX_UNCLOSED_RATE:
         return []
     return [Suggestion(

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from qft_core.data.chinese import repetition_ratio
 from qft_core.data.thinking import score_thinking
+from qft_core.evaluate.degenerate import word_characters
 
 if TYPE_CHECKING:
     from qft_core.data.terms import TermDictionary
@@ -27,8 +28,10 @@ class Generation:
 
 @dataclass(frozen=True, slots=True)
 class ThinkingQuality:
+    """The reasoning's text. Whether `</think>` was the model's or forced in at the budget is not in the text:
+    the generation statistics (`closed_by_model_rate`, `closed_by_budget_rate`) say that."""
+
     present: bool
-    closed: bool
     chars: int
     coherence: float
     repetition: float
@@ -36,7 +39,6 @@ class ThinkingQuality:
     def as_metrics(self) -> dict[str, float]:
         return {
             "thinking_present": float(self.present),
-            "thinking_closed": float(self.closed),
             "thinking_chars": float(self.chars),
             "thinking_coherence": self.coherence,
             "thinking_repetition": self.repetition,
@@ -64,15 +66,15 @@ def split_generation(text: str) -> Generation:
 
 
 def thinking_quality(generation: Generation, dictionary: TermDictionary) -> ThinkingQuality:
-    """present: the reasoning has content; chars: its non-whitespace characters; coherence: `score_thinking`
-    of reasoning against the answer (0 without reasoning); repetition: `repetition_ratio` of its
-    non-whitespace text (NaN without reasoning)."""
+    """chars: the reasoning's letters and digits (CJK included; punctuation and whitespace are not reasoning);
+    present: chars > 0; coherence: `score_thinking` of reasoning against the answer (0 without reasoning);
+    repetition: `repetition_ratio` of its non-whitespace text (NaN without reasoning)."""
     visible = "".join(generation.reasoning.split())
     score = score_thinking(generation.reasoning, generation.answer, dictionary)
+    chars = word_characters(generation.reasoning)
     return ThinkingQuality(
-        present=score.present,
-        closed=generation.closed,
-        chars=len(visible),
+        present=chars > 0,
+        chars=chars,
         coherence=score.score,
-        repetition=repetition_ratio(visible) if score.present else math.nan,
+        repetition=repetition_ratio(visible) if chars else math.nan,
     )

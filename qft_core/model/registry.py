@@ -126,6 +126,18 @@ GGUF_CONVERSION_FORMAT = 1
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja"]
 
 
+def stand_in_note(model_name: str) -> str | None:
+    """What every result of a random-weight stand-in must say (None for a pretrained or unknown model)."""
+    entry = REGISTRY.get(model_name)
+    if entry is None or not entry.random_weights:
+        return None
+    return (
+        f"STAND-IN MODEL: '{model_name}' has random weights. It checks that the pipeline runs end to end; its "
+        "answers are noise and its metrics say nothing about fine-tuning quality. For real results use "
+        "configs/cpu-demo.yaml (a small pretrained model, on CPU) or model.name qwen3-4b-thinking-2507 (on a GPU)."
+    )
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A model resolved against the configuration: what it is and the directory that holds (or will hold) it."""

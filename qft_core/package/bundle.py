@@ -23,7 +23,8 @@ from filelock import FileLock
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
 from qft_core.config import ExportConfig
-from qft_core.model.registry import has_weights
+from qft_core.evaluate.degenerate import degeneration
+from qft_core.model.registry import has_weights, stand_in_note
 from qft_core.model.sampling import GENERATION_CONFIG_FILE
 from qft_core.model.tokenizer import EOS_TOKEN, PAD_TOKEN, qwen3_thinking_chat_template
 from qft_core.package.layout import (
@@ -53,7 +54,8 @@ REWRITTEN_FILES = frozenset({MODEL_CARD_FILE, METADATA_FILE, MANIFEST_FILE, CHAT
 QWEN3_THINKING_SAMPLING = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20}
 PACKAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 VERIFY_QUESTION = "什么是分组密码？"
-VERIFY_MAX_TOKENS = 4
+# Enough greedy tokens to tell a model that writes from one that repeats a single token.
+VERIFY_MAX_TOKENS = 16
 # The export.unpack_max_ratio limit starts above this many unpacked bytes: small text files compress very well.
 RATIO_GRACE_BYTES = 16 * 2**20
 # A tar writer pads the archive to its record size (10,240 bytes for Python and GNU tar) after the end marker;
@@ -397,15 +399,22 @@ class VerifyReport:
     completion_tokens: int
     sample_question: str
     sample_completion: str
+    # The note of a random-weight base model (`registry.stand_in_note`), None for a pretrained one.
+    stand_in: str | None = None
+    # Why the sample completion is degenerate (`degenerate.degeneration`), None when it is not.
+    degenerate: str | None = None
 
     def summary(self) -> str:
+        generation = f"DEGENERATE ({self.degenerate})" if self.degenerate else "ok"
         return "\n".join(
             [
+                *([self.stand_in] if self.stand_in else []),
                 f"package        {self.package_name} ({self.source})",
                 f"manifest       ok: {self.files_checked} files, {self.total_bytes / 1e6:.1f} MB match MANIFEST.sha256",
                 f"weights        {self.quantization or 'full precision'} on {self.device}",
                 "chat template  ok: the generation prompt ends with <|im_start|>assistant\\n<think>\\n",
-                f"generation     ok: {self.completion_tokens} token(s) after a {self.prompt_tokens}-token prompt",
+                f"generation     {generation}: {self.completion_tokens} token(s) after a {self.prompt_tokens}-token "
+                "prompt",
                 f"  question     {self.sample_question}",
                 f"  completion   {self.sample_completion!r}",
             ]
@@ -432,6 +441,8 @@ def _verify_folder(package_dir: Path, source: Path, device: str) -> VerifyReport
         completion_tokens=completion.completion_tokens,
         sample_question=VERIFY_QUESTION,
         sample_completion=completion.text,
+        stand_in=stand_in_note(str(metadata.get("base_model", ""))),
+        degenerate=degenerate.detail if (degenerate := degeneration(completion.text)) else None,
     )
 
 

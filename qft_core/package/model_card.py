@@ -11,6 +11,7 @@ import yaml
 
 from qft_core.package.layout import package_quantization
 from qft_core.package.vllm import gpu_serving_lines
+from qft_core.model.registry import stand_in_note
 
 DEFAULT_INTENDED_USE_ZH = (
     "教学与学习辅助：用中文解释密码学概念、算法、协议与标准（含 SM2、SM3、SM4 等国密算法），"
@@ -220,6 +221,14 @@ def render_model_card(info: ModelCardInfo, metadata: Mapping[str, Any]) -> str:
         f"A LoRA fine-tune (merged) of `{info.base_model}` for Chinese cryptography Q&A that reasons before answering.",
         "",
     ]
+    stand_in = stand_in_note(info.base_model)
+    if stand_in:
+        header += [
+            f"> **替身模型：`{info.base_model}` 的权重是随机的，只用来检验流程能否跑通；它的回答没有意义，"
+            "指标也不反映微调质量。**",
+            f"> **{stand_in}**",
+            "",
+        ]
     zh = _section(
         _ZH, metadata, info.data_description_zh, info.intended_use_zh, info.limitations_zh, info.model_name
     )

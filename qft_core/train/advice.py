@@ -419,13 +419,10 @@ def _poor_thinking(c: _Context) -> dict[str, Any] | None:
     """Evaluation evidence that the fine-tuned model reasons worse: it leaves reasoning unclosed more than
     MAX_UNCLOSED_RATE, or its closing rate or coherence falls below the base model's by more than the tolerance."""
     found = {}
-    for metric in ("thinking_closed", "thinking_closed_rate"):
-        ours = c.fine_tuned.get(metric)
-        if ours is None:
-            continue
-        theirs = c.base.get(metric)
-        if ours < 1 - MAX_UNCLOSED_RATE or (theirs is not None and ours < theirs - c.tolerance):
-            found.update({f"{metric}_fine_tuned": ours, f"{metric}_base": theirs})
+    # The share of completions whose `</think>` the model wrote itself (the evaluation's generation statistic).
+    ours, theirs = c.fine_tuned.get("closed_by_model_rate"), c.base.get("closed_by_model_rate")
+    if ours is not None and (ours < 1 - MAX_UNCLOSED_RATE or (theirs is not None and ours < theirs - c.tolerance)):
+        found.update({"closed_by_model_rate_fine_tuned": ours, "closed_by_model_rate_base": theirs})
     ours, theirs = c.fine_tuned.get("thinking_coherence"), c.base.get("thinking_coherence")
     if ours is not None and theirs is not None and ours < theirs - c.tolerance:
         found.update({"thinking_coherence_fine_tuned": ours, "thinking_coherence_base": theirs})

@@ -461,6 +461,8 @@ class Trainer:
             "micro_batch_size": self.layout.micro_batch_size,
             "grad_accum_steps": self.layout.grad_accum_steps,
             "skipped": anomaly is not None,
+            # Lets a live follower show progress and ETA without knowing the plan.
+            "total_steps": self.total_steps,
         }
         if anomaly is not None:
             record["anomaly"] = anomaly

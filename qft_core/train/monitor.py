@@ -29,7 +29,7 @@ REPORT_FILE = "training_monitor.md"
 PANELS_FILE = "training_curves.png"
 CHINESE_FILE = "chinese_metrics.png"
 
-Status = Literal["no_data", "warming_up", "improving", "converged", "diverging", "overfitting"]
+Status = Literal["no_data", "warming_up", "improving", "converged", "diverging", "overfitting", "not_learning"]
 Severity = Literal["info", "warning", "critical"]
 FindingKind = Literal[
     "gradient_explosion",
@@ -43,6 +43,7 @@ FindingKind = Literal[
     "communication_bound",
     "metric_regression",
     "reasoning_loss_dominates",
+    "not_learning",
 ]
 
 
@@ -88,6 +89,9 @@ class MonitorSettings:
     metric_drop: float = 0.02
     # Validation loss per reasoning token this many times that per answer token: reasoning dominates the loss.
     reasoning_dominance: float = 1.5
+    # A best loss (validation, else smoothed train) above this share of ln(vocabulary), the loss of guessing
+    # uniformly, is a run that learned nothing: a random-weight model on a few steps stays at about 0.99.
+    not_learning_share: float = 0.9
 
 
 class Finding(BaseModel):
@@ -162,10 +166,14 @@ class MonitorReport(BaseModel):
 
 
 def monitor_run(
-    run: str | Path, total_steps: int | None = None, settings: MonitorSettings | None = None
+    run: str | Path,
+    total_steps: int | None = None,
+    settings: MonitorSettings | None = None,
+    vocab_size: int | None = None,
 ) -> MonitorReport:
     """The report of a run folder (its metrics.jsonl, and training_summary.json when the run finished) or of a
-    metrics file. Without `total_steps`, a finished run's summary gives them."""
+    metrics file. Without `total_steps`, a finished run's summary gives them; with `vocab_size` a loss that
+    stays near ln(vocab_size) is judged "not_learning"."""
     run = Path(run)
     metrics_path = run / METRICS_FILE if run.is_dir() else run
     if not metrics_path.is_file():
@@ -178,7 +186,12 @@ def monitor_run(
         except ValidationError as error:
             raise MonitorError(f"{summary_path}: not a training summary: {error.errors()[0]['msg']}") from None
     return monitor_records(
-        read_metrics(metrics_path), total_steps, settings=settings, summary=summary, source=str(metrics_path)
+        read_metrics(metrics_path),
+        total_steps,
+        settings=settings,
+        summary=summary,
+        source=str(metrics_path),
+        vocab_size=vocab_size,
     )
 
 
@@ -258,6 +271,7 @@ def monitor_records(
     settings: MonitorSettings | None = None,
     summary: TrainingSummary | None = None,
     source: str | None = None,
+    vocab_size: int | None = None,
 ) -> MonitorReport:
     """The report of a run's metrics records (step records and events, as the engine writes them)."""
     settings = settings or MonitorSettings()
@@ -299,6 +313,7 @@ def monitor_records(
         *_oom(stats, steps, events, summary),
         *_distributed(stats, steps, settings, summary),
         *_chinese(stats, steps, settings),
+        *_not_learning(stats, vocab_size, settings),
     ]
     findings.sort(key=lambda finding: (finding.step is None, finding.step or 0))
 
@@ -726,12 +741,38 @@ def _chinese(stats: RunStats, steps: list[dict], settings: MonitorSettings) -> l
     return findings
 
 
+def _not_learning(stats: RunStats, vocab_size: int | None, settings: MonitorSettings) -> list[Finding]:
+    """A best loss that stays near ln(vocab_size): the model still guesses about uniformly over its vocabulary,
+    however flat (converged-looking) the curve is."""
+    best = stats.best_val_loss if stats.best_val_loss is not None else stats.best_smoothed_loss
+    if vocab_size is None or best is None:
+        return []
+    uniform = math.log(vocab_size)
+    if best < settings.not_learning_share * uniform:
+        return []
+    which = "validation" if stats.best_val_loss is not None else "smoothed train"
+    return [
+        Finding(
+            kind="not_learning",
+            severity="critical",
+            step=stats.best_val_step if stats.best_val_loss is not None else stats.best_smoothed_step,
+            message=(
+                f"not learning: the best {which} loss {best:.4g} is {best / uniform:.0%} of ln({vocab_size:,}) = "
+                f"{uniform:.4g}, the loss of guessing uniformly over the vocabulary"
+            ),
+            evidence={"best_loss": best, "uniform_loss": uniform, "vocab_size": vocab_size},
+        )
+    ]
+
+
 def _status(
     findings: list[Finding], stats: RunStats, losses: _Losses, window: int, settings: MonitorSettings
 ) -> Status:
     kinds = {finding.kind for finding in findings}
     if "divergence" in kinds:
         return "diverging"
+    if "not_learning" in kinds:
+        return "not_learning"
     if "overfitting" in kinds:
         return "overfitting"
     if len(losses.smoothed) <= window or stats.tail_improvement is None:
@@ -857,6 +898,8 @@ class ProgressTracker:
                 )
             return None
         step = record["step"]
+        if self.total_steps is None:
+            self.total_steps = record.get("total_steps")
         if record.get("step_time_s") is not None:
             self.step_times = [*self.step_times, record["step_time_s"]][-self.eta_steps :]
         if record.get("loss") is not None and not record.get("skipped"):

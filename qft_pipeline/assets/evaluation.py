@@ -11,7 +11,7 @@ from qft_core.records import ThinkingExample, read_parquet
 from qft_pipeline.artifacts import run_folder, upstream_path
 from qft_pipeline.assets.data import term_balanced_splits
 from qft_pipeline.assets.training import lora_checkpoint
-from qft_pipeline.metadata import image, markdown_table
+from qft_pipeline.metadata import image, markdown_table, stand_in_metadata
 from qft_pipeline.resources import QftSettings
 
 GROUP = "evaluation"
@@ -57,6 +57,8 @@ def evaluation_report(context: dg.AssetExecutionContext, qft: QftSettings):
             "path": dg.MetadataValue.path(str(report.markdown)),
             "device": resolve_device(config.model.device),
             "report": dg.MetadataValue.md(report.markdown.read_text(encoding="utf-8")),
+            "verdict": report.data["verdict"]["message"],
+            **stand_in_metadata(config.model.name),
             "headline": markdown_table([{"metric": key, "value": value} for key, value in report.headline.items()]),
             **charts,
         }

@@ -28,7 +28,7 @@ from qft_pipeline.artifacts import run_folder, upstream_path
 from qft_pipeline.assets.data import raw_thinking_documents, term_balanced_splits
 from qft_pipeline.assets.evaluation import evaluation_report
 from qft_pipeline.assets.training import TRAINING_POOL, lora_checkpoint
-from qft_pipeline.metadata import markdown_table, report_warnings
+from qft_pipeline.metadata import markdown_table, report_warnings, stand_in_metadata
 from qft_pipeline.resources import QftSettings
 
 GROUP = "packaging"
@@ -100,6 +100,7 @@ def quantized_package(context: dg.AssetExecutionContext, qft: QftSettings):
             "weights_bytes": package.weights_bytes,
             "quantize_seconds": package.seconds,
             "comparison": dg.MetadataValue.json(row),
+            **stand_in_metadata(config.model.name),
         }
     )
     yield dg.AssetCheckResult(
@@ -122,17 +123,19 @@ def deployment_package(context: dg.AssetExecutionContext, qft: QftSettings) -> d
     corpus = CorpusManifest.model_validate_json(corpus_path.read_text(encoding="utf-8"))
     variants = _latest_variants(context.instance, config.quant.formats)
     rows, variant_warnings = quantized_variants(variants, merged_dir, config.quant)
+    model_dir = deployed_model_dir(config.export.deployed_variant, variants, merged_dir)
     warnings = [*(f"corpus: {warning}" for warning in corpus.warnings), *variant_warnings]
     metadata = {
         "config": config.model_dump(mode="json"),
         "data_hash": corpus.content_hash,
         "metrics": _headline(upstream_path(context, "evaluation_report").parent),
         "quantized_variants": rows,
+        "deployed_variant": config.export.deployed_variant,
         "warnings": warnings,
     }
     spec = resolve_model(config.model, config.paths)
     package_dir = build_package(
-        merged_dir,
+        model_dir,
         run_folder(context, config) / config.export.package_name,
         metadata=metadata,
         model_card=ModelCardInfo(model_name=config.export.package_name, base_model=spec.name),
@@ -142,11 +145,28 @@ def deployment_package(context: dg.AssetExecutionContext, qft: QftSettings) -> d
         metadata={
             "path": dg.MetadataValue.path(str(package_dir)),
             "archive": dg.MetadataValue.path(str(archive_path(package_dir))),
+            "deployed_variant": config.export.deployed_variant,
+            **stand_in_metadata(spec.name),
             "formats": markdown_table(rows or [{"variant": "none built yet"}]),
             "warnings": shown_warnings,
             "serve": dg.MetadataValue.md(f"`uv run qft serve {package_dir}`"),
         }
     )
+
+
+def deployed_model_dir(variant: str, variants: Mapping[str, Mapping[str, Any] | None], merged_dir: Path) -> Path:
+    """The model folder the package is built from: the merged model, or the `variant` quantized from it."""
+    if variant == "unquantized":
+        return merged_dir
+    metadata = variants.get(variant)
+    if metadata is None or metadata.get("merged_model") != str(merged_dir):
+        raise dg.Failure(
+            description=(
+                f"export.deployed_variant is '{variant}', but no {variant} package was quantized from {merged_dir}: "
+                f"materialize quantized_package[{variant}] first, or deploy 'unquantized'"
+            )
+        )
+    return Path(str(metadata["path"]))
 
 
 def _latest_variants(instance: dg.DagsterInstance, formats: list[str]) -> dict[str, Mapping[str, Any] | None]:

@@ -23,7 +23,7 @@ from qft_core.train.monitor import monitor_run, write_monitor_report
 from qft_core.train.plan import ModelShape, TrainingPlan, plan_training
 from qft_pipeline.artifacts import resumable_run_folder, run_folder, upstream_path
 from qft_pipeline.assets.data import term_balanced_splits
-from qft_pipeline.metadata import image
+from qft_pipeline.metadata import image, stand_in_metadata
 from qft_pipeline.resources import QftSettings
 
 GROUP = "training"
@@ -113,12 +113,15 @@ def lora_checkpoint(
     )
     summary = TrainingSummary.read(run_dir / "training_summary.json")
     curve = plot_loss_curve(read_metrics(summary.metrics_file), run_dir / "loss_curve.png")
-    monitor = monitor_run(run_dir, summary.steps)
+    spec = resolve_model(config.model, config.paths)
+    vocab = ModelShape.from_pretrained_dir(ensure_model_dir(spec), config.model).vocab
+    monitor = monitor_run(run_dir, summary.steps, vocab_size=vocab)
     monitor_markdown, monitor_charts = write_monitor_report(monitor, run_dir)
     suggestions = advise(monitor, plan, config)
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(summary.adapter_dir),
+            "first_train_loss": monitor.stats.first_loss,
             "final_train_loss": summary.final_train_loss,
             "final_val_loss": summary.final_val_loss,
             "best_val_loss": summary.best_val_loss,
@@ -129,6 +132,8 @@ def lora_checkpoint(
             "restarts": summary.restarts,
             "loss_curve": image(curve, "loss curve"),
             "training_status": monitor.status,
+            "base_model": spec.name,
+            **stand_in_metadata(spec.name),
             "monitor": dg.MetadataValue.md(monitor_markdown.read_text(encoding="utf-8")),
             **{f"chart_{chart.stem}": image(chart, chart.stem) for chart in monitor_charts},
             "advice": dg.MetadataValue.md(suggestions_markdown(suggestions)),

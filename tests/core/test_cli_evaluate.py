@@ -11,7 +11,7 @@ import pytest
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from qft_core.cli import main
-from qft_core.cli_evaluate import EXIT_BAD_INPUT, adapter_mismatches, newest_run, summary_lines
+from qft_core.cli_evaluate import EXIT_BAD_INPUT, adapter_mismatches, newest_run
 from qft_core.config import ModelConfig, PathsConfig
 from qft_core.evaluate.experts import GoldItem
 from qft_core.evaluate.report import MAIN_METRICS
@@ -24,8 +24,8 @@ EXAMPLES = [
     ("t2", "hash_mac", "SHA-256 的输出有多长？", "SHA-256 输出 256 位的摘要。"),
     ("t3", "post_quantum", "格密码为什么被认为能抵抗量子攻击？", "格上的困难问题目前没有已知的高效量子算法。"),
 ]
-REPORT_KEYS = {"models", "main_metrics", "lower_is_better", "loss_metrics", "primary_set", "settings", "headline", "regressions",
-               "suggestions", "sets"}
+REPORT_KEYS = {"models", "stand_in", "main_metrics", "lower_is_better", "loss_metrics", "primary_set", "settings",
+               "headline", "verdict", "regressions", "suggestions", "sets"}
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +109,8 @@ def test_evaluate_writes_the_report_and_prints_the_main_metrics(config_file, ada
 
     assert "on 2 example(s) of " in printed and "and 1 gold-set item(s)" in printed
     assert "test set, n = 2: mean [95% interval]" in printed
+    # qwen3-tiny: the random-weight note comes first, then the verdict.
+    assert printed.index("STAND-IN MODEL: 'qwen3-tiny' has random weights") < printed.index("verdict: ")
     for metric in MAIN_METRICS:
         assert f"\n{metric} " in printed
     assert "gold set, n = 1: see the report" in printed
@@ -185,26 +187,3 @@ def test_defaults_come_from_the_newest_run_that_has_both_split_and_adapter(tmp_p
     paths = PathsConfig(artifacts_dir=str(tmp_path))
     assert newest_run(paths, members).name == "complete-new"
     assert newest_run(paths, members[:1]).name == "splits-only-newest"
-
-
-def test_summary_lines_show_both_models_and_the_paired_difference() -> None:
-    def estimate(mean: float, low: float, high: float) -> dict:
-        return {"mean": mean, "ci_low": low, "ci_high": high, "n": 2}
-
-    data = {
-        "primary_set": "test",
-        "main_metrics": ["term_f1"],
-        "settings": {"confidence_level": 0.9},
-        "regressions": [],
-        "sets": {
-            "test": {"n": 2, "metrics": {"base": {"term_f1": estimate(0.25, 0.0, 0.5)},
-                                         "finetuned": {"term_f1": estimate(0.5, 0.5, 0.5)}},
-                     "difference": {"term_f1": estimate(0.25, -0.5, 0.5)}},
-        },
-    }
-    assert summary_lines(data) == [
-        "test set, n = 2: mean [90% interval]",
-        "metric   base                          fine-tuned                    fine-tuned − base",
-        "term_f1  0.250 [0.000, 0.500] n=2      0.500 [0.500, 0.500] n=2      +0.250 [-0.500, +0.500] n=2",
-        "regressions: none",
-    ]

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from qft_core.config import ConfigError, EvalConfig, QftConfig, dump_config, load_config
+from qft_core.config import ConfigError, EvalConfig, QftConfig, config_from_dict, dump_config, load_config
 
 
 def test_no_file_gives_cpu_defaults():
@@ -82,3 +82,17 @@ def test_lowering_max_new_tokens_under_the_budget_is_refused_on_assignment():
     config = EvalConfig()
     with pytest.raises(ValidationError, match=r"thinking_budget \(192\) must be smaller than max_new_tokens \(100\)"):
         config.max_new_tokens = 100
+
+
+def test_the_deployed_variant_must_be_one_the_run_quantizes():
+    config_from_dict({"export": {"deployed_variant": "int8"}})
+    with pytest.raises(ConfigError, match=r"export.deployed_variant 'gptq' is not among quant.formats \['int8'\]"):
+        config_from_dict({"quant": {"formats": ["int8"]}, "export": {"deployed_variant": "gptq"}})
+
+
+def test_the_cpu_demo_config_loads_and_names_the_pretrained_smollm2():
+    from qft_core.config import REPO_ROOT
+
+    config = load_config(REPO_ROOT / "configs" / "cpu-demo.yaml")
+    assert (config.model.name, config.training.max_steps, config.eval.max_examples) == ("smollm2-135m", 8, 4)
+    assert config.export.deployed_variant == "unquantized" and config.quant.formats == ["int8"]

@@ -13,7 +13,7 @@ import yaml
 from qft_core.config import ModelConfig, PathsConfig, QuantConfig
 from qft_core.data.corpus import scan_corpus
 from qft_core.model.registry import ensure_model_dir, resolve_model
-from qft_pipeline.assets.packaging import deployment_package, quantized_variants
+from qft_pipeline.assets.packaging import deployed_model_dir, deployment_package, quantized_variants
 from qft_pipeline.resources import QftSettings
 
 MERGED = Path("/artifacts/runs/r1/merged_model/merged")
@@ -45,6 +45,16 @@ def test_missing_stale_and_degraded_variants_are_warned():
         DEGRADED,
         "gptq: no quantized variant of this merged model (no package was ever built); not listed",
     ]
+
+
+def test_the_deployed_variant_is_the_merged_model_or_its_quantized_package():
+    variants = {"int8": _variant(CLEAN_ROW), "int4": _variant(DEGRADED_ROW, merged=Path("/other/merged")), "gptq": None}
+    assert deployed_model_dir("unquantized", variants, MERGED) == MERGED
+    assert deployed_model_dir("int8", variants, MERGED) == Path("/somewhere")
+    with pytest.raises(dg.Failure, match=r"export.deployed_variant is 'int4', but no int4 package was quantized from"):
+        deployed_model_dir("int4", variants, MERGED)
+    with pytest.raises(dg.Failure, match=r"materialize quantized_package\[gptq\] first"):
+        deployed_model_dir("gptq", variants, MERGED)
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")

@@ -17,6 +17,7 @@ from qft_core.evaluate.misconceptions import load_default_misconceptions
 from qft_core.evaluate.report import (
     MAIN_METRICS,
     build_report,
+    headline_lines,
     regression_check,
     summarize_set,
     write_report,
@@ -109,7 +110,9 @@ def test_summary_means_differences_and_categories(summary: dict) -> None:
     assert summary["by_category"]["finetuned"]["post_quantum"]["term_f1"]["mean"] == pytest.approx(0.1)
     assert summary["term_f1_by_category"]["finetuned"]["symmetric"]["n"] == 2
     generation = summary["generation"]["finetuned"]
-    assert generation["thinking_closed_rate"] == pytest.approx(2 / 6)
+    assert generation["closed_by_model_rate"] == pytest.approx(2 / 6)
+    assert generation["closed_by_budget_rate"] == pytest.approx(4 / 6)
+    assert generation["degenerate_rate"] == 0.0
     assert generation["tokens_per_second"] == pytest.approx(18 / 3.0)
 
 
@@ -148,9 +151,9 @@ def test_report_files_render_and_reload(report) -> None:
     assert "answer_loss: teacher-forced loss of the reference" in markdown
     loaded = json.loads(report.json.read_text(encoding="utf-8"))
     assert loaded == report.data
-    assert set(loaded) == {"models", "main_metrics", "lower_is_better", "loss_metrics", "primary_set", "settings",
-                           "headline",
-                           "regressions", "suggestions", "sets"}
+    assert set(loaded) == {"models", "stand_in", "main_metrics", "lower_is_better", "loss_metrics", "primary_set",
+                           "settings", "headline", "verdict", "regressions", "suggestions", "sets"}
+    assert loaded["verdict"]["kind"] == "regressed" and loaded["stand_in"] is None
     assert loaded["main_metrics"] == list(MAIN_METRICS)
     assert loaded["loss_metrics"] == ["answer_loss", "reasoning_loss"]
     assert loaded["headline"]["difference.answer_loss"] == pytest.approx(-1 / 3)
@@ -261,3 +264,101 @@ def test_score_table_has_a_row_per_model_and_item_with_every_metric(generations,
     assert table["term_f1.symmetric"].notna().tolist() == [True, True, False, False, False, False] * 2
     means = table.groupby("model")["keypoint_coverage"].mean().to_dict()
     assert means == pytest.approx({"base": 0.5, "finetuned": 0.1})
+
+
+def _degenerate_report(
+    tmp_path, tuned_text: str, stand_in: str | None = None, tuned_value: float = 0.30, tuned_loss: float = BASE_LOSS
+):
+    """The issue's qwen3-tiny evaluation: every fine-tuned answer is `tuned_text`, yet it matches the references'
+    punctuation for a ROUGE-L `tuned_value` (0.30) against the base model's 0.25 on every question; the answer
+    loss is the base model's unless `tuned_loss` says otherwise."""
+    generations = {
+        "base": [_answer(i, c, r, base, closed=True) for i, c, r, base, _ in ITEMS],
+        "finetuned": [_answer(i, c, r, tuned_text, closed=False) for i, c, r, _, _ in ITEMS],
+    }
+    scores = {
+        "base": [_scores(BASE, 0.5, c, BASE_LOSS) for _, c, *_ in ITEMS],
+        "finetuned": [_scores(tuned_value, 0.5, c, tuned_loss) for _, c, *_ in ITEMS],
+    }
+    dictionary = load_default_dictionary()
+    summary = summarize_set(generations, scores, dictionary=dictionary, misconceptions=[], config=CONFIG)
+    data = build_report({"test": summary}, models={"base": "tiny", "finetuned": "tiny + adapter"}, config=CONFIG,
+                        stand_in=stand_in)
+    return write_report(data, tmp_path)
+
+
+def test_a_gain_made_of_degenerate_answers_is_reported_as_degenerate_not_as_an_improvement(tmp_path) -> None:
+    report = _degenerate_report(tmp_path, "，，，，，，，，")
+
+    summary = report.data["sets"]["test"]
+    assert summary["degenerate"]["finetuned"] == {
+        "count": 6, "n": 6, "reasons": {"repeated": 6}, "examples": {i: "'，' repeated 8 times" for i, *_ in ITEMS},
+    }
+    assert summary["degenerate"]["base"]["count"] == 0
+    assert summary["generation"]["finetuned"]["degenerate_rate"] == 1.0
+    # Every paired difference is +0.05 with a point interval, which alone would read as an improvement.
+    assert summary["difference"]["rougeL_char_f1"]["ci_low"] == pytest.approx(0.05)
+    assert report.data["verdict"] == {
+        "kind": "degenerate",
+        "message": "DEGENERATE: 6 of 6 fine-tuned answers are degenerate (6 repeated); whatever the metrics credit "
+        "them with (a reference's punctuation, say) is not an improvement",
+    }
+    markdown = report.markdown.read_text(encoding="utf-8")
+    assert "**Verdict: DEGENERATE: 6 of 6" in markdown
+    assert "| fine-tuned − base (degenerate answers: not an improvement) |" in markdown
+    assert "Not judged: the fine-tuned answers are degenerate" in markdown
+    assert "None: no main metric" not in markdown
+
+
+def test_the_same_gain_from_real_answers_is_an_improvement(tmp_path) -> None:
+    report = _degenerate_report(tmp_path, "AES 是一种分组密码。")
+
+    assert report.data["verdict"]["kind"] == "improved"
+    assert report.data["verdict"]["message"].startswith("improved on rougeL_char_f1, rougeL_term_f1, term_f1: the 95%")
+
+
+def test_a_lower_answer_loss_alone_is_an_improvement(tmp_path) -> None:
+    # Same overlap scores as the base model; the reference answer's loss drops from 2.0 to 1.5 on every question.
+    report = _degenerate_report(tmp_path, "AES 是一种分组密码。", tuned_value=BASE, tuned_loss=1.5)
+
+    assert report.data["sets"]["test"]["difference"]["answer_loss"]["ci_high"] == pytest.approx(-0.5)
+    assert report.data["regressions"] == []
+    assert report.data["verdict"] == {
+        "kind": "improved",
+        "message": "improved on answer_loss: the 95% interval of the paired difference lies above 0 (below 0 for a "
+        "loss)",
+    }
+
+
+def test_a_stand_in_model_is_named_at_the_top_of_the_report(tmp_path) -> None:
+    note = "STAND-IN MODEL: 'qwen3-tiny' has random weights."
+    markdown = _degenerate_report(tmp_path, "，，，", stand_in=note).markdown.read_text(encoding="utf-8")
+
+    assert markdown.splitlines()[2] == f"> **{note}**"
+
+
+def test_headline_lines_show_the_verdict_both_models_and_the_paired_difference() -> None:
+    def estimate(mean: float, low: float, high: float) -> dict:
+        return {"mean": mean, "ci_low": low, "ci_high": high, "n": 2}
+
+    data = {
+        "primary_set": "test",
+        "main_metrics": ["term_f1"],
+        "settings": {"confidence_level": 0.9},
+        "regressions": [],
+        "stand_in": "STAND-IN MODEL: random weights.",
+        "verdict": {"kind": "no_clear_difference", "message": "no clear difference"},
+        "sets": {
+            "test": {"n": 2, "metrics": {"base": {"term_f1": estimate(0.25, 0.0, 0.5)},
+                                         "finetuned": {"term_f1": estimate(0.5, 0.5, 0.5)}},
+                     "difference": {"term_f1": estimate(0.25, -0.5, 0.5)}},
+        },
+    }
+    assert headline_lines(data) == [
+        "STAND-IN MODEL: random weights.",
+        "verdict: no clear difference",
+        "test set, n = 2: mean [90% interval]",
+        "metric   base                          fine-tuned                    fine-tuned − base",
+        "term_f1  0.250 [0.000, 0.500] n=2      0.500 [0.500, 0.500] n=2      +0.250 [-0.500, +0.500] n=2",
+        "regressions: none",
+    ]

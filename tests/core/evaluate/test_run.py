@@ -13,7 +13,7 @@ from qft_core.evaluate.experts import EvalOutput, GoldItem
 from qft_core.evaluate.generate import GeneratedAnswer
 from qft_core.evaluate.report import JUDGED_METRICS
 from qft_core.evaluate.run import AdapterNotFound, evaluate_models
-from qft_core.model.registry import load_model, resolve_model
+from qft_core.model.registry import load_model, resolve_model, stand_in_note
 from qft_core.records import ThinkingExample, ThinkingStructure, read_jsonl
 from tests.core.evaluate.lora import save_random_lora_adapter
 
@@ -72,6 +72,10 @@ def test_evaluate_models_writes_the_report_and_every_generation(config, adapter_
     assert sorted(path.name for path in report.files) == names
     data = json.loads(report.json.read_text(encoding="utf-8"))
     assert data["primary_set"] == "test"
+    # qwen3-tiny has random weights: the report says so before any number, and gives a verdict.
+    assert data["stand_in"] == stand_in_note("qwen3-tiny") and data["stand_in"].startswith("STAND-IN MODEL")
+    assert report.markdown.read_text(encoding="utf-8").splitlines()[2] == f"> **{data['stand_in']}**"
+    assert data["verdict"]["kind"] in {"degenerate", "regressed", "improved", "no_clear_difference"}
     assert (data["sets"]["test"]["n"], data["sets"]["gold"]["n"]) == (3, 1)
     assert set(report.headline) == {f"{model}.{metric}" for model in ("base", "finetuned", "difference")
                                     for metric in JUDGED_METRICS}

@@ -22,7 +22,7 @@ from qft_core.cli import run
 from qft_core.cli_package import add_package_commands
 from qft_core.config import ModelConfig, PathsConfig, QftConfig, QuantConfig
 from qft_core.model.chat import generation_prompt_ids
-from qft_core.model.registry import ensure_model_dir, resolve_model
+from qft_core.model.registry import ensure_model_dir, resolve_model, stand_in_note
 from qft_core.package.bundle import (
     VERIFY_MAX_TOKENS,
     VERIFY_QUESTION,
@@ -148,6 +148,8 @@ def test_model_card_is_chinese_and_english_and_filled_from_metadata(package_dir:
     assert card.count("| `lora.r` | 8 |") == 2
     assert card.count("| `examples.train` | 206 |") == 2
     assert card.index("## 中文") < card.index("## English")
+    # qwen3-tiny has random weights: the card says so, in both languages, before the first section.
+    assert card.index("替身模型") < card.index(stand_in_note("qwen3-tiny")) < card.index("## 中文")
 
 
 def test_package_template_renders_the_think_generation_prompt(package_dir: Path) -> None:
@@ -212,6 +214,29 @@ def test_verify_checks_manifest_template_and_generates(package_dir: Path, tiny_m
     assert report.prompt_tokens == len(generation_prompt_ids(VERIFY_QUESTION, tokenizer))
     assert 1 <= report.completion_tokens <= VERIFY_MAX_TOKENS
     assert report.quantization is None
+    assert report.stand_in == stand_in_note("qwen3-tiny")
+    assert report.summary().splitlines()[0] == report.stand_in
+
+
+def test_verify_reports_a_model_that_repeats_one_token_as_degenerate(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """qwen3-tiny with its final norm zeroed: every logit is 0, so greedy decoding picks token 0 ('!') each step."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.model.norm.weight.zero_()
+    model.save_pretrained(tmp_path / "flat")
+    shutil.copy(tiny_model_dir / "tokenizer.json", tmp_path / "flat")
+    shutil.copy(tiny_model_dir / "tokenizer_config.json", tmp_path / "flat")
+    card = ModelCardInfo(model_name=PACKAGE_NAME, base_model="some-pretrained-model")
+    package = build_package(tmp_path / "flat", tmp_path / "pkg", metadata=METADATA, model_card=card)
+
+    report = verify_package(package)
+
+    assert report.sample_completion == "!" * VERIFY_MAX_TOKENS
+    assert report.degenerate == f"'!' repeated {VERIFY_MAX_TOKENS} times"
+    assert report.stand_in is None
+    summary = report.summary().splitlines()
+    assert summary[0].startswith("package ")
+    assert summary[4].startswith(f"generation     DEGENERATE ('!' repeated {VERIFY_MAX_TOKENS} times): 16 token(s)")
 
 
 def test_verify_accepts_the_archive(package_dir: Path) -> None:

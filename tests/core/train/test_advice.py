@@ -119,15 +119,15 @@ def test_an_oom_back_off_proposes_the_micro_batch_the_run_ended_with() -> None:
 
 def test_poor_thinking_takes_reasoning_out_of_the_loss() -> None:
     evaluation = {
-        "fine_tuned": {"rougeL_char_f1": 0.40, "thinking_closed": {"mean": 0.55}},
-        "base": {"rougeL_char_f1": 0.30, "thinking_closed": {"mean": 0.90}},
+        "fine_tuned": {"rougeL_char_f1": 0.40, "closed_by_model_rate": {"mean": 0.55}},
+        "base": {"rougeL_char_f1": 0.30, "closed_by_model_rate": {"mean": 0.90}},
     }
 
     suggestions = by_setting(advise(monitor_records(falling(), total_steps=100), cpu_plan(), config(), evaluation))
 
     reasoning = suggestions["training.loss_on_reasoning"]
     assert (reasoning.current, reasoning.proposed) == (True, False)
-    assert reasoning.evidence == {"thinking_closed_fine_tuned": 0.55, "thinking_closed_base": 0.9}
+    assert reasoning.evidence == {"closed_by_model_rate_fine_tuned": 0.55, "closed_by_model_rate_base": 0.9}
 
 
 def test_a_dominating_reasoning_loss_takes_reasoning_out_of_the_loss() -> None:

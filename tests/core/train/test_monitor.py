@@ -209,6 +209,14 @@ def test_progress_tracker_reports_a_skipped_step_and_the_last_step_at_once() -> 
     assert tracker.update(step(3, 1.5)).startswith("step 3/3 (100%) | loss 1.5000")
 
 
+def test_progress_tracker_takes_the_total_from_the_engines_records() -> None:
+    tracker = ProgressTracker(every=1)
+    tracker.update(step(1, 2.0, total_steps=4))
+    # Two steps of 2 s each left.
+    assert tracker.update(step(2, 1.8, total_steps=4)).startswith("step 2/4 (50%) | loss 1.8000")
+    assert tracker.update(step(2, 1.8, total_steps=4)).endswith("| ETA 4s")
+
+
 def test_format_duration() -> None:
     assert [format_duration(s) for s in (45, 140, 3725, None)] == ["45s", "2m20s", "1h02m", "unknown"]
 
@@ -350,3 +358,41 @@ def test_a_finished_run_takes_its_total_steps_from_the_summary_and_a_bad_summary
         monitor_run(tmp_path)
     with pytest.raises(MonitorError, match="no metrics file"):
         monitor_run(tmp_path / "missing")
+
+
+QWEN3_VOCAB = 151_936
+
+
+def flat_near_uniform(steps: int = 50) -> list[dict]:
+    """The issue's qwen3-tiny run: train loss 11.97 easing to 11.77, validation at 11.8 (ln 151,936 = 11.93)."""
+    records = [step(n, 11.97 - 0.2 * (n - 1) / (steps - 1)) for n in range(1, steps + 1)]
+    records[-1]["val_loss"] = 11.8
+    return records
+
+
+def test_a_loss_that_stays_near_ln_vocab_is_not_learning_however_flat() -> None:
+    report = monitor_records(flat_near_uniform(), vocab_size=QWEN3_VOCAB)
+
+    assert report.status == "not_learning"
+    (finding,) = report.of_kind("not_learning")
+    assert finding.severity == "critical" and finding.step == 50
+    # 11.8 / ln(151,936) = 11.8 / 11.931 = 98.9%.
+    assert finding.evidence["uniform_loss"] == pytest.approx(11.931, abs=5e-4)
+    assert "99% of ln(151,936)" in finding.message
+
+
+def test_without_a_vocabulary_the_same_flat_run_is_only_judged_by_its_trend() -> None:
+    assert monitor_records(flat_near_uniform()).status == "converged"
+
+
+def test_a_loss_well_below_ln_vocab_is_not_flagged_as_not_learning() -> None:
+    report = monitor_records(falling(), vocab_size=QWEN3_VOCAB)
+
+    assert report.status == "improving" and report.of_kind("not_learning") == []
+
+
+def test_without_validation_the_smoothed_train_loss_decides_not_learning() -> None:
+    records = [step(n, 10.9) for n in range(1, 31)]
+    # 10.9 / ln(151,936) = 0.914 ≥ 0.9, while 10.9 / ln(10⁶) = 10.9 / 13.8 = 0.79.
+    assert monitor_records(records, vocab_size=QWEN3_VOCAB).status == "not_learning"
+    assert monitor_records(records, vocab_size=1_000_000).status != "not_learning"
