@@ -121,6 +121,7 @@ def cmd_terms(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from qft_core.device import resolve_device
     from qft_core.model.registry import ensure_model_dir, resolve_model
     from qft_core.train.hardware import profile_hardware
     from qft_core.train.plan import ModelShape, plan_training
@@ -129,6 +130,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.nproc:
         config.training.nproc = args.nproc
     profile = profile_hardware()
+    # A device the machine lacks is a one-line error before any model is built.
+    resolve_device(config.model.device, cuda_available=bool(profile.gpus))
     shape = ModelShape.from_pretrained_dir(ensure_model_dir(resolve_model(config.model, config.paths)), config.model)
     print(profile.to_markdown())
     print()
