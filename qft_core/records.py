@@ -199,10 +199,6 @@ def read_jsonl(path: str | Path, model: type[Self]) -> list[Self]:
         return [model.model_validate_json(line) for line in handle if line.strip()]
 
 
-class RecordFileError(ValueError):
-    """A .parquet or .jsonl file that does not hold the expected records; the message names the file and key."""
-
-
 def read_records(path: str | Path, model: type[Self], what: str) -> list[Self]:
     """Records of `model` from a .parquet or .jsonl file; `what` names them in the one-line error an unreadable
     or malformed file raises (RecordFileError)."""
@@ -212,6 +208,8 @@ def read_records(path: str | Path, model: type[Self], what: str) -> list[Self]:
         raise RecordFileError(f"{path}: {what} are read from .parquet or .jsonl files")
     try:
         return readers[path.suffix](path, model)
+    except RecordFileError:
+        raise
     except ValidationError as error:
         first = error.errors()[0]
         key = ".".join(str(part) for part in first["loc"]) or "<record>"

@@ -133,7 +133,7 @@ def test_folder_with_only_some_splits_exports_those(tmp_path) -> None:
     [
         (["{missing}", "--format", "alpaca"], "no such splits folder: {missing}"),
         (["{empty}", "--format", "alpaca"], "{empty}: none of train.parquet, validation.parquet, test.parquet here (a splits folder from `qft split`)"),
-        (["{bad}", "--format", "alpaca"], "{bad}/train.parquet: not a file of examples: 'id': Field required"),
+        (["{bad}", "--format", "alpaca"], "{bad}/train.parquet: row 0: column 'id': Field required (and 7 more); not a ThinkingExample file"),
         (["{good}", "--format", "csv"], "unknown export format 'csv'; choose one of messages, sharegpt, alpaca"),
     ],
 )
