@@ -47,18 +47,42 @@ class DatasetExport:
     counts: dict[str, int]
 
 
-def assistant_text(example: ThinkingExample) -> str:
-    """The assistant turn as Qwen3-Thinking writes it and LLaMA-Factory's reasoning templates expect a response
-    with chain of thought: `<think>\\n{reasoning}\\n</think>\\n\\n{answer}` (qwen3's thought words)."""
-    reasoning = example.reasoning
-    for part, text in (("reasoning", reasoning), ("answer", example.answer)):
+def think_tag_problem(example: ThinkingExample) -> str | None:
+    """Why the <think> formats cannot carry `example` (a reader splitting at the first </think> would cut it in
+    the wrong place), as one line naming its file, line and id; None when they can."""
+    for part, text in (("reasoning", example.reasoning), ("answer", example.answer)):
         if THINK_OPEN in text or THINK_CLOSE in text:
-            # A reader splitting at the first </think> would cut the example in the wrong place.
-            raise ExportError(
+            return (
                 f"{example.source_file}:{example.source_line}: example {example.id}: its {part} contains a "
                 f"{THINK_OPEN} or {THINK_CLOSE} tag, which the <think> formats cannot carry"
             )
-    return f"{THINK_OPEN}\n{reasoning}{THINKING_SCAFFOLD}{example.answer}"
+    return None
+
+
+def assistant_text(example: ThinkingExample) -> str:
+    """The assistant turn as Qwen3-Thinking writes it and LLaMA-Factory's reasoning templates expect a response
+    with chain of thought: `<think>\\n{reasoning}\\n</think>\\n\\n{answer}` (qwen3's thought words)."""
+    problem = think_tag_problem(example)
+    if problem is not None:
+        raise ExportError(problem)
+    return f"{THINK_OPEN}\n{example.reasoning}{THINKING_SCAFFOLD}{example.answer}"
+
+
+def without_think_tags(
+    splits: dict[str, Sequence[ThinkingExample]],
+) -> tuple[dict[str, list[ThinkingExample]], list[str]]:
+    """The splits less the examples the <think> formats cannot carry, and one line for each one left out: the
+    pipeline exports every other example instead of failing on one."""
+    kept, left_out = {}, []
+    for split, examples in splits.items():
+        kept[split] = []
+        for example in examples:
+            problem = think_tag_problem(example)
+            if problem is None:
+                kept[split].append(example)
+            else:
+                left_out.append(problem)
+    return kept, left_out
 
 
 def export_record(example: ThinkingExample, dataset_format: ExportFormat) -> dict:

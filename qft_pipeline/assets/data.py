@@ -7,7 +7,7 @@ import dagster as dg
 
 from qft_core.data.annotate import annotate_examples
 from qft_core.data.corpus import scan_corpus
-from qft_core.data.export import EXPORT_FORMATS, export_splits, read_split_files
+from qft_core.data.export import EXPORT_FORMATS, export_splits, read_split_files, without_think_tags
 from qft_core.data.parse import parse_paths
 from qft_core.data.split import term_balanced_split
 from qft_core.data.terms import TermDictionary
@@ -137,13 +137,17 @@ def dataset_exports(context: dg.AssetExecutionContext, qft: QftSettings) -> dg.M
     """The splits as other trainers read them, one folder per format: `messages` (TRL, reasoning_content),
     `sharegpt` and `alpaca` (LLaMA-Factory, reasoning in <think>…</think>, with dataset_info.json)."""
     config = qft.load()
-    splits = read_split_files(upstream_path(context, "term_balanced_splits"))
+    splits, left_out = without_think_tags(read_split_files(upstream_path(context, "term_balanced_splits")))
+    for problem in left_out:
+        context.log.warning(f"dataset_exports leaves out {problem}")
     folder = run_folder(context, config)
     exports = [export_splits(splits, dataset_format, folder / dataset_format) for dataset_format in EXPORT_FORMATS]
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(folder)),
             **{f"{split}_examples": len(examples) for split, examples in splits.items()},
+            "left_out": len(left_out),
+            "left_out_examples": dg.MetadataValue.md("\n".join(f"- {problem}" for problem in left_out) or "none"),
             "files": markdown_table(
                 [{"format": export.dataset_format, "file": str(path.relative_to(folder))}
                  for export in exports for path in export.files]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from qft_core.cli import main
-from qft_core.data.export import DATASET_INFO, ExportError, export_splits, read_split_files
+from qft_core.data.export import DATASET_INFO, ExportError, export_splits, read_split_files, without_think_tags
 from qft_core.model.chat import render_messages
 from qft_core.model.tokenizer import load_qwen3_tokenizer
 from qft_core.records import ThinkingExample, ThinkingStructure, write_parquet
@@ -157,3 +157,16 @@ def test_reasoning_with_a_think_tag_is_refused_naming_the_example(tmp_path) -> N
         export_splits({"train": [tagged]}, "alpaca", tmp_path)
     assert list(tmp_path.iterdir()) == []  # nothing half-written
     export_splits({"train": [tagged]}, "messages", tmp_path)  # reasoning_content keeps it apart: no ambiguity
+
+
+def test_the_pipeline_leaves_out_only_the_examples_the_think_formats_cannot_carry() -> None:
+    tagged = _example("x1", "问？", "答。", [ThinkingStructure(text="想 <think> 了。")], "train")
+    plain = _example("x2", "问？", "答。", [ThinkingStructure(text="想。")], "train")
+
+    kept, left_out = without_think_tags({"train": [tagged, plain], "test": [plain]})
+
+    assert {split: [example.id for example in examples] for split, examples in kept.items()} == {
+        "train": ["x2"], "test": ["x2"],
+    }
+    assert left_out == ["t.md:1: example x1: its reasoning contains a <think> or </think> tag, which the <think> "
+                        "formats cannot carry"]
