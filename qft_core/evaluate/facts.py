@@ -16,7 +16,7 @@ import yaml
 
 from qft_core.config import PathsConfig
 from qft_core.data.terms import compile_surface_matcher, matching_view, surface_key
-from qft_core.evaluate.misconceptions import NEGATION
+from qft_core.evaluate.misconceptions import NEGATION, SENTENCE_END
 from qft_core.evaluate.professional import STANDARD_CITATION, standard_key
 
 # Attributes measured in bits (a byte counts 8), in rounds, and as a NIST security category.
@@ -153,7 +153,6 @@ _INSTRUMENT = re.compile(
     r"(?:以|用|使用|采用|基于|借助|通过|将|把|(?<![A-Za-z])(?:using|with|via|by|on))\s*$", re.IGNORECASE
 )
 _SENTENCE_MARKS = "。！？!?；;\n"
-_SENTENCE_END = re.compile(r"[。！？!?；;\n]|\.(?=\s|$)")
 _CLAUSE_END = re.compile(r"[，：:]|,(?!\d{3})")
 # Between a subject and its copula: a parenthesis ("SM4（GB/T 32907）是…") and adverbs, then an optional negation.
 _COPULA = re.compile(
@@ -460,7 +459,7 @@ def _sentence_around(text: str, position: int) -> tuple[int, int]:
     full_stop = text.rfind(". ", 0, position)
     last_mark = max(text.rfind(mark, 0, position) for mark in _SENTENCE_MARKS)
     start = max(last_mark + 1, full_stop + 2 if full_stop >= 0 else 0)
-    end = _SENTENCE_END.search(text, position)
+    end = SENTENCE_END.search(text, position)
     return start, end.start() if end else len(text)
 
 

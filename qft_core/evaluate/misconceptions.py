@@ -49,7 +49,7 @@ _REFUTED_NEXT = re.compile(
     re.IGNORECASE,
 )
 _QUESTION_AFTER = re.compile(r"\s*(?:的)?(?:吗|么|呢|？|\?)")
-_SENTENCE_END = re.compile(r"[。！？!?；;\n]|\.(?=\s|$)")
+SENTENCE_END = re.compile(r"[。！？!?；;\n]|\.(?=\s|$)")
 _CLAUSE_END = re.compile(r"[，。；：！？,;:!?\n]|\.(?=\s|$)")
 
 
@@ -150,8 +150,8 @@ def detect_misconceptions(text: str, misconceptions: list[Misconception]) -> lis
 
 def _is_claim(view: str, match: re.Match[str], unless: re.Pattern[str] | None) -> bool:
     clause_start = max((mark.end() for mark in _CLAUSE_END.finditer(view, 0, match.start())), default=0)
-    sentence_start = max((mark.end() for mark in _SENTENCE_END.finditer(view, 0, match.start())), default=0)
-    sentence_end_mark = _SENTENCE_END.search(view, match.end())
+    sentence_start = max((mark.end() for mark in SENTENCE_END.finditer(view, 0, match.start())), default=0)
+    sentence_end_mark = SENTENCE_END.search(view, match.end())
     sentence_end = sentence_end_mark.start() if sentence_end_mark else len(view)
     prefix = view[clause_start : match.start()]
     stated = prefix + match.group()
