@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from qft_core.data.sources import CorpusNotFoundError, markdown_files
 
-__all__ = ["CorpusFile", "CorpusManifest", "CorpusNotFoundError", "scan_corpus"]
+__all__ = ["CorpusFile", "CorpusManifest", "CorpusNotFoundError", "UnreadableCorpusFile", "scan_corpus"]
 
 
 class CorpusFile(BaseModel):
@@ -18,9 +18,17 @@ class CorpusFile(BaseModel):
     sha256: str
 
 
+class UnreadableCorpusFile(BaseModel):
+    """A Markdown file the scan found but could not open: a parse of the manifest quarantines it."""
+
+    path: str
+    reason: str
+
+
 class CorpusManifest(BaseModel):
     root: str
     files: list[CorpusFile]
+    unreadable: list[UnreadableCorpusFile] = Field(default_factory=list)
     # Files and links left out, as the parser words them (links outside the root, unreadable files).
     warnings: list[str] = Field(default_factory=list)
 
@@ -49,14 +57,16 @@ def scan_corpus(root: str | Path) -> CorpusManifest:
     if not root.is_dir():
         raise CorpusNotFoundError(f"corpus folder not found: {root}")
     found, warnings = markdown_files([root])
-    files = []
+    files, unreadable = [], []
     for path, name in found:
         try:
             with path.open("rb") as handle:
                 digest = hashlib.file_digest(handle, "sha256")
                 size = handle.tell()
         except OSError as error:
-            warnings.append(f"{name}: unreadable: {error.strerror or error}; not in the manifest")
+            reason = error.strerror or str(error)
+            warnings.append(f"{name}: unreadable: {reason}; not in the manifest")
+            unreadable.append(UnreadableCorpusFile(path=name, reason=reason))
             continue
         files.append(CorpusFile(path=name, bytes=size, sha256=digest.hexdigest()))
-    return CorpusManifest(root=str(root), files=files, warnings=warnings)
+    return CorpusManifest(root=str(root), files=files, unreadable=unreadable, warnings=warnings)

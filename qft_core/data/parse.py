@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import textwrap
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from qft_core.config import DataConfig
+from qft_core.data.corpus import CorpusFile, CorpusManifest
 from qft_core.data.markdown import (
     FrontMatter,
     LineKind,
@@ -24,10 +26,18 @@ from qft_core.data.markdown import (
     read_front_matter,
 )
 from qft_core.data.normalize import count_traditional, remove_zero_width, to_simplified
-from qft_core.data.sources import UnreadableFile, markdown_files, read_markdown
+from qft_core.data.sources import (
+    UnreadableFile,
+    decode_markdown,
+    markdown_files,
+    path_of_name,
+    read_markdown_bytes,
+)
 from qft_core.records import QuarantinedPair, ThinkingExample, ThinkingStructure
 
 Progress = Callable[[int, int, Path], None]
+# Reads a file's bytes (path, max_bytes); raises UnreadableFile.
+ReadBytes = Callable[[Path, int], bytes]
 
 
 @dataclass
@@ -91,16 +101,62 @@ def parse_paths(paths: Iterable[str | Path], config: DataConfig, progress: Progr
     A file that fails in any way is quarantined whole; the others are still parsed.
     """
     files, walk_warnings = markdown_files([Path(path) for path in paths])
-    result = ParseResult(warnings=walk_warnings)
-    for done, (path, source_file) in enumerate(files, start=1):
+    reads = [(path, source_file, read_markdown_bytes) for path, source_file in files]
+    return _parse_each(reads, ParseResult(warnings=walk_warnings), config, progress)
+
+
+def _parse_each(
+    reads: Sequence[tuple[Path, str, ReadBytes]], result: ParseResult, config: DataConfig, progress: Progress | None
+) -> ParseResult:
+    """Add each file to `result`, read by its own reader; a file that fails in any way but CorpusChangedError is
+    quarantined whole, and the others are still parsed."""
+    for done, (path, source_file, read) in enumerate(reads, start=1):
         try:
-            part = _parse_file(path, source_file, config)
+            part = _parse_file(path, source_file, config, read)
+        except CorpusChangedError:
+            raise
         except Exception as error:  # noqa: BLE001 — one broken file must never stop the rest of the corpus
             part = _unreadable(source_file, "parse_error", f"{type(error).__name__}: {error}")
         result.extend(part)
         if progress is not None:
-            progress(done, len(files), path)
+            progress(done, len(reads), path)
     return result
+
+
+class CorpusChangedError(ValueError):
+    """A corpus file that is not what the manifest given to the parse says: parsing it would give examples of
+    another data version than the manifest's."""
+
+
+def parse_manifest(manifest: CorpusManifest, config: DataConfig, progress: Progress | None = None) -> ParseResult:
+    """Parse exactly the files of `manifest`, each checked against its size and sha256 there, so that the
+    manifest's content hash is the version of what was parsed. Files the scan could not open are quarantined;
+    files added since are not read. Raises CorpusChangedError naming a file changed or removed since the scan."""
+    root = Path(manifest.root)
+    result = ParseResult(warnings=list(manifest.warnings))
+    for entry in manifest.unreadable:
+        result.quarantined.append(QuarantinedPair(file=entry.path, line=0, reason=f"unreadable: {entry.reason}"))
+        result.files_read += 1
+    reads = [(path_of_name(root, entry.path), entry.path, functools.partial(_listed_bytes, entry)) for entry in manifest.files]
+    return _parse_each(reads, result, config, progress)
+
+
+def _listed_bytes(entry: CorpusFile, path: Path, max_bytes: int) -> bytes:
+    """The bytes of a manifest's file, refused unless its size and sha256 are the manifest's (a file over
+    `max_bytes` is never read whole, so only its size is compared)."""
+    changed = f"{entry.path}: changed since the corpus manifest was taken"
+    again = "materialize raw_thinking_documents again to parse the corpus as it is now"
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise CorpusChangedError(f"{entry.path}: listed in the corpus manifest but {error.strerror or error}; {again}") from None
+    if size != entry.bytes:
+        raise CorpusChangedError(f"{changed} ({entry.bytes} bytes then, {size} now); {again}")
+    data = read_markdown_bytes(path, max_bytes)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != entry.sha256:
+        raise CorpusChangedError(f"{changed} (sha256 {entry.sha256[:12]}… then, {digest[:12]}… now); {again}")
+    return data
 
 
 def parse_file(path: str | Path, config: DataConfig) -> ParseResult:
@@ -114,9 +170,11 @@ def parse_text(text: str, source_file: str, config: DataConfig) -> ParseResult:
     return _parse_document(text, source_file, config, [])
 
 
-def _parse_file(path: Path, source_file: str, config: DataConfig) -> ParseResult:
+def _parse_file(
+    path: Path, source_file: str, config: DataConfig, read: ReadBytes = read_markdown_bytes
+) -> ParseResult:
     try:
-        text, notices = read_markdown(path, config.max_file_bytes)
+        text, notices = decode_markdown(read(path, config.max_file_bytes))
     except UnreadableFile as error:
         return _unreadable(source_file, error.code, error.detail)
     return _parse_document(text, source_file, config, notices)

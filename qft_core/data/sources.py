@@ -28,6 +28,8 @@ _ASCII = bytes(range(128))
 # What a file name may hold that a report cannot: bytes that are not UTF-8 (which Python decodes to lone
 # surrogates) and control characters (a newline would split a one-line warning).
 _UNPRINTABLE_IN_NAMES = re.compile("[\udc80-\udcff\x00-\x1f\x7f]")
+# What `printable_name` writes for a control character or a byte that is not UTF-8.
+_NAME_ESCAPE = re.compile(r"\\x(0[0-9a-f]|1[0-9a-f]|7f|[89a-f][0-9a-f])")
 # Suffixes of the files a folder walk reads, compared without case: `a.md`, `B.MD` and `c.markdown` are all read.
 MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
 
@@ -40,8 +42,8 @@ class UnreadableFile(Unparseable):
     """A file that cannot be read as text at all; it is quarantined whole."""
 
 
-def read_markdown(path: Path, max_bytes: int) -> tuple[str, list[Notice]]:
-    """The text of a file, with a notice if it was not UTF-8; raises UnreadableFile.
+def read_markdown_bytes(path: Path, max_bytes: int) -> bytes:
+    """The bytes of a file; raises UnreadableFile.
 
     Only regular files are read (a FIFO or a device would block or never end), and never more than
     `max_bytes` + 1 bytes, even if the file grows while it is read.
@@ -60,7 +62,7 @@ def read_markdown(path: Path, max_bytes: int) -> tuple[str, list[Notice]]:
     if size > max_bytes:
         detail = f"{size} bytes is over the limit of {max_bytes} (data.max_file_bytes)"
         raise UnreadableFile("file_too_large", detail)
-    return decode_markdown(data)
+    return data
 
 
 def decode_markdown(data: bytes) -> tuple[str, list[Notice]]:
@@ -158,6 +160,19 @@ def printable_name(name: str) -> str:
 def _name_byte(character: str) -> int:
     code = ord(character)
     return code - 0xDC00 if code >= 0xDC80 else code
+
+
+def path_of_name(root: Path, name: str) -> Path:
+    """The file under `root` that a folder walk reported as `name`: `printable_name` undone where the name as
+    written is not on disk (a name that really holds `\\xNN` is taken as written)."""
+    written = root / name
+    if written.exists() or "\\x" not in name:
+        return written
+    return root / _NAME_ESCAPE.sub(lambda match: _name_character(int(match.group(1), 16)), name)
+
+
+def _name_character(byte: int) -> str:
+    return chr(0xDC00 + byte) if byte >= 0x80 else chr(byte)
 
 
 def is_markdown_name(path: Path) -> bool:

@@ -388,14 +388,14 @@ def test_one_bad_file_never_stops_the_others(tmp_path: Path) -> None:
 def test_unexpected_error_in_one_file_is_quarantined_and_the_rest_parse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "a.md").write_text("Q: 甲？\nA: 甲。\n", encoding="utf-8")
     (tmp_path / "b.md").write_text("Q: 乙？\nA: 乙。\n", encoding="utf-8")
-    real_read = sources.read_markdown
+    real_read = sources.read_markdown_bytes
 
     def failing_read(path: Path, max_bytes: int):
         if path.name == "a.md":
             raise RuntimeError("disk on fire")
         return real_read(path, max_bytes)
 
-    monkeypatch.setattr("qft_core.data.parse.read_markdown", failing_read)
+    monkeypatch.setattr("qft_core.data.parse.read_markdown_bytes", failing_read)
     result = parse_paths([tmp_path], CONFIG)
     assert reasons(result) == [(0, "parse_error: RuntimeError: disk on fire")]
     assert summary(result) == [(1, "乙？", "乙。")]
