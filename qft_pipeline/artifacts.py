@@ -1,5 +1,5 @@
-"""Where assets write their files: one folder per run and asset (or, for resumable work, per chain of failed
-attempts), found again through materialization metadata."""
+"""Where assets keep their files: one folder per run and asset (or, for resumable work, per chain of failed
+attempts); model folders, which Dagster does not carry, are found again through materialization metadata."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ _RESUME_LOOKBACK_RUNS = 20
 
 def run_folder(context: dg.AssetExecutionContext, config: QftConfig) -> Path:
     """A fresh folder for this run's copy of this asset, so concurrent runs never share files."""
-    return _asset_folder(config, context.run.run_id, context.asset_key)
+    return asset_folder(config, context.run.run_id, context.asset_key)
 
 
 def resumable_run_folder(
@@ -37,13 +37,13 @@ def resumable_run_folder(
         if parent is None:
             break
         run = parent
-    own = _asset_folder_path(config, run.run_id, key)
+    own = asset_folder_path(config, run.run_id, key)
     # An earlier attempt of this run that trained in its own folder is resumed there, whatever else has failed since.
     if run is this_run and resumable is not None and not (own.is_dir() and resumable(own)):
         interrupted = _interrupted_folder(instance, config, this_run, key, resumable)
         if interrupted is not None:
             return interrupted
-    return _asset_folder(config, run.run_id, key)
+    return asset_folder(config, run.run_id, key)
 
 
 def _interrupted_folder(
@@ -57,18 +57,20 @@ def _interrupted_folder(
         job_name=this_run.job_name, statuses=[dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
     )
     for run in instance.get_runs(stopped, limit=_RESUME_LOOKBACK_RUNS):
-        folder = _asset_folder_path(config, run.run_id, key)
+        folder = asset_folder_path(config, run.run_id, key)
         if folder.is_dir() and not _materialized_in(instance, run.run_id, key) and resumable(folder):
             return folder
     return None
 
 
-def _asset_folder_path(config: QftConfig, run_id: str, key: dg.AssetKey) -> Path:
+def asset_folder_path(config: QftConfig, run_id: str, key: dg.AssetKey) -> Path:
+    """Where run `run_id` keeps the files of asset `key`."""
     return config.paths.resolve(config.paths.artifacts_dir) / "runs" / run_id / key.to_user_string()
 
 
-def _asset_folder(config: QftConfig, run_id: str, key: dg.AssetKey) -> Path:
-    folder = _asset_folder_path(config, run_id, key)
+def asset_folder(config: QftConfig, run_id: str, key: dg.AssetKey) -> Path:
+    """`asset_folder_path`, created."""
+    folder = asset_folder_path(config, run_id, key)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -81,40 +83,45 @@ def _materialized_in(instance: dg.DagsterInstance, run_id: str, key: dg.AssetKey
 
 
 def upstream_path(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, asset: str) -> Path:
-    """The `path` an upstream asset recorded: this run's materialization if there is one, else the latest.
-
-    An asset reading the latest materialization of another run refuses it when a blocking check of that
-    asset failed in that run: a later run that selects only downstream assets must not go on with data that
-    its check stopped. (A check may still look at it again.)
-    """
-    instance = context.instance
-    key = dg.AssetKey(asset)
-    this_run = [
-        entry
-        for entry in instance.all_logs(context.run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
-        if entry.asset_materialization and entry.asset_materialization.asset_key == key
-    ]
-    event = this_run[-1] if this_run else instance.get_latest_materialization_event(key)
-    if event is None or event.asset_materialization is None:
-        raise dg.Failure(f"asset '{asset}' has never been materialized: materialize it first")
-    if not this_run and not isinstance(context, dg.AssetCheckExecutionContext):
-        failed = _failed_blocking_checks(instance, key, event.run_id)
-        if failed:
-            raise dg.Failure(
-                f"asset '{asset}' was last materialized in run {event.run_id}, where its blocking check "
-                f"{', '.join(failed)} failed: fix the cause and materialize '{asset}' again"
-            )
+    """The `path` an upstream asset that Dagster does not carry (a model folder) recorded: see
+    `source_materialization`. A check may look again at data its blocking check stopped."""
+    refuse = not isinstance(context, dg.AssetCheckExecutionContext)
+    event = source_materialization(context.instance, context.run.run_id, dg.AssetKey(asset), refuse_stopped=refuse)
     return Path(event.asset_materialization.metadata["path"].value)
 
 
-def _failed_blocking_checks(instance: dg.DagsterInstance, key: dg.AssetKey, run_id: str) -> list[str]:
-    """Names of the blocking checks of `key` that failed in run `run_id`."""
+def source_materialization(
+    instance: dg.DagsterInstance, run_id: str, key: dg.AssetKey, refuse_stopped: bool = True
+) -> dg.EventLogEntry:
+    """The materialization of `key` that run `run_id` builds on: its own if there is one, else the latest.
+
+    With `refuse_stopped`, the latest materialization of another run is refused when a blocking check of that
+    asset failed in that run: a later run that selects only downstream assets must not go on with data that its
+    check stopped.
+    """
+    this_run = [
+        entry
+        for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+        if entry.asset_materialization and entry.asset_materialization.asset_key == key
+    ]
+    event = this_run[-1] if this_run else instance.get_latest_materialization_event(key)
+    asset = key.to_user_string()
+    if event is None or event.asset_materialization is None:
+        raise dg.Failure(f"asset '{asset}' has never been materialized: materialize it first")
+    if not this_run and refuse_stopped:
+        failed = [evaluation.check_name for evaluation in check_evaluations(instance, event.run_id, key) if evaluation.blocking and not evaluation.passed]
+        if failed:
+            raise dg.Failure(
+                f"asset '{asset}' was last materialized in run {event.run_id}, where its blocking check "
+                f"{', '.join(sorted(failed))} failed: fix the cause and materialize '{asset}' again"
+            )
+    return event
+
+
+def check_evaluations(instance: dg.DagsterInstance, run_id: str, key: dg.AssetKey) -> list[dg.AssetCheckEvaluation]:
+    """What the checks of `key` found in run `run_id`, in the order they ran."""
     evaluations = [
         record.dagster_event.event_specific_data
         for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
     ]
-    return sorted(
-        evaluation.check_name
-        for evaluation in evaluations
-        if evaluation.asset_key == key and evaluation.blocking and not evaluation.passed
-    )
+    return [evaluation for evaluation in evaluations if evaluation.asset_key == key]

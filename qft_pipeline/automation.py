@@ -7,18 +7,12 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from qft_pipeline.jobs import (
-    CLI_TRIGGER,
-    DEPLOY_JOB,
-    FORMAT_TAG,
-    LINEAGE_TAG,
-    QUANTIZE_JOB,
-    TRIGGER_TAG,
-    deploy_job,
-    main_job,
-    quantize_job,
-)
+from qft_pipeline.jobs import CHAIN, CLI_TRIGGER, FORMAT_TAG, LINEAGE_TAG, TRIGGER_TAG, following
 from qft_pipeline.resources import QftSettings
+
+# The chain of jobs.py, stage by stage: the first sensor carries a successful main run on, the second waits for
+# the per-format runs and starts the last stage.
+_MAIN, _PER_FORMAT, _LAST = CHAIN
 
 QUANTIZE_SENSOR = "qft_quantize_after_main"
 DEPLOY_SENSOR = "qft_deploy_after_quantize"
@@ -61,7 +55,7 @@ def deploy_request(tags: dict[str, str], run_config: dict, outcome: dict[str, dg
     }
     return dg.RunRequest(
         run_key=f"{tags[LINEAGE_TAG]}:deploy",
-        job_name=DEPLOY_JOB,
+        job_name=_LAST.name,
         run_config=run_config,
         tags={**lineage, **{key: ",".join(formats) for key, formats in results.items() if formats}},
     )
@@ -102,8 +96,8 @@ def quantize_after_main_sensor(
     @dg.run_status_sensor(
         name=QUANTIZE_SENSOR,
         run_status=dg.DagsterRunStatus.SUCCESS,
-        monitored_jobs=[main_job],
-        request_jobs=[quantize_job, deploy_job],
+        monitored_jobs=[_MAIN.job],
+        request_jobs=[stage.job for stage in CHAIN[1:]],
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         description="After a successful qft_main run: quantize its merged model in every configured format.",
@@ -116,17 +110,18 @@ def quantize_after_main_sensor(
             return dg.SkipReason(f"run {run.run_id} built no merged model: nothing to quantize")
         formats = requested_formats(run, qft)
         tags = {**lineage_tags(run), CHAIN_TAG: QUANTIZE_SENSOR, FORMATS_TAG: ",".join(formats)}
-        if not formats:
+        after = following(_MAIN.name, formats)
+        if after is _LAST:
             return [deploy_request(tags, qft_run_config(run), {})]
         return [
             dg.RunRequest(
                 run_key=f"{run.run_id}:{fmt}",
-                job_name=QUANTIZE_JOB,
+                job_name=after.name,
                 partition_key=fmt,
                 run_config=qft_run_config(run),
                 tags={**tags, FORMAT_TAG: fmt},
             )
-            for fmt in formats
+            for fmt in after.partitions(formats)
         ]
 
     return quantize_after_main
@@ -146,7 +141,7 @@ def deploy_after_quantize_sensor(
 
     @dg.sensor(
         name=DEPLOY_SENSOR,
-        job=deploy_job,
+        job=_LAST.job,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         description="Build the deployment package once a lineage's quantize runs have all finished.",
@@ -154,13 +149,13 @@ def deploy_after_quantize_sensor(
     def deploy_after_quantize(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         instance = context.instance
         chained = instance.get_runs(
-            dg.RunsFilter(job_name=QUANTIZE_JOB, tags={CHAIN_TAG: QUANTIZE_SENSOR}), limit=RECENT_QUANTIZE_RUNS
+            dg.RunsFilter(job_name=_PER_FORMAT.name, tags={CHAIN_TAG: QUANTIZE_SENSOR}), limit=RECENT_QUANTIZE_RUNS
         )
         requests, waiting = [], []
         for lineage in dict.fromkeys(run.tags[LINEAGE_TAG] for run in chained):
-            if instance.get_runs(dg.RunsFilter(job_name=DEPLOY_JOB, tags={LINEAGE_TAG: lineage}), limit=1):
+            if instance.get_runs(dg.RunsFilter(job_name=_LAST.name, tags={LINEAGE_TAG: lineage}), limit=1):
                 continue
-            runs = instance.get_runs(dg.RunsFilter(job_name=QUANTIZE_JOB, tags={LINEAGE_TAG: lineage}))
+            runs = instance.get_runs(dg.RunsFilter(job_name=_PER_FORMAT.name, tags={LINEAGE_TAG: lineage}))
             outcome = quantize_outcome(runs)
             if outcome is None:
                 waiting.append(lineage)

@@ -36,7 +36,9 @@ def image(path: Path, caption: str) -> dg.MarkdownMetadataValue:
     return dg.MetadataValue.md(f"![{caption}](data:image/png;base64,{encoded})")
 
 
-def report_warnings(context: dg.AssetExecutionContext, warnings: Sequence[str], kept_in: Path) -> dg.MarkdownMetadataValue:
+def report_warnings(
+    context: dg.AssetExecutionContext, warnings: Sequence[str], kept_in: str | Path
+) -> dg.MarkdownMetadataValue:
     """Log the first warnings to the run log and return them as a Markdown list for the metadata; `kept_in` is
     the file that holds them all, named when some are left out."""
     shown = list(warnings[:SHOWN_WARNINGS])

@@ -1,6 +1,6 @@
 """Materialize the asset graph in-process on the project instance, with a live progress line over the assets.
 
-The whole graph is three jobs in order (see jobs.py): the main job, one run per configured quantization
+The whole graph is three jobs in order (`jobs.CHAIN`): the main job, one run per configured quantization
 format, then the deployment package. A selection runs the matching assets of each of those jobs, in the same
 order, so an interrupted quantize or deploy can be redone alone.
 """
@@ -19,7 +19,7 @@ from qft_core.config import load_config
 from qft_pipeline.abandoned_runs import fail_abandoned_runs, launcher_tag
 from qft_pipeline.definitions import defs
 from qft_pipeline.instance import project_instance
-from qft_pipeline.jobs import CLI_TRIGGER, DEPLOY_JOB, FORMAT_TAG, LINEAGE_TAG, MAIN_JOB, QUANTIZE_JOB, TRIGGER_TAG
+from qft_pipeline.jobs import CHAIN, CLI_TRIGGER, FORMAT_TAG, LINEAGE_TAG, MAIN_JOB, TRIGGER_TAG
 from qft_pipeline.progress import RunFollower, StageTime, progress_bar
 
 _QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -77,18 +77,18 @@ def _selected_assets(selection: str) -> frozenset:
 
 
 def plan_steps(config_file: str | None, selection: str | None) -> list[_Step]:
-    """The job runs of one pass over the graph, in order: the main job's assets, each quantization format, the
-    deployment package — only those a selection names, when given (an empty string is a selection too)."""
-    main_assets = frozenset(defs.resolve_job_def(MAIN_JOB).asset_layer.selected_asset_keys)
-    quantized = frozenset({dg.AssetKey("quantized_package")})
-    deployed = frozenset({dg.AssetKey("deployment_package")})
-    selected = main_assets | quantized | deployed if selection is None else _selected_assets(selection)
-    steps = [_Step(MAIN_JOB, selected & main_assets)] if selected & main_assets else []
-    if selected & quantized:
-        steps += [_Step(QUANTIZE_JOB, quantized, fmt) for fmt in load_config(config_file).quant.formats]
-    if selected & deployed:
-        steps.append(_Step(DEPLOY_JOB, deployed))
-    return steps
+    """The job runs of one pass over the graph, in the order of `CHAIN`: each stage's assets, once per
+    quantization format for the per-format stage — only those a selection names, when given (an empty string is
+    a selection too)."""
+    stages = {stage.name: frozenset(defs.resolve_job_def(stage.name).asset_layer.selected_asset_keys) for stage in CHAIN}
+    selected = frozenset().union(*stages.values()) if selection is None else _selected_assets(selection)
+    formats = load_config(config_file).quant.formats
+    return [
+        _Step(stage.name, selected & stages[stage.name], partition)
+        for stage in CHAIN
+        if selected & stages[stage.name]
+        for partition in stage.partitions(formats)
+    ]
 
 
 def _tags(step: _Step, lineage: str | None) -> dict[str, str]:

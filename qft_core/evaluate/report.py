@@ -242,6 +242,24 @@ def write_report(data: dict, out_dir: str | Path, outputs: Sequence[Path] = ()) 
     )
 
 
+def read_report(out_dir: str | Path) -> EvaluationReport:
+    """The report an evaluation wrote into `out_dir`: report.json's content, its Markdown, charts (PNG) and the
+    other files beside them (generations, score tables, outputs for review), each kind in name order."""
+    out_dir = Path(out_dir)
+    json_path = out_dir / REPORT_JSON
+    if not json_path.is_file():
+        raise FileNotFoundError(f"no evaluation report in {out_dir}: {REPORT_JSON} is missing")
+    reported = {json_path, out_dir / REPORT_MD}
+    return EvaluationReport(
+        out_dir=out_dir,
+        markdown=out_dir / REPORT_MD,
+        json=json_path,
+        charts=tuple(sorted(out_dir.glob("*.png"))),
+        outputs=tuple(sorted(path for path in out_dir.iterdir() if path.is_file() and path.suffix != ".png" and path not in reported)),
+        data=json.loads(json_path.read_text(encoding="utf-8")),
+    )
+
+
 def regression_check(report: EvaluationReport | Mapping, tolerance: float) -> list[str]:
     """The main metrics of the primary set where the fine-tuned model's mean is below the base model's by more
     than `tolerance`, and the loss metrics where it is above by more than that (empty: no regression). Takes

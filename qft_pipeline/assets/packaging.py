@@ -1,7 +1,6 @@
 """Packaging assets: merged model → quantized packages (one partition per format) → deployment package."""
 
 import functools
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -9,12 +8,13 @@ from typing import Any
 import dagster as dg
 from transformers import AutoTokenizer
 
-from qft_core.config import QuantConfig
 from qft_core.data.corpus import CorpusManifest
+from qft_core.data.split import SplitResult
 from qft_core.data.terms import TermDictionary
 from qft_core.evaluate.facts import FactBase
 from qft_core.evaluate.metrics import mean_scores
 from qft_core.evaluate.misconceptions import load_misconceptions
+from qft_core.evaluate.report import EvaluationReport
 from qft_core.device import resolve_device
 from qft_core.model.registry import ensure_model_dir, resolve_model, torch_dtype
 from qft_core.package.bundle import archive_path, build_package
@@ -22,17 +22,23 @@ from qft_core.package.layout import METADATA_FILE
 from qft_core.package.merge import merge_adapter, merge_tolerance
 from qft_core.package.model_card import ModelCardInfo
 from qft_core.package.quantize import FormatUnavailableError, QuantSettingsError, quantize
-from qft_core.package.verify import chat_formatted_texts, check_degradation, compare_packages, evaluate_directory, verification_set
-from qft_core.records import ThinkingExample, read_parquet
-from qft_pipeline.artifacts import run_folder, upstream_path
-from qft_pipeline.assets.data import raw_thinking_documents, term_balanced_splits
-from qft_pipeline.assets.evaluation import evaluation_report
+from qft_core.package.verify import (
+    ModelEvaluation,
+    chat_formatted_texts,
+    check_degradation,
+    compare_packages,
+    evaluate_directory,
+    verification_set,
+)
+from qft_pipeline.artifacts import check_evaluations, run_folder, source_materialization, upstream_path
 from qft_pipeline.assets.training import TRAINING_POOL, lora_checkpoint
 from qft_pipeline.metadata import markdown_table, report_warnings, stand_in_metadata
 from qft_pipeline.resources import QftSettings
 
 GROUP = "packaging"
 QUANT_FORMATS = dg.StaticPartitionsDefinition(["int8", "int4", "gptq"])
+DEGRADATION_CHECK = "degradation_within_thresholds"
+VIOLATIONS = "violations"
 
 
 @dg.asset(group_name=GROUP, deps=[lora_checkpoint], kinds={"safetensors"})
@@ -62,35 +68,70 @@ def _score_fn(config):
     return functools.partial(mean_scores, dictionary=dictionary, misconceptions=misconceptions, facts=facts)
 
 
+@dg.asset(group_name=GROUP, deps=[merged_model], pool=TRAINING_POOL, kinds={"pytorch"})
+def reference_scores(
+    context: dg.AssetExecutionContext, qft: QftSettings, term_balanced_splits: SplitResult
+) -> dg.Output[ModelEvaluation]:
+    """The merged (unquantized) model measured once on the verification set — perplexity, probes, generations,
+    evaluation metrics — as the reference every quantized variant is compared with."""
+    config = qft.load()
+    device = resolve_device(config.model.device)
+    merged_dir = upstream_path(context, "merged_model")
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir, local_files_only=True)
+    verification = verification_set(term_balanced_splits.test, tokenizer, config.quant)
+    reference = evaluate_directory(merged_dir, verification, config.quant, score_fn=_score_fn(config), device=device)
+    return dg.Output(
+        reference,
+        metadata={
+            # A variant is compared with this reference only if it was quantized from this model.
+            "merged_model": dg.MetadataValue.path(str(merged_dir)),
+            "device": device,
+            "perplexity": reference.text.perplexity,
+            "probe_accuracy": reference.probes.accuracy,
+            "tokens_per_second": reference.generation.tokens_per_second,
+        },
+    )
+
+
 @dg.asset(
     group_name=GROUP,
-    deps=[merged_model, term_balanced_splits],
+    deps=[merged_model],
     partitions_def=QUANT_FORMATS,
     # The packaging chain launches every format at once; like a training, each holds the accelerators.
     pool=TRAINING_POOL,
     kinds={"safetensors"},
-    check_specs=[dg.AssetCheckSpec("degradation_within_thresholds", asset="quantized_package", blocking=True)],
+    check_specs=[dg.AssetCheckSpec(DEGRADATION_CHECK, asset="quantized_package", blocking=True)],
 )
-def quantized_package(context: dg.AssetExecutionContext, qft: QftSettings):
+def quantized_package(
+    context: dg.AssetExecutionContext,
+    qft: QftSettings,
+    term_balanced_splits: SplitResult,
+    reference_scores: ModelEvaluation,
+) -> dg.MaterializeResult:
     """The merged model quantized to this partition's format, verified side by side with the unquantized one."""
     config = qft.load()
     device = resolve_device(config.model.device)
     fmt = context.partition_key
     merged_dir = upstream_path(context, "merged_model")
-    splits = upstream_path(context, "term_balanced_splits")
+    scored = source_materialization(context.instance, context.run.run_id, dg.AssetKey("reference_scores"))
+    if scored.asset_materialization.metadata["merged_model"].value != str(merged_dir):
+        raise dg.Failure(
+            description=f"reference_scores measured {scored.asset_materialization.metadata['merged_model'].value}, "
+            f"not the merged model {merged_dir} that {fmt} quantizes: materialize reference_scores again"
+        )
     tokenizer = AutoTokenizer.from_pretrained(merged_dir, local_files_only=True)
-    calibration = chat_formatted_texts(read_parquet(splits / "train.parquet", ThinkingExample), tokenizer)
+    calibration = chat_formatted_texts(term_balanced_splits.train, tokenizer)
     try:
         package = quantize(merged_dir, fmt, run_folder(context, config) / fmt, config.quant, calibration, device=device)
     except (FormatUnavailableError, QuantSettingsError) as error:
         raise dg.Failure(description=f"{fmt} package not built on this machine: {error}") from None
-    verification = verification_set(read_parquet(splits / "test.parquet", ThinkingExample), tokenizer, config.quant)
-    score_fn = _score_fn(config)
-    reference = evaluate_directory(merged_dir, verification, config.quant, score_fn=score_fn, device=device)
-    evaluation = evaluate_directory(package.directory, verification, config.quant, score_fn=score_fn, device=device)
-    row = compare_packages(reference, [evaluation])[-1]  # the first row is the unquantized reference
+    verification = verification_set(term_balanced_splits.test, tokenizer, config.quant)
+    evaluation = evaluate_directory(
+        package.directory, verification, config.quant, score_fn=_score_fn(config), device=device
+    )
+    row = compare_packages(reference_scores, [evaluation])[-1]  # the first row is the unquantized reference
     violations = check_degradation(row, config.quant)
-    yield dg.MaterializeResult(
+    return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(package.directory)),
             # The deployment package lists a variant only if it was quantized from the model it packages.
@@ -101,34 +142,41 @@ def quantized_package(context: dg.AssetExecutionContext, qft: QftSettings):
             "quantize_seconds": package.seconds,
             "comparison": dg.MetadataValue.json(row),
             **stand_in_metadata(config.model.name),
-        }
-    )
-    yield dg.AssetCheckResult(
-        check_name="degradation_within_thresholds",
-        passed=not violations,
-        metadata={"violations": dg.MetadataValue.json(violations)},
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=DEGRADATION_CHECK,
+                passed=not violations,
+                metadata={VIOLATIONS: dg.MetadataValue.json(violations)},
+            )
+        ],
     )
 
 
-@dg.asset(group_name=GROUP, deps=[merged_model, quantized_package, evaluation_report, raw_thinking_documents])
-def deployment_package(context: dg.AssetExecutionContext, qft: QftSettings) -> dg.MaterializeResult:
+@dg.asset(group_name=GROUP, deps=[merged_model, quantized_package])
+def deployment_package(
+    context: dg.AssetExecutionContext,
+    qft: QftSettings,
+    raw_thinking_documents: CorpusManifest,
+    evaluation_report: EvaluationReport,
+) -> dg.MaterializeResult:
     """The merged model as a self-checking package (folder + .tar.gz): weights, tokenizer, template, model card,
     metadata and a sha256 manifest; the quantized variants of this merged model compared in the metadata.
 
     What a user should know before shipping it — corpus files the scan left out, formats with no variant of this
-    model, variants over a degradation limit — is logged, shown as `warnings` and kept in qft_metadata.json."""
+    model, variants over a degradation limit (as their degradation check found) — is logged, shown as `warnings`
+    and kept in qft_metadata.json."""
     config = qft.load()
     merged_dir = upstream_path(context, "merged_model")
-    corpus_path = upstream_path(context, "raw_thinking_documents")
-    corpus = CorpusManifest.model_validate_json(corpus_path.read_text(encoding="utf-8"))
+    corpus = raw_thinking_documents
     variants = _latest_variants(context.instance, config.quant.formats)
-    rows, variant_warnings = quantized_variants(variants, merged_dir, config.quant)
+    rows, variant_warnings = quantized_variants(variants, merged_dir)
     model_dir = deployed_model_dir(config.export.deployed_variant, variants, merged_dir)
     warnings = [*(f"corpus: {warning}" for warning in corpus.warnings), *variant_warnings]
     metadata = {
         "config": config.model_dump(mode="json"),
         "data_hash": corpus.content_hash,
-        "metrics": _headline(upstream_path(context, "evaluation_report").parent),
+        "metrics": evaluation_report.headline,
         "quantized_variants": rows,
         "deployed_variant": config.export.deployed_variant,
         "warnings": warnings,
@@ -170,22 +218,30 @@ def deployed_model_dir(variant: str, variants: Mapping[str, Mapping[str, Any] | 
 
 
 def _latest_variants(instance: dg.DagsterInstance, formats: list[str]) -> dict[str, Mapping[str, Any] | None]:
-    """The metadata of each format's latest quantized package (None where none was ever built)."""
+    """The metadata of each format's latest quantized package (None where none was ever built), with the
+    violations its degradation check found in that run under `violations` (None where the check has no result)."""
     variants: dict[str, Mapping[str, Any] | None] = {}
+    key = dg.AssetKey("quantized_package")
     for fmt in formats:
         records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("quantized_package"), asset_partitions=[fmt]), limit=1
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[fmt]), limit=1
         ).records
-        metadata = records[0].asset_materialization.metadata if records else None
-        variants[fmt] = {key: entry.value for key, entry in metadata.items()} if metadata is not None else None
+        if not records:
+            variants[fmt] = None
+            continue
+        checked = [
+            evaluation.metadata[VIOLATIONS].value
+            for evaluation in check_evaluations(instance, records[0].run_id, key)
+            if evaluation.check_name == DEGRADATION_CHECK and evaluation.partition in (fmt, None)
+        ]
+        metadata = {name: entry.value for name, entry in records[0].asset_materialization.metadata.items()}
+        variants[fmt] = {**metadata, VIOLATIONS: checked[-1] if checked else None}
     return variants
 
 
-def quantized_variants(
-    variants: Mapping[str, Mapping[str, Any] | None], merged_dir: Path, config: QuantConfig
-) -> tuple[list[dict], list[str]]:
-    """The comparison rows of the variants quantized from `merged_dir`, and a warning for each format without one
-    and for each degradation limit a listed variant exceeds."""
+def quantized_variants(variants: Mapping[str, Mapping[str, Any] | None], merged_dir: Path) -> tuple[list[dict], list[str]]:
+    """The comparison rows of the variants quantized from `merged_dir`, and a warning for each format without one,
+    for each limit a listed variant's degradation check found exceeded, and for a check with no result."""
     rows, warnings = [], []
     for fmt, metadata in variants.items():
         if metadata is None or metadata.get("merged_model") != str(merged_dir):
@@ -193,9 +249,9 @@ def quantized_variants(
             warnings.append(f"{fmt}: no quantized variant of this merged model ({built}); not listed")
             continue
         rows.append(metadata["comparison"])
-        warnings += check_degradation(metadata["comparison"], config)
+        violations = metadata.get(VIOLATIONS)
+        if violations is None:
+            warnings.append(f"{fmt}: its {DEGRADATION_CHECK} check has no result; the variant is listed unchecked")
+        else:
+            warnings += violations
     return rows, warnings
-
-
-def _headline(report_dir) -> dict:
-    return json.loads((report_dir / "report.json").read_text(encoding="utf-8"))["headline"]

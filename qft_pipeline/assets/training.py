@@ -4,8 +4,8 @@ import json
 
 import dagster as dg
 
+from qft_core.data.split import SplitResult
 from qft_core.model.registry import ensure_model_dir, resolve_model
-from qft_core.train.advice import advise, suggestions_markdown
 from qft_core.train.checkpoint import list_checkpoints
 from qft_core.train.curves import plot_loss_curve, read_metrics
 from qft_core.train.engine import CHECKPOINTS_DIR
@@ -21,7 +21,7 @@ from qft_core.train.launch import (
 )
 from qft_core.train.monitor import monitor_run, write_monitor_report
 from qft_core.train.plan import ModelShape, TrainingPlan, plan_training
-from qft_pipeline.artifacts import resumable_run_folder, run_folder, upstream_path
+from qft_pipeline.artifacts import resumable_run_folder
 from qft_pipeline.assets.data import term_balanced_splits
 from qft_pipeline.metadata import image, stand_in_metadata
 from qft_pipeline.resources import QftSettings
@@ -36,36 +36,32 @@ TRAINING_POOL = "training_gpus"
 # a run, while a failure that repeats on every attempt (bad data, a bug) still fails the run soon.
 TRAINING_RETRIES = 2
 TRAINING_RETRY_DELAY_S = 5
+FINDINGS_METADATA = "findings"
 
 
 @dg.asset(group_name=GROUP, kinds={"nvml"})
-def hardware_profile(context: dg.AssetExecutionContext, qft: QftSettings) -> dg.MaterializeResult:
+def hardware_profile() -> dg.Output[HardwareProfile]:
     """GPUs, interconnect, NUMA affinity, CPU cores and RAM of the machine that will train."""
     profile = profile_hardware()
-    path = run_folder(context, qft.load()) / "hardware_profile.json"
-    path.write_text(profile.model_dump_json(indent=1), encoding="utf-8")
-    return dg.MaterializeResult(
+    return dg.Output(
+        profile,
         metadata={
-            "path": dg.MetadataValue.path(str(path)),
             "gpus": len(profile.gpus),
             "interconnect": profile.interconnect,
             "profile": dg.MetadataValue.md(profile.to_markdown()),
-        }
+        },
     )
 
 
-@dg.asset(group_name=GROUP, deps=[hardware_profile, term_balanced_splits])
-def training_plan(context: dg.AssetExecutionContext, qft: QftSettings) -> dg.MaterializeResult:
+@dg.asset(group_name=GROUP, deps=[term_balanced_splits])
+def training_plan(qft: QftSettings, hardware_profile: HardwareProfile) -> dg.Output[TrainingPlan]:
     """Strategy, micro-batch, accumulation, checkpointing and LoRA size that fit this hardware, each explained."""
     config = qft.load()
-    profile = HardwareProfile.model_validate_json(upstream_path(context, "hardware_profile").read_text(encoding="utf-8"))
     shape = ModelShape.from_pretrained_dir(ensure_model_dir(resolve_model(config.model, config.paths)), config.model)
-    plan = plan_training(config, profile, shape)
-    path = run_folder(context, config) / "training_plan.json"
-    path.write_text(plan.model_dump_json(indent=1), encoding="utf-8")
-    return dg.MaterializeResult(
+    plan = plan_training(config, hardware_profile, shape)
+    return dg.Output(
+        plan,
         metadata={
-            "path": dg.MetadataValue.path(str(path)),
             "strategy": plan.strategy,
             "world_size": plan.world_size,
             "micro_batch_size": plan.micro_batch_size,
@@ -73,19 +69,22 @@ def training_plan(context: dg.AssetExecutionContext, qft: QftSettings) -> dg.Mat
             "gradient_checkpointing": plan.gradient_checkpointing,
             "fits": plan.fits,
             "plan": dg.MetadataValue.md(plan.to_markdown()),
-        }
+        },
     )
 
 
 @dg.asset(
     group_name=GROUP,
-    deps=[training_plan, term_balanced_splits],
     kinds={"pytorch"},
     pool=TRAINING_POOL,
     retry_policy=dg.RetryPolicy(max_retries=TRAINING_RETRIES, delay=TRAINING_RETRY_DELAY_S),
 )
 def lora_checkpoint(
-    context: dg.AssetExecutionContext, qft: QftSettings, pipes_subprocess_client: dg.PipesSubprocessClient
+    context: dg.AssetExecutionContext,
+    qft: QftSettings,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+    training_plan: TrainingPlan,
+    term_balanced_splits: SplitResult,
 ) -> dg.MaterializeResult:
     """The LoRA adapter trained by qft's engine under torchrun; rank 0 streams progress through Dagster Pipes.
 
@@ -94,8 +93,7 @@ def lora_checkpoint(
     from its newest valid checkpoint instead of starting again.
     """
     config = qft.load()
-    plan = TrainingPlan.model_validate_json(upstream_path(context, "training_plan").read_text(encoding="utf-8"))
-    splits = upstream_path(context, "term_balanced_splits")
+    plan, splits = training_plan, term_balanced_splits.splits()
     key = training_key(config, splits, plan)
     run_dir = resumable_run_folder(context, config, resumable=lambda folder: resumable_by(folder, key))
     earlier = list_checkpoints(run_dir / CHECKPOINTS_DIR)
@@ -117,7 +115,6 @@ def lora_checkpoint(
     vocab = ModelShape.from_pretrained_dir(ensure_model_dir(spec), config.model).vocab
     monitor = monitor_run(run_dir, summary.steps, vocab_size=vocab)
     monitor_markdown, monitor_charts = write_monitor_report(monitor, run_dir)
-    suggestions = advise(monitor, plan, config)
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(summary.adapter_dir),
@@ -136,7 +133,8 @@ def lora_checkpoint(
             **stand_in_metadata(spec.name),
             "monitor": dg.MetadataValue.md(monitor_markdown.read_text(encoding="utf-8")),
             **{f"chart_{chart.stem}": image(chart, chart.stem) for chart in monitor_charts},
-            "advice": dg.MetadataValue.md(suggestions_markdown(suggestions)),
+            # The findings themselves, for the advice that waits for the evaluation (training_advice).
+            FINDINGS_METADATA: dg.MetadataValue.json(monitor.model_dump(mode="json")),
             "summary": dg.MetadataValue.json(json.loads(summary.model_dump_json())),
         }
     )

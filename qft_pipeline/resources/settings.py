@@ -1,4 +1,5 @@
-"""Dagster resources: the qft configuration exposed as run config, built from qft_core's own config classes."""
+"""The qft configuration as a Dagster resource: a YAML file plus per-run overrides of any section, built from
+qft_core's own config classes."""
 
 from __future__ import annotations
 
