@@ -2,18 +2,17 @@
 tabular values between assets (`artifact_io_manager`) and the Pipes client that launches training
 (`training_launcher`)."""
 
-from qft_pipeline.resources.artifact_io_manager import ArtifactIOManager
+from qft_pipeline.resources.artifact_io_manager import artifact_io_manager
 from qft_pipeline.resources.settings import QftSettings
 from qft_pipeline.resources.training_launcher import training_launcher
 
-__all__ = ["ArtifactIOManager", "QftSettings", "resources"]
+__all__ = ["QftSettings", "artifact_io_manager", "resources"]
 
 
 def resources(settings: QftSettings | None = None) -> dict:
-    """The resources every qft asset, check and sensor may ask for, sharing one configuration."""
-    qft = settings or QftSettings()
+    """The resources every qft asset, check and sensor may ask for; the IO manager reads the run's `qft`."""
     return {
-        "qft": qft,
-        "io_manager": ArtifactIOManager(qft=qft),
+        "qft": settings or QftSettings(),
+        "io_manager": artifact_io_manager,
         "pipes_subprocess_client": training_launcher(),
     }

@@ -14,6 +14,7 @@ import dagster as dg
 import torch
 from pydantic import BaseModel
 
+from qft_core.config import QftConfig
 from qft_core.data.corpus import CorpusManifest
 from qft_core.data.parse import ParseResult
 from qft_core.data.split import SPLIT_NAMES, SplitResult
@@ -172,17 +173,26 @@ def _files_for(context: dg.InputContext | dg.OutputContext) -> _Files:
         ) from None
 
 
-class ArtifactIOManager(dg.ConfigurableIOManager):
+class ArtifactIOManager(dg.IOManager):
     """Stores each asset's value as files in its folder of the run, and loads the value an asset or check needs
     from the run that materialized it: this run, else the latest (not one whose blocking check failed)."""
 
-    qft: QftSettings
-
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
-        folder = asset_folder(self.qft.load(), context.run_id, context.asset_key)
+        folder = asset_folder(_config(context), context.run_id, context.asset_key)
         path = _files_for(context).write(obj, folder)
         context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
 
     def load_input(self, context: dg.InputContext) -> Any:
         event = source_materialization(context.instance, context.step_context.run_id, context.asset_key)
-        return _files_for(context).read(asset_folder_path(self.qft.load(), event.run_id, context.asset_key))
+        return _files_for(context).read(asset_folder_path(_config(context), event.run_id, context.asset_key))
+
+
+def _config(context: dg.InputContext | dg.OutputContext) -> QftConfig:
+    # The run's own `qft` resource, so a run config that moves artifacts_dir moves the values too.
+    settings: QftSettings = context.resources.qft
+    return settings.load()
+
+
+@dg.io_manager(required_resource_keys={"qft"}, description=ArtifactIOManager.__doc__)
+def artifact_io_manager() -> ArtifactIOManager:
+    return ArtifactIOManager()

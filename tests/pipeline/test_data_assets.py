@@ -83,3 +83,25 @@ def test_corpus_files_left_out_are_warned_in_the_log_and_the_metadata(tmp_path):
     assert metadata["files"].value == 1
     assert "escape.md" in metadata["warnings"].value and metadata["warnings"].value.startswith("- ")
     assert len(logged) == 1
+
+
+def test_the_parse_reads_the_manifests_files_and_refuses_one_changed_since(project):
+    write_corpus(project["corpus"], pairs=12)
+    first = materialize_graph(config_file=project["config_file"], selection="key:raw_thinking_documents")
+    assert first.success, first.failures
+    assert Path(first.artifacts["raw_thinking_documents"]).is_relative_to(project["root"] / "artifacts")
+    (project["corpus"] / "added.md").write_text("Q: 后来加入的问题？\nA: 不在清单里。\n", encoding="utf-8")
+
+    parsed = materialize_graph(config_file=project["config_file"], selection="key:parsed_thinking_examples")
+
+    assert parsed.success, parsed.failures
+    assert (parsed.metadata["parsed_thinking_examples"]["files_read"], parsed.metadata["parsed_thinking_examples"]["parsed"]) == (4, 12)
+    with (project["corpus"] / "part0.md").open("a", encoding="utf-8") as part:
+        part.write("\nQ: 清单之后改的？\nA: 是的。\n")
+
+    changed = materialize_graph(config_file=project["config_file"], selection="key:parsed_thinking_examples")
+
+    assert not changed.success
+    (failure,) = changed.failures
+    assert "part0.md: changed since the corpus manifest was taken" in failure
+    assert "materialize raw_thinking_documents again" in failure
