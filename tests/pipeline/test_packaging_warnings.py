@@ -10,11 +10,19 @@ import dagster as dg
 import pytest
 import yaml
 
-from qft_core.config import ModelConfig, PathsConfig, QuantConfig
-from qft_core.data.corpus import scan_corpus
+from qft_core.config import ModelConfig, PathsConfig
+from qft_core.data.corpus import CorpusManifest, scan_corpus
+from qft_core.evaluate.report import EvaluationReport, read_report
 from qft_core.model.registry import ensure_model_dir, resolve_model
-from qft_pipeline.assets.packaging import deployed_model_dir, deployment_package, quantized_variants
-from qft_pipeline.resources import QftSettings
+from qft_pipeline.artifacts import run_folder
+from qft_pipeline.assets.packaging import (
+    DEGRADATION_CHECK,
+    QUANT_FORMATS,
+    deployed_model_dir,
+    deployment_package,
+    quantized_variants,
+)
+from qft_pipeline.resources import QftSettings, resources
 
 MERGED = Path("/artifacts/runs/r1/merged_model/merged")
 CLEAN_ROW = {"variant": "int8", "perplexity": 10.5, "perplexity_ratio": 1.05, "probe_agreement": 0.95}
@@ -23,22 +31,29 @@ DEGRADED_ROW = {"variant": "int4", "perplexity": 15.0, "perplexity_ratio": 1.5, 
 DEGRADED = "int4: perplexity 15 is 50.0% above the unquantized model's (quant.max_perplexity_increase 25%)"
 
 
-def _variant(row: dict, merged: Path = MERGED) -> dict:
-    return {"path": "/somewhere", "merged_model": str(merged), "comparison": row}
+def _variant(row: dict, merged: Path = MERGED, violations: list[str] | None = ()) -> dict:
+    """A variant's metadata with what its degradation check found (None: the check has no result)."""
+    return {"path": "/somewhere", "merged_model": str(merged), "comparison": row, "violations": violations}
 
 
 def test_variants_of_this_merged_model_are_listed_without_warnings():
-    rows, warnings = quantized_variants({"int8": _variant(CLEAN_ROW)}, MERGED, QuantConfig())
+    rows, warnings = quantized_variants({"int8": _variant(CLEAN_ROW)}, MERGED)
     assert (rows, warnings) == ([CLEAN_ROW], [])
+
+
+def test_a_variant_whose_degradation_check_has_no_result_is_listed_with_a_warning():
+    rows, warnings = quantized_variants({"int8": _variant(CLEAN_ROW, violations=None)}, MERGED)
+    assert rows == [CLEAN_ROW]
+    assert warnings == ["int8: its degradation_within_thresholds check has no result; the variant is listed unchecked"]
 
 
 def test_missing_stale_and_degraded_variants_are_warned():
     variants = {
         "int8": _variant(CLEAN_ROW, merged=Path("/artifacts/runs/r0/merged_model/merged")),
-        "int4": _variant(DEGRADED_ROW),
+        "int4": _variant(DEGRADED_ROW, violations=[DEGRADED]),
         "gptq": None,
     }
-    rows, warnings = quantized_variants(variants, MERGED, QuantConfig())
+    rows, warnings = quantized_variants(variants, MERGED)
     assert rows == [DEGRADED_ROW]
     assert warnings == [
         "int8: no quantized variant of this merged model (the latest package came from another model); not listed",
@@ -66,30 +81,45 @@ def test_deployment_package_shows_its_warnings_in_log_metadata_and_package(tmp_p
     (tmp_path / "secret.md").write_text("Q: 外面？\nA: 外面。\n", encoding="utf-8")
     (corpus / "escape.md").symlink_to(tmp_path / "secret.md")
     manifest = scan_corpus(corpus)
-    manifest_path = tmp_path / "manifest.json"
-    manifest_path.write_text(manifest.model_dump_json(), encoding="utf-8")
-    report = tmp_path / "evaluation" / "report.md"
-    report.parent.mkdir()
-    report.write_text("# report\n", encoding="utf-8")
-    (report.parent / "report.json").write_text(json.dumps({"headline": {"term_f1": 0.5}}), encoding="utf-8")
     config_file = tmp_path / "qft.yaml"
     config = {"paths": {"artifacts_dir": str(tmp_path / "artifacts")}, "model": {"name": "qwen3-tiny"},
               "quant": {"formats": ["int4", "gptq"]}}
     config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
 
+    @dg.asset(name="raw_thinking_documents")
+    def manifest_stand_in() -> CorpusManifest:
+        return manifest
+
+    @dg.asset(name="evaluation_report")
+    def report_stand_in(context: dg.AssetExecutionContext, qft: QftSettings) -> EvaluationReport:
+        folder = run_folder(context, qft.load())
+        (folder / "report.json").write_text(json.dumps({"headline": {"term_f1": 0.5}}), encoding="utf-8")
+        return read_report(folder)
+
+    @dg.asset(
+        name="quantized_package",
+        partitions_def=QUANT_FORMATS,
+        check_specs=[dg.AssetCheckSpec(DEGRADATION_CHECK, asset="quantized_package", blocking=True)],
+    )
+    def int4_stand_in() -> dg.MaterializeResult:
+        check = dg.AssetCheckResult(passed=False, metadata={"violations": dg.MetadataValue.json([DEGRADED])})
+        metadata = {"merged_model": dg.MetadataValue.path(str(merged)), "comparison": dg.MetadataValue.json(DEGRADED_ROW)}
+        return dg.MaterializeResult(metadata=metadata, check_results=[check])
+
     with dg.DagsterInstance.ephemeral() as instance:
-        for asset, path in [("merged_model", merged), ("raw_thinking_documents", manifest_path),
-                            ("evaluation_report", report)]:
-            metadata = {"path": dg.MetadataValue.path(str(path))}
-            instance.report_runless_asset_event(dg.AssetMaterialization(asset, metadata=metadata))
-        int4 = {"merged_model": dg.MetadataValue.path(str(merged)), "comparison": dg.MetadataValue.json(DEGRADED_ROW)}
-        instance.report_runless_asset_event(
-            dg.AssetMaterialization("quantized_package", partition="int4", metadata=int4)
-        )
+        merged_metadata = {"path": dg.MetadataValue.path(str(merged))}
+        instance.report_runless_asset_event(dg.AssetMaterialization("merged_model", metadata=merged_metadata))
+        dg.materialize([int4_stand_in], instance=instance, partition_key="int4", raise_on_error=False)
         result = dg.materialize(
-            [deployment_package], instance=instance, resources={"qft": QftSettings(config_file=str(config_file))}
+            [manifest_stand_in, report_stand_in, deployment_package],
+            instance=instance,
+            resources=resources(QftSettings(config_file=str(config_file))),
         )
-        logged = [entry.user_message for entry in instance.all_logs(result.run_id) if entry.level == logging.WARNING]
+        logged = [
+            entry.user_message
+            for entry in instance.all_logs(result.run_id)
+            if entry.level == logging.WARNING and entry.step_key == "deployment_package"
+        ]
 
     expected = [
         f"corpus: escape.md: symlink_outside_root: points to {tmp_path.resolve() / 'secret.md'}, outside {corpus}; "
