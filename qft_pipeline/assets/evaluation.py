@@ -1,13 +1,14 @@
-"""Evaluation assets: the expert gold set, and the report comparing the base and the fine-tuned model."""
+"""Evaluation assets: the expert gold set, and the report comparing the base and the fine-tuned model (its
+regression check is in checks.py)."""
 
 import dagster as dg
 
+from qft_core.data.split import SplitResult
 from qft_core.device import resolve_device
 from qft_core.evaluate.expert_store import default_db_path, load_gold_set
 from qft_core.evaluate.experts import GoldItem
 from qft_core.evaluate.report import EvaluationReport
 from qft_core.evaluate.run import evaluate_models
-from qft_core.data.split import SplitResult
 from qft_pipeline.artifacts import run_folder, upstream_path
 from qft_pipeline.assets.training import lora_checkpoint
 from qft_pipeline.metadata import image, markdown_table, stand_in_metadata

@@ -65,7 +65,7 @@ def test_a_selection_reaches_the_quantize_and_deploy_jobs_in_graph_order(config_
     ]
     assert _steps(config_file, "deployment_package") == [(DEPLOY_JOB, ["deployment_package"], None)]
     assert _steps(config_file, "key:merged_model+") == [
-        (MAIN_JOB, ["merged_model"], None),
+        (MAIN_JOB, ["merged_model", "reference_scores"], None),
         (QUANTIZE_JOB, ["quantized_package"], "int8"),
         (QUANTIZE_JOB, ["quantized_package"], "int4"),
         (DEPLOY_JOB, ["deployment_package"], None),
@@ -97,7 +97,8 @@ def test_quantized_package_selected_alone_runs_in_the_quantize_job_of_each_forma
     assert run.job_name == QUANTIZE_JOB
     assert run.tags[FORMAT_TAG] == "int8"
     assert run.tags["dagster/partition"] == "int8"
-    # It ran, and failed for the reason a quantize with no merged model must: not a main-job run in disguise.
+    # It ran, and failed for the reason a quantize before any main run must (no reference scores of a merged
+    # model to compare with): not a main-job run in disguise.
     (failure,) = outcome.failures
     assert failure.startswith("int8: quantized_package: ")
-    assert "merged_model" in failure
+    assert "asset 'reference_scores' has never been materialized" in failure
