@@ -1,12 +1,15 @@
-"""Advice for the next run, from hand-made metrics through the monitor."""
+"""Advice for the next run, from hand-made metrics through the findings and from hand-made evaluation reports."""
+
+from pathlib import Path
 
 import pytest
-from test_monitor import falling, step
-from tiny_run import cpu_plan
 
 from qft_core.config import QftConfig
-from qft_core.train.advice import advise, round_significant, suggestions_markdown
-from qft_core.train.monitor import monitor_records
+from qft_core.diagnose.advice import advice_markdown, advise, round_significant
+from qft_core.diagnose.findings import monitor_records
+from qft_core.evaluate.report import EvaluationReport
+from tests.core.train.step_records import falling, step
+from tests.core.train.tiny_run import cpu_plan
 
 
 def config(**training) -> QftConfig:
@@ -16,8 +19,20 @@ def config(**training) -> QftConfig:
     return settings
 
 
-def by_setting(suggestions) -> dict:
-    return {s.setting: s for s in suggestions}
+def by_setting(changes) -> dict:
+    return {s.setting: s for s in changes}
+
+
+def evaluation_report(means: dict[str, dict[str, float]], generation: dict[str, dict] | None = None) -> dict:
+    """report.json's content as far as advice reads it: per model the metric means and generation statistics of
+    the primary set (test); the validation set is there to be ignored."""
+    metrics = {
+        model: {name: {"mean": value, "ci_low": value, "ci_high": value, "n": 4} for name, value in values.items()}
+        for model, values in means.items()
+    }
+    ignored = {"metrics": {"finetuned": {"rougeL_char_f1": {"mean": 0.0}}}, "generation": {}}
+    return {"primary_set": "test", "sets": {"test": {"metrics": metrics, "generation": generation or {}},
+                                            "validation": ignored}}
 
 
 def overfitting_records() -> list[dict]:
@@ -117,17 +132,30 @@ def test_an_oom_back_off_proposes_the_micro_batch_the_run_ended_with() -> None:
     assert (micro.current, micro.proposed) == (None, 1) and micro.evidence["planned_micro_batch"] == 2
 
 
-def test_poor_thinking_takes_reasoning_out_of_the_loss() -> None:
-    evaluation = {
-        "fine_tuned": {"rougeL_char_f1": 0.40, "closed_by_model_rate": {"mean": 0.55}},
-        "base": {"rougeL_char_f1": 0.30, "closed_by_model_rate": {"mean": 0.90}},
-    }
+def test_reasoning_the_fine_tuned_model_leaves_unclosed_takes_reasoning_out_of_the_loss() -> None:
+    report = evaluation_report(
+        {"finetuned": {"rougeL_char_f1": 0.40}, "base": {"rougeL_char_f1": 0.30}},
+        {"finetuned": {"closed_by_model_rate": 0.55}, "base": {"closed_by_model_rate": 0.90}},
+    )
+    findings = monitor_records(falling(), total_steps=100)
+    assert "training.loss_on_reasoning" not in by_setting(advise(findings, cpu_plan(), config()))
 
-    suggestions = by_setting(advise(monitor_records(falling(), total_steps=100), cpu_plan(), config(), evaluation))
+    changes = by_setting(advise(findings, cpu_plan(), config(), report))
 
-    reasoning = suggestions["training.loss_on_reasoning"]
+    reasoning = changes["training.loss_on_reasoning"]
     assert (reasoning.current, reasoning.proposed) == (True, False)
     assert reasoning.evidence == {"closed_by_model_rate_fine_tuned": 0.55, "closed_by_model_rate_base": 0.9}
+
+
+def test_less_coherent_reasoning_than_the_base_model_in_an_evaluation_report_takes_reasoning_out() -> None:
+    data = evaluation_report({"finetuned": {"thinking_coherence": 0.50}, "base": {"thinking_coherence": 0.80}})
+    report = EvaluationReport(Path("eval"), Path("eval/report.md"), Path("eval/report.json"), (), (), data)
+
+    changes = by_setting(advise(monitor_records(falling(), total_steps=100), cpu_plan(), config(), report))
+
+    assert changes["training.loss_on_reasoning"].evidence == {
+        "thinking_coherence_fine_tuned": 0.5, "thinking_coherence_base": 0.8
+    }
 
 
 def test_a_dominating_reasoning_loss_takes_reasoning_out_of_the_loss() -> None:
@@ -140,23 +168,23 @@ def test_a_dominating_reasoning_loss_takes_reasoning_out_of_the_loss() -> None:
 
 
 def test_answers_that_do_not_improve_without_reasoning_put_reasoning_back() -> None:
-    evaluation = {"finetuned": {"rougeL_char_f1": 0.31}, "base": {"rougeL_char_f1": 0.30}}
+    report = evaluation_report({"finetuned": {"rougeL_char_f1": 0.31}, "base": {"rougeL_char_f1": 0.30}})
 
-    suggestions = by_setting(
-        advise(monitor_records(falling(), total_steps=100), cpu_plan(), config(loss_on_reasoning=False), evaluation)
+    changes = by_setting(
+        advise(monitor_records(falling(), total_steps=100), cpu_plan(), config(loss_on_reasoning=False), report)
     )
 
-    reasoning = suggestions["training.loss_on_reasoning"]
+    reasoning = changes["training.loss_on_reasoning"]
     assert (reasoning.current, reasoning.proposed) == (False, True)
-    assert abs(reasoning.evidence["rougeL_char_f1_gain"] - 0.01) < 1e-12
+    assert reasoning.evidence["rougeL_char_f1_gain"] == pytest.approx(0.01)
 
 
 def test_markdown_lists_each_suggestion_with_its_evidence() -> None:
     report = monitor_records(overfitting_records(), total_steps=60)
-    text = suggestions_markdown(advise(report, cpu_plan(), config(epochs=3.0)))
+    text = advice_markdown(advise(report, cpu_plan(), config(epochs=3.0)))
 
     assert "| `training.epochs` | 3 | 1.5 |" in text and "best_val_step=30" in text
-    assert "None: nothing" in suggestions_markdown([])
+    assert "None: nothing" in advice_markdown([])
 
 
 def test_early_convergence_proposes_stopping_where_the_loss_went_flat() -> None:
