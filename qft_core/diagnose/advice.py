@@ -336,7 +336,7 @@ def _packing(c: _Context) -> SettingChange | None:
 
 
 def _lora_rank(c: _Context) -> SettingChange | None:
-    r = c.plan.lora_r
+    r = c.plan.lora.r
     overfitting = c.first("overfitting")
     repeated = c.stats.last_epoch is not None and c.stats.last_epoch >= 1
     if overfitting is not None and repeated and r > MIN_LORA_RANK:
@@ -365,12 +365,13 @@ def _lora_rank(c: _Context) -> SettingChange | None:
 
 
 def _lora_targets(c: _Context) -> SettingChange | None:
-    missing = [name for name in MLP_TARGETS if name not in c.plan.lora_targets]
+    targets = c.plan.lora.target_modules
+    missing = [name for name in MLP_TARGETS if name not in targets]
     underfitting = c.underfitting()
     if not missing or underfitting is None:
         return None
     return SettingChange(
-        setting="lora.target_modules", current=list(c.plan.lora_targets), proposed=[*c.plan.lora_targets, *missing],
+        setting="lora.target_modules", current=list(targets), proposed=[*targets, *missing],
         reason=(
             f"the loss stopped improving without overfitting and the MLP projections ({', '.join(missing)}) carry no "
             "adapter; they hold much of a model's factual knowledge"
@@ -383,7 +384,7 @@ def _lora_dropout(c: _Context) -> SettingChange | None:
     overfitting = c.first("overfitting")
     if overfitting is None:
         return None
-    dropout = c.config.lora.dropout
+    dropout = c.plan.lora.dropout
     return SettingChange(
         setting="lora.dropout", current=dropout, proposed=round(max(DROPOUT_FLOOR, dropout + DROPOUT_STEP), 4),
         reason="the adapter overfits; more dropout on its input regularises it",

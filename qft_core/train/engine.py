@@ -165,7 +165,7 @@ def config_hash(job: TrainingJob) -> str:
                  "master_port", "micro_batch_size", "gradient_checkpointing", "sharding", "loss_chunk_tokens"}
     )
     return fingerprint(
-        recipe, job.lora.model_dump(), job.plan.lora_r, job.plan.lora_targets, job.plan.global_batch_size,
+        recipe, job.plan.lora.model_dump(), job.plan.global_batch_size,
         Path(job.model_dir).name, _file_identity(job.train_data),
     )
 

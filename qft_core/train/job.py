@@ -1,5 +1,5 @@
 """The engine's contract with its launcher: the job (model, tokenized data, output folder, config sections,
-plan) that launch.py writes and every rank reads, and the summary a finished run writes back."""
+plan with the effective LoRA settings) that launch.py writes and every rank reads, and the summary a finished run writes back."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from qft_core.config import LoraConfig, ModelConfig, TrainingConfig
+from qft_core.config import ModelConfig, TrainingConfig
 from qft_core.train.plan import TrainingPlan
 
 JOB_FILE = "job.json"
@@ -32,7 +32,7 @@ class TrainingJob(BaseModel):
     pad_token_id: int
     model: ModelConfig
     training: TrainingConfig
-    lora: LoraConfig
+    # The LoRA settings are the plan's (`plan.lora`): the planner may shrink the configured adapter.
     plan: TrainingPlan
 
     def write(self, path: str | Path) -> Path:

@@ -9,6 +9,7 @@ from qft_core.diagnose.curves import plot_loss_curve, read_metrics
 from qft_core.diagnose.findings import monitor_run
 from qft_core.diagnose.report import write_monitor_report
 from qft_core.model.registry import ensure_model_dir, resolve_model
+from qft_core.model.shape import ModelShape
 from qft_core.train.checkpoint import list_checkpoints
 from qft_core.train.engine import CHECKPOINTS_DIR
 from qft_core.train.hardware import HardwareProfile, profile_hardware
@@ -21,7 +22,7 @@ from qft_core.train.launch import (
     training_key,
     worker_environment,
 )
-from qft_core.train.plan import ModelShape, TrainingPlan, plan_training
+from qft_core.train.plan import TrainingPlan, plan_for
 from qft_pipeline.artifacts import resumable_run_folder, run_folder, upstream_path
 from qft_pipeline.assets.data import term_balanced_splits
 from qft_pipeline.metadata import image, stand_in_metadata
@@ -60,8 +61,7 @@ def training_plan(context: dg.AssetExecutionContext, qft: QftSettings) -> dg.Mat
     """Strategy, micro-batch, accumulation, checkpointing and LoRA size that fit this hardware, each explained."""
     config = qft.load()
     profile = HardwareProfile.model_validate_json(upstream_path(context, "hardware_profile").read_text(encoding="utf-8"))
-    shape = ModelShape.from_pretrained_dir(ensure_model_dir(resolve_model(config.model, config.paths)), config.model)
-    plan = plan_training(config, profile, shape)
+    plan = plan_for(config, ensure_model_dir(resolve_model(config.model, config.paths)), profile)
     path = run_folder(context, config) / "training_plan.json"
     path.write_text(plan.model_dump_json(indent=1), encoding="utf-8")
     return dg.MaterializeResult(

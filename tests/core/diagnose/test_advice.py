@@ -8,6 +8,7 @@ from qft_core.config import QftConfig
 from qft_core.diagnose.advice import advice_markdown, advise, round_significant
 from qft_core.diagnose.findings import monitor_records
 from qft_core.evaluate.report import EvaluationReport
+from qft_core.train.plan import TrainingPlan
 from tests.core.train.step_records import falling, step
 from tests.core.train.tiny_run import cpu_plan
 
@@ -17,6 +18,12 @@ def config(**training) -> QftConfig:
     for key, value in training.items():
         setattr(settings.training, key, value)
     return settings
+
+
+def plan_with(**lora) -> TrainingPlan:
+    """cpu_plan with other effective LoRA settings."""
+    plan = cpu_plan()
+    return plan.model_copy(update={"lora": plan.lora.model_copy(update=lora)})
 
 
 def by_setting(changes) -> dict:
@@ -55,10 +62,10 @@ def test_overfitting_proposes_stopping_at_the_best_epoch_with_a_smaller_rank_and
     epochs = suggestions["training.epochs"]
     assert (epochs.current, epochs.proposed) == (3.0, 1.5)
     assert epochs.evidence["best_val_step"] == 30 and epochs.evidence["last_val_loss"] == 1.95
-    # cpu_plan trains r=4, already the smallest rank the planner uses: only dropout goes up (0.05 → 0.1).
+    # cpu_plan trains r=4, already the smallest rank the planner uses: only dropout goes up (0 → 0.1).
     assert "lora.r" not in suggestions
-    assert (suggestions["lora.dropout"].current, suggestions["lora.dropout"].proposed) == (0.05, 0.1)
-    rank = by_setting(advise(report, cpu_plan().model_copy(update={"lora_r": 16}), config()))["lora.r"]
+    assert (suggestions["lora.dropout"].current, suggestions["lora.dropout"].proposed) == (0.0, 0.1)
+    rank = by_setting(advise(report, plan_with(r=16), config()))["lora.r"]
     assert (rank.current, rank.proposed) == (16, 8)
 
 
@@ -101,7 +108,7 @@ def test_an_unfinished_improving_run_gets_no_advice() -> None:
 
 def test_a_slow_early_plateau_raises_the_learning_rate_and_the_rank_of_an_attention_only_adapter() -> None:
     records = [step(n, 2.0, val_loss=2.02 if n % 10 == 0 else None) for n in range(1, 41)]
-    plan = cpu_plan().model_copy(update={"lora_targets": ["q_proj", "v_proj"]})
+    plan = plan_with(target_modules=["q_proj", "v_proj"])
 
     suggestions = by_setting(advise(monitor_records(records, total_steps=100), plan, config(learning_rate=1e-3)))
 

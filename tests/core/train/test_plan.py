@@ -10,19 +10,17 @@ from qft_core.config import QftConfig
 from qft_core.device import DeviceUnavailableError
 from qft_core.train.fast_path import choose_fast_path
 from qft_core.train.hardware import GIB, GpuInfo, HardwareProfile, profile_hardware
-from qft_core.train.plan import (
-    QWEN3_4B,
+from qft_core.model.shape import QWEN3_4B, ModelShape
+from qft_core.train.memory import (
     MemorySetting,
-    ModelShape,
-    PlanError,
     allocated_bytes,
     backward_bytes_per_token,
     estimate_memory,
     layer_activation_bytes_per_token,
     layer_activation_terms,
     loss_chunk_bytes,
-    plan_training,
 )
+from qft_core.train.plan import PlanError, plan_training
 
 ALL_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -369,15 +367,18 @@ def test_configured_sharding_overrides_the_memory_rule():
     assert any("as configured (training.sharding=fsdp)" in text for text in plan.explanations)
 
 
-def test_lora_rank_is_halved_when_even_micro_batch_1_does_not_fit():
+def test_lora_rank_is_halved_with_its_alpha_when_even_micro_batch_1_does_not_fit():
     lora_r256 = 33_030_144 * 16 * 16  # r=256 is 16× the r=16 adapter, 16 bytes per parameter
     assert planned_total(WEIGHTS + lora_r256 + LOGIT_CHUNK) > budget(18)  # nothing else even fits
     checkpointed_row = 1024 * (36 * 2 * 2560 + OUTSIDE_LAYERS)
     assert planned_total(WEIGHTS + lora_r256 // 2 + LOGIT_CHUNK + SCORED_HIDDEN_PER_ROW + checkpointed_row) < budget(18)
 
-    plan = plan_training(config(lora={"r": 256}), gpu_profile(1, 18), QWEN3_4B)
+    plan = plan_training(config(lora={"r": 256, "alpha": 512, "dropout": 0.1}), gpu_profile(1, 18), QWEN3_4B)
 
-    assert (plan.lora_r, plan.lora_targets) == (128, ALL_TARGETS)
+    assert (plan.lora.r, plan.lora.target_modules) == (128, ALL_TARGETS)
+    # PEFT scales the adapter by alpha/r: 512/256 = 2 as configured, so alpha halves with r to 256.
+    assert (plan.lora.alpha, plan.lora.scale, plan.lora.dropout) == (256, 2.0, 0.1)
+    assert any("lora.alpha 512 becomes 256, so the adapter's scale alpha/r stays 2" in text for text in plan.explanations)
     assert plan.gradient_checkpointing
     assert any("LoRA reduced from r=256" in text for text in plan.explanations)
 
