@@ -38,7 +38,7 @@ from qft_core.package.layout import (
 from qft_core.package.manifest import MANIFEST_FILE, check_manifest, write_manifest
 from qft_core.package.model_card import ModelCardInfo, render_model_card
 from qft_core.package.quantize import PICKLE_SUFFIXES, QUANT_METADATA_FILE, QuantizedPackage
-from qft_core.package.served_model import SamplingParams, ServedModel, load_package_tokenizer
+from qft_core.serve.served_model import SamplingParams, ServedModel, load_package_tokenizer
 
 ARCHIVE_SUFFIX = ".tar.gz"
 # What the caller's metadata must say: how the model was trained, on which data, and how well it did.

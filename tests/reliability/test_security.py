@@ -36,8 +36,8 @@ from qft_core.package.bundle import build_package, unpack_package
 from qft_core.package.layout import PackageError
 from qft_core.package.manifest import MANIFEST_FILE, ManifestError, check_manifest, file_sha256, write_manifest
 from qft_core.package.model_card import ModelCardInfo
-from qft_core.package.served_model import ServedModel
-from qft_core.package.server import ServerSettings, create_app, serve_package
+from qft_core.serve.served_model import ServedModel
+from qft_core.serve.server import ServerSettings, create_app, serve_package
 from qft_core.train import checkpoint as ckpt
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
