@@ -4,8 +4,6 @@ computes the logits of base + adapter."""
 from __future__ import annotations
 
 import gc
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from qft_core.config import ModelConfig, PathsConfig, QuantConfig
 from qft_core.model.chat import generation_prompt_ids
 from qft_core.model.registry import ModelSpec, ensure_model_dir, load_model, load_tokenizer, resolve_model, torch_dtype
+from qft_core.publish import publishing_folder
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -192,9 +191,7 @@ def merge_adapter(
     lora_layers = sum(1 for module in adapted.modules() if isinstance(module, LoraLayer))
     merged = adapted.merge_and_unload()
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with publishing_folder(out_dir) as staging:
         merged.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         # Base + adapter and the reloaded merged copy never need to be in memory together (16 GB each for a 4B
@@ -203,12 +200,6 @@ def merge_adapter(
         gc.collect()
         max_abs_diff = _max_abs_diff(_logits(_load_merged(staging, torch_type, device), prompts), reference)
         _check_tolerance(max_abs_diff, tolerance, out_dir, adapter_dir)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return MergeReport(
         out_dir=out_dir,
         base_model=spec.name,

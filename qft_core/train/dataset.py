@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from qft_core.publish import publishing_file
 from qft_core.records import ThinkingExample
 
 if TYPE_CHECKING:
@@ -272,18 +272,16 @@ def save_tokenized(split: TokenizedSplit, path: str | Path) -> Path:
     """Write a split as one safetensors file (flat int32 tokens and labels, uint8 segment flags, int64 offsets; ids
     and report in its metadata), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    save_file(
-        {"input_ids": split.input_ids, "labels": split.labels, "offsets": split.offsets, "segments": split.segments},
-        str(temporary),
-        metadata={
-            "format": FORMAT,
-            "ids": json.dumps(split.ids, ensure_ascii=False),
-            "report": split.report.model_dump_json(),
-        },
-    )
-    os.replace(temporary, path)
+    with publishing_file(path) as staging:
+        save_file(
+            {"input_ids": split.input_ids, "labels": split.labels, "offsets": split.offsets, "segments": split.segments},
+            str(staging),
+            metadata={
+                "format": FORMAT,
+                "ids": json.dumps(split.ids, ensure_ascii=False),
+                "report": split.report.model_dump_json(),
+            },
+        )
     return path
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from qft_core.config import ModelConfig, TrainingConfig
+from qft_core.publish import publish_text
 from qft_core.train.plan import TrainingPlan
 
 JOB_FILE = "job.json"
@@ -36,12 +37,7 @@ class TrainingJob(BaseModel):
     plan: TrainingPlan
 
     def write(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_suffix(".json.tmp")
-        staging.write_text(self.model_dump_json(indent=1), encoding="utf-8")
-        staging.replace(path)
-        return path
+        return publish_text(path, self.model_dump_json(indent=1))
 
     @classmethod
     def read(cls, path: str | Path) -> TrainingJob:
@@ -80,11 +76,7 @@ class TrainingSummary(BaseModel):
     plan: dict
 
     def write(self, path: str | Path) -> Path:
-        path = Path(path)
-        staging = path.with_suffix(".json.tmp")
-        staging.write_text(self.model_dump_json(indent=1), encoding="utf-8")
-        staging.replace(path)
-        return path
+        return publish_text(path, self.model_dump_json(indent=1))
 
     @classmethod
     def read(cls, path: str | Path) -> TrainingSummary:

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from qft_core.publish import publish_text
+
 # Lines on stdout that carry structured progress; launch.py parses them back.
 METRICS_PREFIX = "QFT_METRICS "
 SUMMARY_PREFIX = "QFT_SUMMARY "
@@ -76,9 +78,7 @@ class MetricsLog:
     def rewind_to(self, step: int) -> None:
         """Drop the records of steps after `step`, which a resumed run will produce again."""
         kept = [record for record in self.records() if record.get("step", 0) <= step]
-        staging = self.path.with_suffix(".jsonl.tmp")
-        staging.write_text("".join(json.dumps(record, sort_keys=True) + "\n" for record in kept), encoding="utf-8")
-        staging.replace(self.path)
+        publish_text(self.path, "".join(json.dumps(record, sort_keys=True) + "\n" for record in kept))
 
 
 def eta_seconds(step_times: Sequence[float], remaining_steps: int) -> float:
