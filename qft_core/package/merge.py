@@ -34,7 +34,7 @@ class AdapterError(ValueError):
     """An adapter directory that is not a PEFT LoRA adapter saved as safetensors."""
 
 
-class MergeVerificationError(RuntimeError):
+class MergedLogitsError(RuntimeError):
     """The merged model's logits differ from base + adapter beyond the tolerance."""
 
 
@@ -126,13 +126,13 @@ def _load_merged(merged_dir: Path, dtype: torch.dtype, device: str) -> PreTraine
 
 def _check_tolerance(max_abs_diff: float, tolerance: float, merged_dir: Path, adapter_dir: Path) -> None:
     if not max_abs_diff <= tolerance:
-        raise MergeVerificationError(
+        raise MergedLogitsError(
             f"{merged_dir}: logits differ from base + adapter {adapter_dir} by up to {max_abs_diff:.3g} "
             f"(tolerance {tolerance:.3g}); the merged weights are not this adapter folded into this base"
         )
 
 
-def verify_merge(
+def check_merged_logits(
     merged_dir: Path,
     base: ModelSpec | str | Path,
     adapter_dir: Path,
@@ -143,7 +143,7 @@ def verify_merge(
     questions: Sequence[str] = VERIFICATION_QUESTIONS,
 ) -> float:
     """The largest logit difference between the merged model in `merged_dir` and base + adapter (PEFT, unmerged)
-    on `questions`; raises `MergeVerificationError` beyond `tolerance`."""
+    on `questions`; raises `MergedLogitsError` beyond `tolerance`."""
     merged_dir, adapter_dir = Path(merged_dir), Path(adapter_dir)
     _check_adapter(adapter_dir)
     spec = base_model_spec(base)
@@ -174,7 +174,7 @@ def merge_adapter(
     `out_dir` gets safetensors weights, config, generation config and the tokenizer with the Qwen3-Thinking-2507
     chat template. Before anything appears there the merged model is reloaded from disk and its logits on
     `questions` are compared with base + adapter (PEFT, unmerged): beyond `tolerance` the merge raises
-    `MergeVerificationError` and writes nothing. Merge in float32 (the default) for an exact comparison; a
+    `MergedLogitsError` and writes nothing. Merge in float32 (the default) for an exact comparison; a
     bfloat16 merge (the model's own dtype on a GPU) rounds the folded weights and needs a looser tolerance
     (`merge_tolerance`).
     """
