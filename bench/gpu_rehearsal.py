@@ -42,7 +42,7 @@ import torch  # noqa: E402
 
 from qft_core.config import load_config  # noqa: E402
 from qft_core.model.registry import REGISTRY  # noqa: E402
-from qft_core.train.curves import read_metrics  # noqa: E402
+from qft_core.diagnose.curves import read_metrics  # noqa: E402
 from qft_core.train.job import TrainingSummary  # noqa: E402
 from qft_pipeline.definitions import defs  # noqa: E402
 from qft_pipeline.instance import project_instance  # noqa: E402

@@ -54,7 +54,7 @@ def cmd_package_unpack(args: argparse.Namespace) -> int:
 
 @_package_errors_as_command_errors
 def cmd_package_vllm_command(args: argparse.Namespace) -> int:
-    from qft_core.package.vllm import vllm_command
+    from qft_core.serve.vllm import vllm_command
 
     export = load_config(args.config, device=args.device).export
     command = vllm_command(
@@ -71,7 +71,7 @@ def cmd_package_vllm_command(args: argparse.Namespace) -> int:
 
 @_package_errors_as_command_errors
 def cmd_package_sglang_command(args: argparse.Namespace) -> int:
-    from qft_core.package.vllm import sglang_command
+    from qft_core.serve.vllm import sglang_command
 
     export = load_config(args.config).export
     command = sglang_command(
@@ -95,7 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # shared 2-core machine); passive waiting costs nothing measurable on an idle one. Read when torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from qft_core.package.bundle import unpack_cached
-    from qft_core.package.server import ServerSettings, serve_package
+    from qft_core.serve.server import ServerSettings, serve_package
 
     config = load_config(args.config, device=args.device)
     export = config.export

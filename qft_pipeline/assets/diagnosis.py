@@ -3,9 +3,9 @@ ran and the evaluation's numbers — the evaluation-based rules need the report,
 
 import dagster as dg
 
+from qft_core.diagnose.advice import SettingChange, advice_markdown, advise
+from qft_core.diagnose.findings import MonitorReport
 from qft_core.evaluate.report import EvaluationReport
-from qft_core.train.advice import Suggestion, advise, suggestions_markdown
-from qft_core.train.monitor import MonitorReport
 from qft_core.train.plan import TrainingPlan
 from qft_pipeline.artifacts import source_materialization
 from qft_pipeline.assets.training import FINDINGS_METADATA, lora_checkpoint
@@ -17,24 +17,18 @@ GROUP = "diagnosis"
 @dg.asset(group_name=GROUP, deps=[lora_checkpoint], kinds={"json"})
 def training_advice(
     context: dg.AssetExecutionContext, qft: QftSettings, training_plan: TrainingPlan, evaluation_report: EvaluationReport
-) -> dg.Output[list[Suggestion]]:
+) -> dg.Output[list[SettingChange]]:
     """Setting changes for the next run — learning rate, length, batch, LoRA, reasoning in the loss — each with
     the numbers behind it, from the training's findings and the evaluation of its adapter."""
     checkpoint = source_materialization(context.instance, context.run.run_id, lora_checkpoint.key)
     findings = MonitorReport.model_validate(checkpoint.asset_materialization.metadata[FINDINGS_METADATA].value)
-    suggestions = advise(findings, training_plan, qft.load(), evaluation=_evaluation_numbers(evaluation_report))
+    changes = advise(findings, training_plan, qft.load(), evaluation=evaluation_report)
     return dg.Output(
-        suggestions,
+        changes,
         metadata={
-            "suggestions": len(suggestions),
-            "settings": ", ".join(suggestion.setting for suggestion in suggestions) or "none",
-            "advice": dg.MetadataValue.md(suggestions_markdown(suggestions)),
+            "changes": len(changes),
+            "settings": ", ".join(change.setting for change in changes) or "none",
+            "advice": dg.MetadataValue.md(advice_markdown(changes)),
         },
     )
 
-
-def _evaluation_numbers(report: EvaluationReport) -> dict[str, dict]:
-    """Each model's metric summaries and generation statistics on the primary set, as `advise` reads them."""
-    summary = report.data["sets"][report.data["primary_set"]]
-    generation = summary.get("generation", {})
-    return {model: {**generation.get(model, {}), **metrics} for model, metrics in summary["metrics"].items()}

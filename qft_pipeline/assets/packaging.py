@@ -22,13 +22,13 @@ from qft_core.package.layout import METADATA_FILE
 from qft_core.package.merge import merge_adapter, merge_tolerance
 from qft_core.package.model_card import ModelCardInfo
 from qft_core.package.quantize import FormatUnavailableError, QuantSettingsError, quantize
-from qft_core.package.verify import (
+from qft_core.package.compare import (
     ModelEvaluation,
     chat_formatted_texts,
     check_degradation,
     compare_packages,
+    comparison_set,
     evaluate_directory,
-    verification_set,
 )
 from qft_pipeline.artifacts import check_evaluations, run_folder, source_materialization, upstream_path
 from qft_pipeline.assets.training import TRAINING_POOL, lora_checkpoint
@@ -78,7 +78,7 @@ def reference_scores(
     device = resolve_device(config.model.device)
     merged_dir = upstream_path(context, "merged_model")
     tokenizer = AutoTokenizer.from_pretrained(merged_dir, local_files_only=True)
-    verification = verification_set(term_balanced_splits.test, tokenizer, config.quant)
+    verification = comparison_set(term_balanced_splits.test, tokenizer, config.quant)
     reference = evaluate_directory(merged_dir, verification, config.quant, score_fn=_score_fn(config), device=device)
     return dg.Output(
         reference,
@@ -125,7 +125,7 @@ def quantized_package(
         package = quantize(merged_dir, fmt, run_folder(context, config) / fmt, config.quant, calibration, device=device)
     except (FormatUnavailableError, QuantSettingsError) as error:
         raise dg.Failure(description=f"{fmt} package not built on this machine: {error}") from None
-    verification = verification_set(term_balanced_splits.test, tokenizer, config.quant)
+    verification = comparison_set(term_balanced_splits.test, tokenizer, config.quant)
     evaluation = evaluate_directory(
         package.directory, verification, config.quant, score_fn=_score_fn(config), device=device
     )

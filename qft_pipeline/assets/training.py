@@ -5,9 +5,12 @@ import json
 import dagster as dg
 
 from qft_core.data.split import SplitResult
+from qft_core.diagnose.curves import plot_loss_curve, read_metrics
+from qft_core.diagnose.findings import monitor_run
+from qft_core.diagnose.report import write_monitor_report
 from qft_core.model.registry import ensure_model_dir, resolve_model
+from qft_core.model.shape import ModelShape
 from qft_core.train.checkpoint import list_checkpoints
-from qft_core.train.curves import plot_loss_curve, read_metrics
 from qft_core.train.engine import CHECKPOINTS_DIR
 from qft_core.train.hardware import HardwareProfile, profile_hardware
 from qft_core.train.job import TrainingSummary
@@ -19,8 +22,7 @@ from qft_core.train.launch import (
     training_key,
     worker_environment,
 )
-from qft_core.train.monitor import monitor_run, write_monitor_report
-from qft_core.train.plan import ModelShape, TrainingPlan, plan_training
+from qft_core.train.plan import TrainingPlan, plan_for
 from qft_pipeline.artifacts import resumable_run_folder
 from qft_pipeline.assets.data import term_balanced_splits
 from qft_pipeline.metadata import image, stand_in_metadata
@@ -57,8 +59,7 @@ def hardware_profile() -> dg.Output[HardwareProfile]:
 def training_plan(qft: QftSettings, hardware_profile: HardwareProfile) -> dg.Output[TrainingPlan]:
     """Strategy, micro-batch, accumulation, checkpointing and LoRA size that fit this hardware, each explained."""
     config = qft.load()
-    shape = ModelShape.from_pretrained_dir(ensure_model_dir(resolve_model(config.model, config.paths)), config.model)
-    plan = plan_training(config, hardware_profile, shape)
+    plan = plan_for(config, ensure_model_dir(resolve_model(config.model, config.paths)), hardware_profile)
     return dg.Output(
         plan,
         metadata={

@@ -18,11 +18,12 @@ from qft_core.config import QftConfig
 from qft_core.data.corpus import CorpusManifest
 from qft_core.data.parse import ParseResult
 from qft_core.data.split import SPLIT_NAMES, SplitResult
+from qft_core.diagnose.advice import SettingChange
 from qft_core.evaluate.experts import GoldItem
 from qft_core.evaluate.report import EvaluationReport, read_report
-from qft_core.package.verify import ModelEvaluation
+from qft_core.package.compare import ModelEvaluation
+from qft_core.publish import publish_text, publishing_file
 from qft_core.records import QuarantinedPair, ThinkingExample, read_jsonl, read_parquet, write_jsonl, write_parquet
-from qft_core.train.advice import Suggestion
 from qft_core.train.hardware import HardwareProfile
 from qft_core.train.plan import TrainingPlan
 from qft_pipeline.artifacts import asset_folder, asset_folder_path, source_materialization
@@ -46,9 +47,7 @@ class _ModelJson:
     name: str
 
     def write(self, value: BaseModel, folder: Path) -> Path:
-        path = folder / self.name
-        path.write_text(value.model_dump_json(indent=1), encoding="utf-8")
-        return path
+        return publish_text(folder / self.name, value.model_dump_json(indent=1))
 
     def read(self, folder: Path) -> BaseModel:
         return self.model.model_validate_json((folder / self.name).read_text(encoding="utf-8"))
@@ -61,9 +60,7 @@ class _ModelListJson:
 
     def write(self, values: list[BaseModel], folder: Path) -> Path:
         rows = [value.model_dump(mode="json") for value in values]
-        path = folder / self.name
-        path.write_text(json.dumps(rows, ensure_ascii=False, indent=1), encoding="utf-8")
-        return path
+        return publish_text(folder / self.name, json.dumps(rows, ensure_ascii=False, indent=1))
 
     def read(self, folder: Path) -> list[BaseModel]:
         return [self.model.model_validate(row) for row in json.loads((folder / self.name).read_text(encoding="utf-8"))]
@@ -82,8 +79,7 @@ class _Parsed:
     quarantined pair's raw text, so a loaded quarantine has none)."""
 
     def write(self, result: ParseResult, folder: Path) -> Path:
-        report = json.dumps(result.report(), ensure_ascii=False, indent=2)
-        (folder / QUARANTINE_REPORT).write_text(report, encoding="utf-8")
+        publish_text(folder / QUARANTINE_REPORT, json.dumps(result.report(), ensure_ascii=False, indent=2))
         return _Examples().write(result.examples, folder)
 
     def read(self, folder: Path) -> ParseResult:
@@ -102,8 +98,7 @@ class _Splits:
     def write(self, result: SplitResult, folder: Path) -> Path:
         for name, split in result.splits().items():
             write_parquet(split, ThinkingExample, folder / f"{name}.parquet")
-        report = json.dumps(result.report, ensure_ascii=False, indent=2)
-        (folder / "split_report.json").write_text(report, encoding="utf-8")
+        publish_text(folder / "split_report.json", json.dumps(result.report, ensure_ascii=False, indent=2))
         return folder
 
     def read(self, folder: Path) -> SplitResult:
@@ -138,7 +133,8 @@ class _ReferenceScores:
     name = "reference_scores.pt"
 
     def write(self, evaluation: ModelEvaluation, folder: Path) -> Path:
-        torch.save(evaluation, folder / self.name)
+        with publishing_file(folder / self.name) as staging:
+            torch.save(evaluation, staging)
         return folder / self.name
 
     def read(self, folder: Path) -> ModelEvaluation:
@@ -156,7 +152,7 @@ _FILES: dict[Any, _Files] = {
     list[GoldItem]: _GoldSet(),
     EvaluationReport: _Report(),
     ModelEvaluation: _ReferenceScores(),
-    list[Suggestion]: _ModelListJson(Suggestion, "advice.json"),
+    list[SettingChange]: _ModelListJson(SettingChange, "advice.json"),
 }
 
 

@@ -8,7 +8,7 @@ import dagster as dg
 import yaml
 
 from qft_core.evaluate.report import EvaluationReport, read_report
-from qft_core.train.monitor import monitor_records
+from qft_core.diagnose.findings import monitor_records
 from qft_pipeline.artifacts import run_folder
 from qft_pipeline.assets.diagnosis import training_advice
 from qft_pipeline.assets.training import FINDINGS_METADATA, hardware_profile, training_plan
@@ -63,7 +63,6 @@ def test_poor_fine_tuned_reasoning_in_the_evaluation_advises_reasoning_out_of_th
     assert result.success
     (materialization,) = result.asset_materializations_for_node("training_advice")
     assert materialization.metadata["settings"].value == "training.epochs, training.loss_on_reasoning"
-    suggestions = json.loads(Path(materialization.metadata["path"].value).read_text(encoding="utf-8"))
-    suggestion = suggestions[1]
-    assert (suggestion["setting"], suggestion["current"], suggestion["proposed"]) == ("training.loss_on_reasoning", True, False)
-    assert suggestion["evidence"] == {"closed_by_model_rate_fine_tuned": 0.2, "closed_by_model_rate_base": 0.95}
+    change = json.loads(Path(materialization.metadata["path"].value).read_text(encoding="utf-8"))[1]
+    assert (change["setting"], change["current"], change["proposed"]) == ("training.loss_on_reasoning", True, False)
+    assert change["evidence"] == {"closed_by_model_rate_fine_tuned": 0.2, "closed_by_model_rate_base": 0.95}
