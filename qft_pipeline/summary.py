@@ -14,6 +14,7 @@ from qft_pipeline.progress import StageTime
 
 TRAINING = "lora_checkpoint"
 EVALUATION = "evaluation_report"
+ADVICE = "training_advice"
 DEPLOYMENT = "deployment_package"
 
 
@@ -29,6 +30,9 @@ def summary_lines(metadata: Mapping[str, Mapping[str, Any]], stages: list[StageT
         data = json.loads((report.parent / REPORT_JSON).read_text(encoding="utf-8"))
         evaluation = [line for line in headline_lines(data) if line != data.get("stand_in")]
         lines += ["evaluation (base vs fine-tuned):", *(f"  {line}" for line in evaluation), f"  report: {report}", ""]
+    if ADVICE in metadata:
+        advice = metadata[ADVICE]
+        lines += [f"settings to change for the next run: {advice['settings']} ({advice['path']})", ""]
     if DEPLOYMENT in metadata:
         package = metadata[DEPLOYMENT]
         lines += [

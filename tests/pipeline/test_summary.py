@@ -34,6 +34,7 @@ def test_the_summary_tells_the_results_the_package_the_costs_and_what_to_do_next
                             "first_val_loss": 11.95, "final_val_loss": 11.8, "training_status": "not_learning",
                             "stand_in": note},
         "evaluation_report": {"path": str(_report(tmp_path / "eval")), "stand_in": note},
+        "training_advice": {"path": "/a/advice.json", "settings": "training.epochs"},
         "deployment_package": {"path": "/a/pkg", "archive": "/a/pkg.tar.gz", "deployed_variant": "unquantized"},
     }
     stages = [StageTime("lora_checkpoint", 125.0, 240.0), StageTime("evaluation_report", 59.6, 61.0)]
@@ -46,6 +47,7 @@ def test_the_summary_tells_the_results_the_package_the_costs_and_what_to_do_next
     assert "  verdict: DEGENERATE: 4 of 4 fine-tuned answers are degenerate" in lines
     assert "  term_f1  0.100 [0.000, 0.200] n=4      0.200 [0.100, 0.300] n=4      +0.100 [+0.050, +0.150] n=4" in lines
     assert f"  report: {tmp_path / 'eval' / 'report.md'}" in lines
+    assert "settings to change for the next run: training.epochs (/a/advice.json)" in lines
     assert "package: /a/pkg.tar.gz" in lines
     assert "  deployed variant: unquantized (export.deployed_variant); folder /a/pkg" in lines
     assert lines[lines.index("time per asset (wall / CPU, all cores):") + 1 :][:3] == [
