@@ -32,7 +32,7 @@ def resumable_run_folder(
     included, once marked failed) where the asset was not materialized and that `resumable` accepts."""
     instance, key = context.instance, context.asset_key
     this_run = run = context.run
-    while run.parent_run_id and not _materialized_in(instance, run.parent_run_id, key):
+    while run.parent_run_id and not materialized_in(instance, run.parent_run_id, key):
         parent = instance.get_run_by_id(run.parent_run_id)
         if parent is None:
             break
@@ -58,7 +58,7 @@ def _interrupted_folder(
     )
     for run in instance.get_runs(stopped, limit=_RESUME_LOOKBACK_RUNS):
         folder = asset_folder_path(config, run.run_id, key)
-        if folder.is_dir() and not _materialized_in(instance, run.run_id, key) and resumable(folder):
+        if folder.is_dir() and not materialized_in(instance, run.run_id, key) and resumable(folder):
             return folder
     return None
 
@@ -75,7 +75,8 @@ def asset_folder(config: QftConfig, run_id: str, key: dg.AssetKey) -> Path:
     return folder
 
 
-def _materialized_in(instance: dg.DagsterInstance, run_id: str, key: dg.AssetKey) -> bool:
+def materialized_in(instance: dg.DagsterInstance, run_id: str, key: dg.AssetKey) -> bool:
+    """Whether run `run_id` materialized `key`."""
     return any(
         entry.asset_materialization and entry.asset_materialization.asset_key == key
         for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
@@ -109,7 +110,11 @@ def source_materialization(
     if event is None or event.asset_materialization is None:
         raise dg.Failure(f"asset '{asset}' has never been materialized: materialize it first")
     if not this_run and refuse_stopped:
-        failed = [evaluation.check_name for evaluation in check_evaluations(instance, event.run_id, key) if evaluation.blocking and not evaluation.passed]
+        failed = [
+            evaluation.check_name
+            for evaluation in check_evaluations(instance, event.run_id, key)
+            if evaluation.blocking and not evaluation.passed
+        ]
         if failed:
             raise dg.Failure(
                 f"asset '{asset}' was last materialized in run {event.run_id}, where its blocking check "

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
+from qft_pipeline.artifacts import materialized_in
 from qft_pipeline.jobs import CHAIN, CLI_TRIGGER, FORMAT_TAG, LINEAGE_TAG, TRIGGER_TAG, following
 from qft_pipeline.resources import QftSettings
 
@@ -75,13 +76,6 @@ def quantize_outcome(runs: Sequence[dg.DagsterRun]) -> dict[str, dg.DagsterRunSt
     return {fmt: latest[fmt] for fmt in expected}
 
 
-def _materialized(instance: dg.DagsterInstance, run_id: str, key: dg.AssetKey) -> bool:
-    return any(
-        record.asset_materialization and record.asset_materialization.asset_key == key
-        for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
-    )
-
-
 def quantize_after_main_sensor(
     minimum_interval_seconds: int = 30,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
@@ -106,7 +100,7 @@ def quantize_after_main_sensor(
         run = context.dagster_run
         if run.tags.get(TRIGGER_TAG) == CLI_TRIGGER:
             return dg.SkipReason(f"run {run.run_id} was started by `qft run`, which packages its merged model itself")
-        if not _materialized(context.instance, run.run_id, MERGED_MODEL):
+        if not materialized_in(context.instance, run.run_id, MERGED_MODEL):
             return dg.SkipReason(f"run {run.run_id} built no merged model: nothing to quantize")
         formats = requested_formats(run, qft)
         tags = {**lineage_tags(run), CHAIN_TAG: QUANTIZE_SENSOR, FORMATS_TAG: ",".join(formats)}
