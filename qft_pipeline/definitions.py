@@ -6,6 +6,7 @@ from qft_pipeline import checks
 from qft_pipeline.assets import data, evaluation, packaging, training
 from qft_pipeline.automation import deploy_after_quantize_sensor, quantize_after_main_sensor
 from qft_pipeline.jobs import MAIN_JOB, deploy_job, main_job, quantize_job
+from qft_pipeline.launcher import TrainingLauncher
 from qft_pipeline.resources import QftSettings
 from qft_pipeline.schedules import retraining_schedule
 from qft_pipeline.sensors import corpus_change_sensor
@@ -18,5 +19,5 @@ defs = dg.Definitions(
     jobs=[main_job, quantize_job, deploy_job],
     schedules=[retraining_schedule()],
     sensors=[corpus_change_sensor(), quantize_after_main_sensor(), deploy_after_quantize_sensor()],
-    resources={"qft": QftSettings(), "pipes_subprocess_client": dg.PipesSubprocessClient()},
+    resources={"qft": QftSettings(), "training_launcher": TrainingLauncher()},
 )
