@@ -221,7 +221,9 @@ class ExportConfig(Section):
 class SlurmConfig(Section):
     """Where the slurm launcher (training.launcher: slurm) asks for its nodes; empty values are left to Slurm."""
 
+    # The partition (queue) of the nodes (srun --partition).
     partition: str | None = None
+    # The account the allocation is charged to (srun --account).
     account: str | None = None
     # Wall-time limit of the allocation, in a form srun reads (`HH:MM:SS`, `D-HH:MM:SS`).
     time: str | None = None
@@ -236,9 +238,11 @@ class KubernetesConfig(Section):
 
     # Container image holding qft and its environment (the same code as the Dagster deployment).
     image: str | None = None
+    # The namespace of the pods and of their headless service.
     namespace: str = "default"
-    # CPU and memory each pod requests and is limited to (Kubernetes quantities: `16`, `128Gi`); GPUs follow the plan.
+    # CPUs each pod requests and is limited to (a Kubernetes quantity: `16`, `15500m`); GPUs follow the plan.
     cpu: str | None = None
+    # Memory each pod requests and is limited to (a Kubernetes quantity: `128Gi`).
     memory: str | None = None
     # The PersistentVolumeClaim mounted at training.shared_dir in every pod (ReadWriteMany).
     volume_claim: str | None = None

@@ -25,8 +25,10 @@ HERE = Path(__file__).resolve().parent
 # Each node: one process, micro-batch 2, accumulation 2; two nodes make a global batch of 8.
 TWO_NODES = cpu_plan(world_size=2, micro=2, accum=2).model_copy(update={"nnodes": 2, "nproc_per_node": 1})
 # fp32 throughout. The two-node step sums the nodes' gradients in gloo's all-reduce, one process sums its four
-# micro-batches in another order: each step's gradient differs in the last bits (~1e-7 relative), and 8 AdamW
-# steps at lr 0.1 carry that into the weights well below 1e-5 (the same bound as the one-node DDP test).
+# micro-batches in another order: each step's gradient differs in the last bits (~1e-7 relative), which 8 AdamW
+# steps at lr 0.1 carry into the weights (measured: 3.8e-6 at most, on weights up to 0.45; losses within 3e-7).
+# 1e-5 is the bound of the one-node DDP test too. The killed and resumed run repeats the clean one's arithmetic
+# (same ranks, restored RNG): measured identical, held to the same bound.
 TOLERANCE = 1e-5
 # Killed as step 5 starts: after the checkpoint of step 4 (checkpoint_every 2), before the last step (8).
 KILL_AT_STEP = 5
