@@ -28,7 +28,7 @@ class LaunchRefused(ValueError):
 
 
 def check_launch(config: QftConfig, plan: TrainingPlan, run_dir: Path) -> None:
-    """Refuse, before anything is written or started, a launch that would hang or fail on the other nodes: the
+    """Refuse, before anything is tokenized or started, a launch that would hang or fail on the other nodes: the
     local launcher with several nodes; for slurm and kubernetes, a missing setting or a run or model folder
     outside training.shared_dir."""
     training = config.training
