@@ -55,7 +55,9 @@ def test_slurm_leaves_unset_options_to_slurm_and_asks_no_gpus_for_a_cpu_plan() -
     plan = cpu_plan(world_size=4).model_copy(update={"nnodes": 2, "nproc_per_node": 2})
     command = slurm_command(cluster_config("slurm"), plan, JOB, ENTRY, max_restarts=0)
 
-    assert command[:7] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1", "bash", "-c"]
+    assert command[:7] == [
+        "srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1", "bash", "-c"
+    ]  # fmt: skip
     assert f"exec {sys.executable} -m qft_core.train.lifeline --nnodes=2 --nproc-per-node=2 " in command[7]
 
 
@@ -72,7 +74,8 @@ def test_the_slurm_script_puts_the_first_node_of_the_allocation_in_the_endpoint(
 
     assert echoed == (
         "-m qft_core.train.lifeline --nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=gpu07:29511"
-        " --rdzv-id=qft --max-restarts=1 -m qft_pipeline.pipes_entry --job /shared/qft/runs/r1/lora_checkpoint/job.json\n"
+        " --rdzv-id=qft --max-restarts=1 -m qft_pipeline.pipes_entry"
+        " --job /shared/qft/runs/r1/lora_checkpoint/job.json\n"
     )
 
 
@@ -153,7 +156,9 @@ def test_node_0s_manifest_is_a_pod_pipes_k8s_client_accepts() -> None:
         base_pod_spec=node0["spec"],
     )
 
-    assert (pod.metadata.name, pod.spec.hostname, pod.spec.subdomain) == ("dagster-run-lora-checkpoint", "node-0", "qft-a-0")
+    assert (pod.metadata.name, pod.spec.hostname, pod.spec.subdomain) == (
+        "dagster-run-lora-checkpoint", "node-0", "qft-a-0"
+    )  # fmt: skip
     (container,) = pod.spec.containers
     assert container.command == node0["spec"]["containers"][0]["command"]
     assert [(variable.name, variable.value) for variable in container.env] == [
@@ -224,7 +229,9 @@ def test_a_model_outside_the_shared_folder_is_refused_naming_the_setting_that_pl
     cache = cluster_config("slurm", paths={"model_cache_dir": ".cache/qft/models"})
     message = _refusal(cache)
     assert message.startswith(f"paths.model_cache_dir: {REPO_ROOT / '.cache/qft/models'}/qwen3-tiny-seed0-")
-    assert message.endswith(" is outside training.shared_dir (/shared); the other nodes of the slurm launch would not see it")
+    assert message.endswith(
+        " is outside training.shared_dir (/shared); the other nodes of the slurm launch would not see it"
+    )
     (tmp_path / "config.json").write_text("{}", encoding="utf-8")
     local = cluster_config("slurm", model={"name": str(tmp_path)})
     assert _refusal(local).startswith(f"model.name: {tmp_path} is outside training.shared_dir (/shared)")

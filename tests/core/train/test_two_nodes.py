@@ -88,7 +88,8 @@ def _losses(output: Path) -> list[tuple[int, float]]:
 
 
 def _assert_same_adapter(ours: Path, theirs: Path) -> None:
-    mine, other = load_file(str(ours / "adapter" / ADAPTER_WEIGHTS)), load_file(str(theirs / "adapter" / ADAPTER_WEIGHTS))
+    mine = load_file(str(ours / "adapter" / ADAPTER_WEIGHTS))
+    other = load_file(str(theirs / "adapter" / ADAPTER_WEIGHTS))
     assert mine.keys() == other.keys() and len(mine) == 2 * 3 * 2  # A and B of 3 targets in each of 2 layers
     for name in mine:
         torch.testing.assert_close(mine[name], other[name], rtol=0, atol=TOLERANCE, msg=name)
