@@ -1,11 +1,14 @@
 """Two nodes on one machine: two torchrun agents (one gloo process each) meeting in a c10d rendezvous on
 127.0.0.1 train the same adapter as one process with the same global batch, and a worker SIGKILLed on one node
-makes both agents restart and resume from the last checkpoint to the same losses."""
+makes both agents restart and resume from the last checkpoint to the same losses. Also the rendezvous rule the
+kubernetes launcher relies on: nodes are numbered in the order of their --local-addr, not of their arrival."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -139,3 +142,41 @@ def test_a_worker_killed_on_one_node_restarts_both_nodes_from_the_last_checkpoin
     clean = TrainingSummary.read(two_node_run / SUMMARY_FILE)
     assert summary.final_val_loss == pytest.approx(clean.final_val_loss, abs=TOLERANCE)
     _assert_same_adapter(tmp_path, two_node_run)
+
+
+RANK_SCRIPT = """import os, sys
+import torch.distributed as dist
+dist.init_process_group("gloo")
+print("rank of", sys.argv[1], os.environ["RANK"], flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_the_rendezvous_numbers_nodes_by_local_address_not_by_arrival(tmp_path: Path) -> None:
+    """The node whose address sorts first gets global rank 0 even when it joins last (kubernetes_launch gives pod
+    node-0 the first address, so that rank 0, the one reporting through Pipes, runs in the Pipes pod)."""
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT, encoding="utf-8")
+    port = _free_port()
+
+    def node(name: str, address: str) -> subprocess.Popen:
+        command = [
+            sys.executable, "-m", "torch.distributed.run", *rendezvous_args(2, 1, f"127.0.0.1:{port}"),
+            f"--local-addr={address}", str(script), name,
+        ]  # fmt: skip
+        env = {**worker_environment(TWO_NODES), "OMP_NUM_THREADS": "1"}
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+    late = node("second-address", "127.0.0.2")
+    # Its agent hosts the rendezvous store as it arrives: wait for that before the other node starts.
+    while True:
+        assert late.poll() is None, late.communicate()[0]
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.2)
+    early = node("first-address", "127.0.0.1")
+
+    outputs = [agent.communicate(timeout=600)[0] for agent in (late, early)]
+    ranks = sorted(line for text in outputs for line in text.splitlines() if line.startswith("rank of "))
+    assert ranks == ["rank of first-address 0", "rank of second-address 1"], "\n".join(outputs)
