@@ -112,6 +112,12 @@ class TrainingConfig(Section):
     keep_last: int = Field(2, ge=1)
     eval_every: int = Field(20, ge=1)
     max_restarts: int = Field(1, ge=0)
+    # Who starts torchrun on every node: `local` on this machine only (one node), `slurm` with srun on the nodes of
+    # a Slurm allocation, `kubernetes` on one pod per node through Dagster Pipes (sections `slurm`, `kubernetes`).
+    launcher: Literal["local", "slurm", "kubernetes"] = "local"
+    # A folder every node mounts at the same path (NFS, Lustre, a shared volume): with the slurm or kubernetes
+    # launcher the run folder (paths.artifacts_dir) and the model folder must lie inside it.
+    shared_dir: str | None = None
     seed: int = 1234
     anomaly_spike_factor: float = Field(10.0, gt=1)
     max_consecutive_anomalies: int = Field(5, ge=1)
@@ -212,6 +218,38 @@ class ExportConfig(Section):
     vllm_gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
 
 
+class SlurmConfig(Section):
+    """Where the slurm launcher (training.launcher: slurm) asks for its nodes; empty values are left to Slurm."""
+
+    # The partition (queue) of the nodes (srun --partition).
+    partition: str | None = None
+    # The account the allocation is charged to (srun --account).
+    account: str | None = None
+    # Wall-time limit of the allocation, in a form srun reads (`HH:MM:SS`, `D-HH:MM:SS`).
+    time: str | None = None
+    # Further srun options of the site, passed as they are (`--qos=high`, `--constraint=h100`).
+    extra_args: list[str] = Field(default_factory=list)
+    # The Python that runs qft on the nodes; empty: this interpreter's path, which every node must then see.
+    python: str | None = None
+
+
+class KubernetesConfig(Section):
+    """The pods of the kubernetes launcher (training.launcher: kubernetes), one per node."""
+
+    # Container image holding qft and its environment (the same code as the Dagster deployment).
+    image: str | None = None
+    # The namespace of the pods and of their headless service.
+    namespace: str = "default"
+    # CPUs each pod requests and is limited to (a Kubernetes quantity: `16`, `15500m`); GPUs follow the plan.
+    cpu: str | None = None
+    # Memory each pod requests and is limited to (a Kubernetes quantity: `128Gi`).
+    memory: str | None = None
+    # The PersistentVolumeClaim mounted at training.shared_dir in every pod (ReadWriteMany).
+    volume_claim: str | None = None
+    # The Python that runs qft inside the image.
+    python: str = "python"
+
+
 class QftConfig(Section):
     """The whole pipeline's configuration, one section per stage."""
 
@@ -221,6 +259,8 @@ class QftConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+    kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     quant: QuantConfig = Field(default_factory=QuantConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)

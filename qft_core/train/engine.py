@@ -163,7 +163,8 @@ def config_hash(job: TrainingJob) -> str:
     """What must not change for a checkpoint to be resumed: model, data, LoRA and the optimisation recipe."""
     recipe = job.training.model_dump(
         exclude={"checkpoint_every", "keep_last", "eval_every", "max_restarts", "nproc", "nnodes", "master_addr",
-                 "master_port", "micro_batch_size", "gradient_checkpointing", "sharding", "loss_chunk_tokens"}
+                 "master_port", "launcher", "shared_dir", "micro_batch_size", "gradient_checkpointing", "sharding",
+                 "loss_chunk_tokens"}
     )
     return fingerprint(
         recipe, job.plan.lora.model_dump(), job.plan.global_batch_size,

@@ -131,34 +131,44 @@ def prepare_run(
 
 
 def torchrun_command(
-    job_path: str | Path, plan: TrainingPlan, entry_module: str = ENGINE_MODULE, max_restarts: int | None = None
+    job_path: str | Path,
+    plan: TrainingPlan,
+    entry_module: str = ENGINE_MODULE,
+    max_restarts: int | None = None,
+    rendezvous: Sequence[str] | None = None,
+    python: str | None = None,
 ) -> list[str]:
-    """The torchrun invocation for this node, tied to the launching process (lifeline.py). One node: a standalone
-    rendezvous on a free local port. Several nodes: the plan's c10d rendezvous arguments (the same command runs
-    on every node)."""
+    """The torchrun invocation for one node, tied to the launching process (lifeline.py). One node: a standalone
+    rendezvous on a free local port. Several nodes: the `rendezvous` arguments, by default the plan's (the same
+    command runs on every node); `python` is the interpreter on the node (default: this one)."""
     if max_restarts is None:
         max_restarts = TrainingJob.read(job_path).training.max_restarts
-    if plan.nnodes == 1:
+    if rendezvous is not None:
+        nodes = list(rendezvous)
+    elif plan.nnodes == 1:
         nodes = ["--standalone", "--nnodes=1", f"--nproc-per-node={plan.nproc_per_node}"]
     else:
         nodes = list(plan.torchrun_args)
     return [
-        sys.executable, "-m", "qft_core.train.lifeline", *nodes, f"--max-restarts={max_restarts}",
+        python or sys.executable, "-m", "qft_core.train.lifeline", *nodes, f"--max-restarts={max_restarts}",
         "-m", entry_module, "--job", str(job_path),
     ]
 
 
+# What torchrun needs on every node: unbuffered output (progress streams as it happens), and a fresh rendezvous
+# store for every restart: with the agent's store shared, restarted workers can read the dead attempt's addresses
+# and hang in init_process_group (pytorch/pytorch#135712; seen here with gloo after a kill -9 and --max-restarts).
+NODE_ENVIRONMENT = {"PYTHONUNBUFFERED": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+
+
 def worker_environment(plan: TrainingPlan, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for torchrun: unbuffered output (progress streams as it happens), unless set the CPU
-    cores divided among this node's processes (torchrun would pin every worker to one thread), a fresh
-    rendezvous store for every restart, and this process's pid, for the trainer to die with it."""
-    env = dict(os.environ if base is None else base)
+    """The environment for torchrun on this machine: NODE_ENVIRONMENT (what `base` sets stays), unless set the CPU
+    cores divided among this node's processes (torchrun would pin every worker to one thread), and this process's
+    pid, for the trainer to die with it."""
+    env = {**NODE_ENVIRONMENT, **(os.environ if base is None else base)}
     env[LAUNCHER_PID] = str(os.getpid())
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // plan.nproc_per_node)))
-    # With the agent's store shared, restarted workers can read the dead attempt's addresses and hang in
-    # init_process_group (pytorch/pytorch#135712; seen here with gloo after a kill -9 and --max-restarts).
-    env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     return env
 
 

@@ -223,6 +223,18 @@ def _processes(config: QftConfig, hardware: HardwareProfile, why: list[str]) -> 
     return nproc
 
 
+def rendezvous_args(nnodes: int, nproc_per_node: int, endpoint: str) -> list[str]:
+    """torchrun's arguments for a c10d rendezvous of `nnodes` nodes at `endpoint` (host:port); the same on every
+    node, the rendezvous assigns the node ranks."""
+    return [
+        f"--nnodes={nnodes}",
+        f"--nproc-per-node={nproc_per_node}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={endpoint}",
+        "--rdzv-id=qft",
+    ]
+
+
 def _torchrun_args(config: QftConfig, nproc_per_node: int, why: list[str]) -> list[str]:
     training = config.training
     endpoint = f"{training.master_addr}:{training.master_port}"
@@ -233,6 +245,13 @@ def _torchrun_args(config: QftConfig, nproc_per_node: int, why: list[str]) -> li
             f"--master-addr={training.master_addr}",
             f"--master-port={training.master_port}",
         ]
+    if training.launcher != "local":
+        why.append(
+            f"{training.nnodes} nodes started by the {training.launcher} launcher: the same torchrun command on every"
+            f" node, the c10d rendezvous on its first node at port {training.master_port} (training.master_addr is"
+            " not used)."
+        )
+        return rendezvous_args(training.nnodes, nproc_per_node, f"<first node>:{training.master_port}")
     if training.master_addr in LOCAL_HOSTS:
         raise PlanError(
             f"training.master_addr: {training.master_addr!r} cannot be reached from the other "
@@ -242,13 +261,7 @@ def _torchrun_args(config: QftConfig, nproc_per_node: int, why: list[str]) -> li
         f"{training.nnodes} nodes: run the same torchrun command on every node; the c10d rendezvous at {endpoint}"
         f" (training.master_addr:master_port) assigns node ranks, so no --node-rank is needed."
     )
-    return [
-        f"--nnodes={training.nnodes}",
-        f"--nproc-per-node={nproc_per_node}",
-        "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={endpoint}",
-        "--rdzv-id=qft",
-    ]
+    return rendezvous_args(training.nnodes, nproc_per_node, endpoint)
 
 
 def _on_configured_device(config: QftConfig, hardware: HardwareProfile, why: list[str]) -> HardwareProfile:

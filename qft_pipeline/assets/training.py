@@ -14,22 +14,16 @@ from qft_core.train.checkpoint import list_checkpoints
 from qft_core.train.engine import CHECKPOINTS_DIR
 from qft_core.train.hardware import HardwareProfile, profile_hardware
 from qft_core.train.job import TrainingSummary
-from qft_core.train.launch import (
-    RESUME_KEY_FILE,
-    prepare_run,
-    resumable_by,
-    torchrun_command,
-    training_key,
-    worker_environment,
-)
+from qft_core.train.launch import RESUME_KEY_FILE, prepare_run, resumable_by, training_key
+from qft_core.train.launchers import LaunchRefused, check_launch
 from qft_core.train.plan import TrainingPlan, plan_for
 from qft_pipeline.artifacts import resumable_run_folder
 from qft_pipeline.assets.data import term_balanced_splits
+from qft_pipeline.resources.training_launcher import TrainingLauncher
 from qft_pipeline.metadata import image, stand_in_metadata
 from qft_pipeline.resources import QftSettings
 
 GROUP = "training"
-PIPES_ENTRY = "qft_pipeline.pipes_entry"
 # Only one training holds the accelerators at a time (set the pool's limit with `dagster instance concurrency`).
 TRAINING_POOL = "training_gpus"
 # Dagster attempts of lora_checkpoint after a failed one, once torchrun has spent training.max_restarts. Fixed
@@ -83,11 +77,12 @@ def training_plan(qft: QftSettings, hardware_profile: HardwareProfile) -> dg.Out
 def lora_checkpoint(
     context: dg.AssetExecutionContext,
     qft: QftSettings,
-    pipes_subprocess_client: dg.PipesSubprocessClient,
+    training_launcher: TrainingLauncher,
     training_plan: TrainingPlan,
     term_balanced_splits: SplitResult,
 ) -> dg.MaterializeResult:
-    """The LoRA adapter trained by qft's engine under torchrun; rank 0 streams progress through Dagster Pipes.
+    """The LoRA adapter trained by qft's engine under torchrun, on the nodes training.launcher starts; rank 0
+    streams progress through Dagster Pipes.
 
     A retry, a run re-executed from this asset's failure, or a new run of the same training (model, settings,
     plan and examples) that a failure or a kill interrupted, trains in that attempt's folder: the engine resumes
@@ -97,6 +92,10 @@ def lora_checkpoint(
     plan, splits = training_plan, term_balanced_splits.splits()
     key = training_key(config, splits, plan)
     run_dir = resumable_run_folder(context, config, resumable=lambda folder: resumable_by(folder, key))
+    try:
+        check_launch(config, plan, run_dir)
+    except LaunchRefused as refusal:  # a setting to change: retrying would only refuse again
+        raise dg.Failure(str(refusal), allow_retries=False) from None
     earlier = list_checkpoints(run_dir / CHECKPOINTS_DIR)
     if earlier:
         context.log.info(
@@ -105,11 +104,7 @@ def lora_checkpoint(
         )
     job_path = prepare_run(config, splits, run_dir, plan)
     (run_dir / RESUME_KEY_FILE).write_text(key, encoding="utf-8")
-    pipes_subprocess_client.run(
-        context=context,
-        command=torchrun_command(job_path, plan, entry_module=PIPES_ENTRY),
-        env=worker_environment(plan),
-    )
+    training_launcher.launch(context, config, job_path)
     summary = TrainingSummary.read(run_dir / "training_summary.json")
     curve = plot_loss_curve(read_metrics(summary.metrics_file), run_dir / "loss_curve.png")
     spec = resolve_model(config.model, config.paths)

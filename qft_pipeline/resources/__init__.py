@@ -4,9 +4,9 @@ tabular values between assets (`artifact_io_manager`) and the Pipes client that 
 
 from qft_pipeline.resources.artifact_io_manager import artifact_io_manager
 from qft_pipeline.resources.settings import QftSettings
-from qft_pipeline.resources.training_launcher import training_launcher
+from qft_pipeline.resources.training_launcher import TrainingLauncher
 
-__all__ = ["QftSettings", "artifact_io_manager", "resources"]
+__all__ = ["QftSettings", "TrainingLauncher", "artifact_io_manager", "resources"]
 
 
 def resources(settings: QftSettings | None = None) -> dict:
@@ -14,5 +14,5 @@ def resources(settings: QftSettings | None = None) -> dict:
     return {
         "qft": settings or QftSettings(),
         "io_manager": artifact_io_manager,
-        "pipes_subprocess_client": training_launcher(),
+        "training_launcher": TrainingLauncher(),
     }

@@ -5,7 +5,6 @@ import uuid
 
 import dagster as dg
 
-from qft_pipeline.console import output_to_file
 from qft_pipeline.instance import project_instance
 from qft_pipeline.jobs import CLI_TRIGGER, LINEAGE_TAG, MAIN_JOB, TRIGGER_TAG
 from qft_pipeline.progress import TRAINING_STEP, RunFollower, progress_bar
@@ -61,7 +60,6 @@ def test_library_output_goes_to_the_log_file_and_only_the_progress_stream_reache
     program = f"""
 import subprocess, sys, warnings
 from pathlib import Path
-from qft_pipeline.console import output_to_file
 with output_to_file(Path({str(log_file)!r})) as terminal:
     print("from python")
     warnings.warn("a library warning")

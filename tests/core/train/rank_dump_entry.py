@@ -1,5 +1,6 @@
 """A torchrun entry for tests: the engine, plus every rank saving its own final LoRA weights
-(rank-RANK-lora.pt in the output folder) so a test can compare the replicas."""
+(rank-RANK-lora.pt in the output folder) so a test can compare the replicas, and announcing its start
+(WORKER_STARTS) so a test can count the workers torchrun started."""
 
 import os
 import sys
@@ -9,6 +10,7 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from qft_core.train import engine
+from tiny_run import WORKER_STARTS
 
 _finish = engine.Trainer._finish
 
@@ -26,4 +28,5 @@ def _finish_and_dump(self: engine.Trainer):
 engine.Trainer._finish = _finish_and_dump
 
 if __name__ == "__main__":
+    print(f"{WORKER_STARTS}: rank {os.environ['RANK']}", flush=True)
     sys.exit(engine.main())

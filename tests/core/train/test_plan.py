@@ -179,6 +179,19 @@ def test_multi_node_with_loopback_master_is_rejected():
         plan_training(config(training={"nnodes": 2}), gpu_profile(1, 80), QWEN3_4B)
 
 
+@pytest.mark.parametrize("launcher", ["slurm", "kubernetes"])
+def test_a_cluster_launcher_places_the_rendezvous_itself_so_the_loopback_master_is_not_used(launcher: str):
+    plan = plan_training(config(training={"nnodes": 2, "nproc": 4, "launcher": launcher}), gpu_profile(4, 80), QWEN3_4B)
+
+    assert plan.torchrun_args == [
+        "--nnodes=2", "--nproc-per-node=4", "--rdzv-backend=c10d", "--rdzv-endpoint=<first node>:29511", "--rdzv-id=qft"
+    ]  # fmt: skip
+    assert (
+        f"2 nodes started by the {launcher} launcher: the same torchrun command on every node, the c10d rendezvous on"
+        " its first node at port 29511 (training.master_addr is not used)."
+    ) in plan.explanations
+
+
 def test_cpu_plan_uses_gloo_float32_and_counts_attention_scores():
     plan = plan_training(config(model={"max_length": 256}, training={"nproc": 2}), cpu_profile(), TINY)
 

@@ -17,6 +17,8 @@ SMALL_VOCAB = 512
 PAD_ID = 0
 ALPHABET_START = 100
 TARGETS = ["q_proj", "v_proj", "down_proj"]
+# What rank_dump_entry prints as each worker starts.
+WORKER_STARTS = "qft test worker starts"
 
 
 def write_tiny_qwen3(directory: Path, vocab_size: int = SMALL_VOCAB, hidden: int = 32, seed: int = 0) -> Path:
