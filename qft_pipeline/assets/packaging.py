@@ -19,6 +19,8 @@ from qft_core.device import resolve_device
 from qft_core.model.registry import ensure_model_dir, resolve_model, torch_dtype
 from qft_core.package.bundle import archive_path, build_package
 from qft_core.package.layout import METADATA_FILE
+from qft_core.package.gguf import export_gguf, gguf_file_name, ollama_modelfile
+from qft_core.package.gguf_verify import verify_gguf
 from qft_core.package.merge import merge_adapter, merge_tolerance
 from qft_core.package.model_card import ModelCardInfo
 from qft_core.package.quantize import FormatUnavailableError, QuantSettingsError, quantize
@@ -53,6 +55,41 @@ def merged_model(context: dg.AssetExecutionContext, qft: QftSettings) -> dg.Mate
     )
     metadata = {"path": dg.MetadataValue.path(str(report.out_dir)), "device": device, **report.to_metadata()}
     return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[merged_model],
+    kinds={"gguf"},
+    check_specs=[dg.AssetCheckSpec("gguf_matches_merged_model", asset="gguf_model")],
+)
+def gguf_model(context: dg.AssetExecutionContext, qft: QftSettings):
+    """The merged model as GGUF files (export.gguf_types) with an Ollama Modelfile each, every file read back by
+    transformers' GGUF loader and compared with the merged model (logits, greedy tokens, tokenizer, template)."""
+    config = qft.load()
+    merged_dir = upstream_path(context, "merged_model")
+    out_dir = run_folder(context, config) / "gguf"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for gguf_type in dict.fromkeys(config.export.gguf_types):
+        name = gguf_file_name(config.export.package_name, gguf_type)
+        written = export_gguf(merged_dir, out_dir / name, gguf_type, model_name=config.export.package_name)
+        (out_dir / f"{written.path.stem}.Modelfile").write_text(ollama_modelfile(name, merged_dir), encoding="utf-8")
+        check = verify_gguf(written.path, merged_dir, gguf_type)
+        rows.append({"file": name, "size_mb": round(written.size_bytes / 1e6, 1), **check.to_metadata()})
+    yield dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(out_dir)),
+            "merged_model": dg.MetadataValue.path(str(merged_dir)),
+            "files": markdown_table(rows or [{"file": "none (export.gguf_types is empty)"}]),
+            "gguf": dg.MetadataValue.json(rows),
+            **stand_in_metadata(config.model.name),
+        }
+    )
+    failed = [row["file"] for row in rows if not row["passed"]]
+    yield dg.AssetCheckResult(
+        check_name="gguf_matches_merged_model", passed=not failed, metadata={"failed": dg.MetadataValue.json(failed)}
+    )
 
 
 def _score_fn(config):
@@ -110,7 +147,7 @@ def quantized_package(context: dg.AssetExecutionContext, qft: QftSettings):
     )
 
 
-@dg.asset(group_name=GROUP, deps=[merged_model, quantized_package, evaluation_report, raw_thinking_documents])
+@dg.asset(group_name=GROUP, deps=[merged_model, quantized_package, gguf_model, evaluation_report, raw_thinking_documents])
 def deployment_package(context: dg.AssetExecutionContext, qft: QftSettings) -> dg.MaterializeResult:
     """The merged model as a self-checking package (folder + .tar.gz): weights, tokenizer, template, model card,
     metadata and a sha256 manifest; the quantized variants of this merged model compared in the metadata.
@@ -124,13 +161,16 @@ def deployment_package(context: dg.AssetExecutionContext, qft: QftSettings) -> d
     variants = _latest_variants(context.instance, config.quant.formats)
     rows, variant_warnings = quantized_variants(variants, merged_dir, config.quant)
     model_dir = deployed_model_dir(config.export.deployed_variant, variants, merged_dir)
-    warnings = [*(f"corpus: {warning}" for warning in corpus.warnings), *variant_warnings]
+    gguf = _latest_gguf(context.instance, merged_dir)
+    gguf_warnings = [] if gguf else ["gguf: no GGUF export of this merged model (materialize gguf_model); not included"]
+    warnings = [*(f"corpus: {warning}" for warning in corpus.warnings), *variant_warnings, *gguf_warnings]
     metadata = {
         "config": config.model_dump(mode="json"),
         "data_hash": corpus.content_hash,
         "metrics": _headline(upstream_path(context, "evaluation_report").parent),
         "quantized_variants": rows,
         "deployed_variant": config.export.deployed_variant,
+        "gguf": gguf["gguf"] if gguf else [],
         "warnings": warnings,
     }
     spec = resolve_model(config.model, config.paths)
@@ -139,6 +179,7 @@ def deployment_package(context: dg.AssetExecutionContext, qft: QftSettings) -> d
         run_folder(context, config) / config.export.package_name,
         metadata=metadata,
         model_card=ModelCardInfo(model_name=config.export.package_name, base_model=spec.name),
+        extra_folders={"gguf": Path(str(gguf["path"]))} if gguf else None,
     )
     shown_warnings = report_warnings(context, warnings, package_dir / METADATA_FILE)
     return dg.MaterializeResult(
@@ -179,6 +220,15 @@ def _latest_variants(instance: dg.DagsterInstance, formats: list[str]) -> dict[s
         metadata = records[0].asset_materialization.metadata if records else None
         variants[fmt] = {key: entry.value for key, entry in metadata.items()} if metadata is not None else None
     return variants
+
+
+def _latest_gguf(instance: dg.DagsterInstance, merged_dir: Path) -> Mapping[str, Any] | None:
+    """The metadata of the latest GGUF export if it was made from `merged_dir`, else None."""
+    event = instance.get_latest_materialization_event(dg.AssetKey("gguf_model"))
+    if event is None or event.asset_materialization is None:
+        return None
+    metadata = {key: entry.value for key, entry in event.asset_materialization.metadata.items()}
+    return metadata if metadata.get("merged_model") == str(merged_dir) else None
 
 
 def quantized_variants(
