@@ -8,6 +8,7 @@ and llama-cpp-py-sync's CPU wheel needs glibc 2.38 (Debian 12 has 2.36).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from qft_core.model.chat import generation_prompt_ids
 from qft_core.model.tokenizer import qwen3_thinking_chat_template
+from qft_core.package.gguf import GgufFile, export_gguf, gguf_file_name, ollama_modelfile
 
 VERIFY_QUESTIONS = ("什么是分组密码？", "RSA 的安全性依赖于哪个数学难题？", "Why must an AES-GCM nonce never repeat?")
 GREEDY_TOKENS = 8
@@ -123,3 +125,21 @@ def verify_gguf(gguf_path: Path, model_dir: Path, gguf_type: str) -> GgufCheck:
         same_prompt_ids=same_ids,
         chat_template_kept=gguf_tokenizer.chat_template == qwen3_thinking_chat_template(),
     )
+
+
+def write_gguf_folder(
+    model_dir: Path, out_dir: Path, gguf_types: Sequence[str], *, model_name: str, verify: bool = True
+) -> list[tuple[GgufFile, GgufCheck | None]]:
+    """Export `model_dir` into `out_dir` as `<model_name>-<TYPE>.gguf` for each of `gguf_types`, each with its
+    Ollama Modelfile (`<model_name>-<TYPE>.Modelfile`), and check each file with `verify_gguf` unless `verify` is
+    false."""
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for gguf_type in dict.fromkeys(gguf_types):
+        name = gguf_file_name(model_name, gguf_type)
+        gguf_file = export_gguf(model_dir, out_dir / name, gguf_type, model_name=model_name)
+        modelfile = out_dir / f"{gguf_file.path.stem}.Modelfile"
+        modelfile.write_text(ollama_modelfile(name, model_dir), encoding="utf-8")
+        written.append((gguf_file, verify_gguf(gguf_file.path, model_dir, gguf_type) if verify else None))
+    return written

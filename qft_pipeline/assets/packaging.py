@@ -19,8 +19,7 @@ from qft_core.device import resolve_device
 from qft_core.model.registry import ensure_model_dir, resolve_model, torch_dtype
 from qft_core.package.bundle import archive_path, build_package
 from qft_core.package.layout import METADATA_FILE
-from qft_core.package.gguf import export_gguf, gguf_file_name, ollama_modelfile
-from qft_core.package.gguf_verify import verify_gguf
+from qft_core.package.gguf_verify import write_gguf_folder
 from qft_core.package.merge import merge_adapter, merge_tolerance
 from qft_core.package.model_card import ModelCardInfo
 from qft_core.package.quantize import FormatUnavailableError, QuantSettingsError, quantize
@@ -69,14 +68,11 @@ def gguf_model(context: dg.AssetExecutionContext, qft: QftSettings):
     config = qft.load()
     merged_dir = upstream_path(context, "merged_model")
     out_dir = run_folder(context, config) / "gguf"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for gguf_type in dict.fromkeys(config.export.gguf_types):
-        name = gguf_file_name(config.export.package_name, gguf_type)
-        written = export_gguf(merged_dir, out_dir / name, gguf_type, model_name=config.export.package_name)
-        (out_dir / f"{written.path.stem}.Modelfile").write_text(ollama_modelfile(name, merged_dir), encoding="utf-8")
-        check = verify_gguf(written.path, merged_dir, gguf_type)
-        rows.append({"file": name, "size_mb": round(written.size_bytes / 1e6, 1), **check.to_metadata()})
+    written = write_gguf_folder(merged_dir, out_dir, config.export.gguf_types, model_name=config.export.package_name)
+    rows = [
+        {"file": gguf_file.path.name, "size_mb": round(gguf_file.size_bytes / 1e6, 1), **check.to_metadata()}
+        for gguf_file, check in written
+    ]
     yield dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(out_dir)),
