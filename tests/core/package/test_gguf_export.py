@@ -12,6 +12,7 @@ from pathlib import Path
 import gguf
 import pytest
 
+from qft_core.cli import main as qft
 from qft_core.config import ModelConfig, PathsConfig
 from qft_core.model.registry import ensure_model_dir, resolve_model
 from qft_core.model.tokenizer import qwen3_thinking_chat_template
@@ -156,6 +157,22 @@ def test_unsupported_architecture_is_a_one_line_error_naming_config_json(tiny_mo
         f"{model / 'config.json'}: model_type 'llama' has no GGUF mapping in qft (supported: qwen3)"
     )
     assert not any((tmp_path).glob("*.gguf*"))
+
+
+def test_qft_package_gguf_on_an_unsupported_model_is_one_line(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    model = _model_copy(tiny_model_dir, tmp_path / "gemma", leave_out="config.json")
+    config = (tiny_model_dir / "config.json").read_text(encoding="utf-8").replace('"qwen3"', '"gemma3_text"')
+    (model / "config.json").write_text(config, encoding="utf-8")
+
+    assert qft(["package", "gguf", str(model), "--out", str(tmp_path / "out"), "--no-verify"]) == 1
+
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (
+        f"qft package: {model / 'config.json'}: model_type 'gemma3_text' has no GGUF mapping in qft (supported: qwen3)"
+    )
+    assert captured.out == ""
 
 
 def test_missing_tokenizer_is_a_one_line_error_and_leaves_no_file(tiny_model_dir: Path, tmp_path: Path) -> None:
