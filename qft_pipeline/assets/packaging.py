@@ -158,7 +158,10 @@ def deployment_package(context: dg.AssetExecutionContext, qft: QftSettings) -> d
     rows, variant_warnings = quantized_variants(variants, merged_dir, config.quant)
     model_dir = deployed_model_dir(config.export.deployed_variant, variants, merged_dir)
     gguf = _latest_gguf(context.instance, merged_dir)
-    gguf_warnings = [] if gguf else ["gguf: no GGUF export of this merged model (materialize gguf_model); not included"]
+    gguf_warnings = (
+        ["gguf: no GGUF export of this merged model (materialize gguf_model); not included"]
+        if config.export.gguf_types and not gguf else []
+    )
     warnings = [*(f"corpus: {warning}" for warning in corpus.warnings), *variant_warnings, *gguf_warnings]
     metadata = {
         "config": config.model_dump(mode="json"),

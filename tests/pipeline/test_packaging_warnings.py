@@ -44,6 +44,7 @@ def test_missing_stale_and_degraded_variants_are_warned():
         "int8: no quantized variant of this merged model (the latest package came from another model); not listed",
         DEGRADED,
         "gptq: no quantized variant of this merged model (no package was ever built); not listed",
+        "gguf: no GGUF export of this merged model (materialize gguf_model); not included",
     ]
 
 
@@ -96,6 +97,7 @@ def test_deployment_package_shows_its_warnings_in_log_metadata_and_package(tmp_p
         "skipped",
         DEGRADED,
         "gptq: no quantized variant of this merged model (no package was ever built); not listed",
+        "gguf: no GGUF export of this merged model (materialize gguf_model); not included",
     ]
     assert result.success
     (materialization,) = result.asset_materializations_for_node("deployment_package")
