@@ -28,7 +28,6 @@ GGUF_TYPES: dict[str, tuple[gguf.GGMLQuantizationType, gguf.LlamaFileType]] = {
     "bf16": (gguf.GGMLQuantizationType.BF16, gguf.LlamaFileType.MOSTLY_BF16),
     "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
 }
-MODELFILE = "Modelfile"
 # llama.cpp's pre-tokenizer name for the Qwen2/Qwen3 split regex (the same 151,643 BPE ranks).
 QWEN_PRE_TOKENIZER = "qwen2"
 
@@ -236,7 +235,8 @@ def export_gguf(model_dir: Path, out_path: Path, gguf_type: str, *, model_name: 
                 shape = list(handle.get_slice(hf_name).get_shape())
             qtype = _tensor_type(shape, wanted)
             block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
-            writer.add_tensor_info(gguf_name, shape, np.dtype(np.float32), math.prod(shape) // block_size * type_size, qtype)
+            nbytes = math.prod(shape) // block_size * type_size
+            writer.add_tensor_info(gguf_name, shape, np.dtype(np.float32), nbytes, qtype)
             plan.append((hf_name, path, qtype))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
