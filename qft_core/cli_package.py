@@ -94,7 +94,10 @@ def cmd_package_gguf(args: argparse.Namespace) -> int:
 
     export = load_config(args.config).export
     written = write_gguf_folder(
-        Path(args.model_dir), Path(args.out), args.type or export.gguf_types, model_name=args.name or export.package_name,
+        Path(args.model_dir),
+        Path(args.out),
+        args.type or export.gguf_types,
+        model_name=args.name or export.package_name,
         verify=not args.no_verify,
     )
     failed = []
@@ -144,7 +147,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def add_package_commands(commands: argparse._SubParsersAction) -> None:
-    """Add `qft package verify|unpack|vllm-command|sglang-command|gguf` and `qft serve` to the `qft` parser's subcommands."""
+    """Add `qft package verify|unpack|vllm-command|sglang-command|gguf` and `qft serve` to the `qft` parser's
+    subcommands."""
     package = commands.add_parser(
         "package", help="check, unpack or print the vLLM or SGLang command for a deployment package; export GGUF"
     )

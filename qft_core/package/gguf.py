@@ -98,7 +98,8 @@ def _model_config(model_dir: Path) -> dict:
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_ARCHITECTURES:
         raise GgufExportError(
-            f"{path}: model_type {model_type!r} has no GGUF mapping in qft (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+            f"{path}: model_type {model_type!r} has no GGUF mapping in qft "
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
         )
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     if rope.get("rope_type", "default") != "default":

@@ -143,7 +143,9 @@ def quantized_package(context: dg.AssetExecutionContext, qft: QftSettings):
     )
 
 
-@dg.asset(group_name=GROUP, deps=[merged_model, quantized_package, gguf_model, evaluation_report, raw_thinking_documents])
+@dg.asset(
+    group_name=GROUP, deps=[merged_model, quantized_package, gguf_model, evaluation_report, raw_thinking_documents]
+)
 def deployment_package(context: dg.AssetExecutionContext, qft: QftSettings) -> dg.MaterializeResult:
     """The merged model as a self-checking package (folder + .tar.gz): weights, tokenizer, template, model card,
     metadata and a sha256 manifest; the quantized variants of this merged model compared in the metadata.

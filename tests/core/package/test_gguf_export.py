@@ -86,7 +86,7 @@ def test_metadata_carries_the_bpe_tokenizer_and_the_thinking_template(q8_reader:
     tokens = field(q8_reader, "tokenizer.ggml.tokens")
     types = field(q8_reader, "tokenizer.ggml.token_type")
     assert len(tokens) == len(types) == QWEN3_VOCAB
-    assert (tokens[0], tokens[151_643], tokens[151_645], tokens[151_668]) == ("!", "<|endoftext|>", "<|im_end|>", "</think>")
+    assert [tokens[i] for i in (0, 151_643, 151_645, 151_668)] == ["!", "<|endoftext|>", "<|im_end|>", "</think>"]
     assert (types[0], types[151_644], types[151_667]) == (
         gguf.TokenType.NORMAL, gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED
     )
@@ -189,7 +189,9 @@ def test_unknown_type_is_refused_with_the_choices(tiny_model_dir: Path, tmp_path
         export_gguf(tiny_model_dir, tmp_path / "m.gguf", "q4_k_m", model_name=NAME)
 
 
-def test_package_carries_the_gguf_folder_under_its_manifest(gguf_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_package_carries_the_gguf_folder_under_its_manifest(
+    gguf_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     folder = tmp_path / "gguf"
     folder.mkdir()
     shutil.copy(gguf_dir / "qft-test-Q8_0.gguf", folder)
