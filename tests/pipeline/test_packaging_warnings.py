@@ -44,7 +44,6 @@ def test_missing_stale_and_degraded_variants_are_warned():
         "int8: no quantized variant of this merged model (the latest package came from another model); not listed",
         DEGRADED,
         "gptq: no quantized variant of this merged model (no package was ever built); not listed",
-        "gguf: no GGUF export of this merged model (materialize gguf_model); not included",
     ]
 
 
