@@ -196,7 +196,7 @@ class ExportConfig(Section):
     # measured against; loads anywhere without a quantization backend), or one of quant.formats.
     deployed_variant: Literal["unquantized", "int8", "int4", "gptq"] = "unquantized"
     # GGUF files of the merged model for llama.cpp and Ollama, put in the package's gguf/ folder; [] builds none.
-    # q8_0 by default: half the size of f16 and within 1-2 % of the merged model's logits; each type written is
+    # q8_0 by default: half the size of f16, its logits within about 1 % of the merged model's; each type written is
     # read back with transformers' GGUF loader and compared (docs/serving.md).
     gguf_types: list[GgufType] = Field(default_factory=lambda: ["q8_0"])
     host: str = "127.0.0.1"
