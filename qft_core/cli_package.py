@@ -7,10 +7,11 @@ import functools
 import logging
 import os
 import shlex
+import typing
 from collections.abc import Callable
 from pathlib import Path
 
-from qft_core.config import load_config
+from qft_core.config import GgufType, load_config
 
 # Read when --api-key is not given: a key on the command line is visible to every user of the machine.
 API_KEY_ENV = "QFT_API_KEY"
@@ -87,6 +88,34 @@ def cmd_package_sglang_command(args: argparse.Namespace) -> int:
 
 
 @_package_errors_as_command_errors
+def cmd_package_gguf(args: argparse.Namespace) -> int:
+    from qft_core.cli import CommandError
+    from qft_core.package.gguf_verify import write_gguf_folder
+
+    export = load_config(args.config).export
+    written = write_gguf_folder(
+        Path(args.model_dir),
+        Path(args.out),
+        args.type or export.gguf_types,
+        model_name=args.name or export.package_name,
+        verify=not args.no_verify,
+    )
+    failed = []
+    for gguf_file, check in written:
+        verdict = "not verified" if check is None else ("verified" if check.passed else "FAILED verification")
+        print(f"{gguf_file.path}  {gguf_file.size_bytes / 1e6:.1f} MB  {verdict}")
+        if check is not None:
+            print(
+                f"  max |logit diff| {check.max_abs_logit_diff:.4g} (tolerance {check.tolerance:.1%} of "
+                f"{check.max_abs_reference_logit:.4g}), greedy {check.greedy_agreeing}/{check.greedy_steps} agree"
+            )
+            failed += [] if check.passed else [gguf_file.path.name]
+    if failed:
+        raise CommandError(f"{', '.join(failed)}: read back by transformers, differs from {args.model_dir}")
+    return 0
+
+
+@_package_errors_as_command_errors
 def cmd_serve(args: argparse.Namespace) -> int:
     from qft_core.cli import CommandError
 
@@ -118,9 +147,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def add_package_commands(commands: argparse._SubParsersAction) -> None:
-    """Add `qft package verify|unpack|vllm-command|sglang-command` and `qft serve` to the `qft` parser's subcommands."""
+    """Add `qft package verify|unpack|vllm-command|sglang-command|gguf` and `qft serve` to the `qft` parser's
+    subcommands."""
     package = commands.add_parser(
-        "package", help="check, unpack or print the vLLM or SGLang command for a deployment package"
+        "package", help="check, unpack or print the vLLM or SGLang command for a deployment package; export GGUF"
     )
     actions = package.add_subparsers(dest="package_command", required=True, metavar="ACTION")
 
@@ -140,6 +170,19 @@ def add_package_commands(commands: argparse._SubParsersAction) -> None:
     sglang = actions.add_parser("sglang-command", help="print the SGLang server command line for a package folder")
     sglang.add_argument("path", metavar="PATH", help="package folder")
     sglang.set_defaults(handler=cmd_package_sglang_command)
+
+    gguf = actions.add_parser(
+        "gguf", help="write a merged model as GGUF files with Ollama Modelfiles, each checked by transformers' reader"
+    )
+    gguf.add_argument("model_dir", metavar="MODEL_DIR", help="a Qwen3 model folder (the merged model)")
+    gguf.add_argument("--out", required=True, metavar="DIR", help="folder for the .gguf files and Modelfiles")
+    gguf.add_argument(
+        "--type", action="append", choices=typing.get_args(GgufType), help="GGUF type; repeat for several "
+        "(default: export.gguf_types)"
+    )
+    gguf.add_argument("--name", help="model name in the files and their names (default: export.package_name)")
+    gguf.add_argument("--no-verify", action="store_true", help="skip reading each file back and comparing logits")
+    gguf.set_defaults(handler=cmd_package_gguf)
 
     serve = commands.add_parser("serve", help="serve a package over an OpenAI-compatible HTTP API")
     serve.add_argument(

@@ -182,20 +182,35 @@ def _write_archive(package_dir: Path, archive: Path) -> None:
             tar.add(path, arcname=arcname, recursive=False, filter=_normalised_member)
 
 
+def _copy_extra_folders(extra_folders: Mapping[str, Path], package_dir: Path) -> None:
+    for name, folder in extra_folders.items():
+        if (package_dir / name).exists():
+            raise PackageError(f"{folder}: cannot be packaged as {name}/, which the model directory already holds")
+        shutil.copytree(folder, package_dir / name)
+
+
 def build_package(
-    model_dir: Path, out_dir: Path, *, metadata: Mapping[str, Any], model_card: ModelCardInfo
+    model_dir: Path,
+    out_dir: Path,
+    *,
+    metadata: Mapping[str, Any],
+    model_card: ModelCardInfo,
+    extra_folders: Mapping[str, Path] | None = None,
 ) -> Path:
     """Package the model in `model_dir` as the folder `out_dir` and the archive `archive_path(out_dir)`.
 
     The folder holds the safetensors weights and model config, the tokenizer with Qwen3-Thinking-2507's chat
     template, a generation config, the bilingual model card `README.md`, `qft_metadata.json` (library versions plus
     `metadata`, which must carry config, data_hash and metrics) and, written last, `MANIFEST.sha256` over every
-    other file. A previous package at `out_dir` is replaced; anything else there is refused. Returns `out_dir`.
+    other file. `extra_folders` ({name: folder}) are copied in as `name/` (the GGUF files and their Ollama
+    Modelfiles as `gguf/`). A previous package at `out_dir` is replaced; anything else there is refused. Returns
+    `out_dir`.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     _check_inputs(model_dir, out_dir, metadata, model_card)
     with publishing_folder(out_dir) as staging:
         _copy_model_files(model_dir, staging)
+        _copy_extra_folders(extra_folders or {}, staging)
         _ensure_generation_config(staging, _write_tokenizer(staging))
         package_metadata = _package_metadata(staging, metadata, model_card)
         _write_json(staging / METADATA_FILE, package_metadata)

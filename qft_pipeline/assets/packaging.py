@@ -19,6 +19,7 @@ from qft_core.device import resolve_device
 from qft_core.model.registry import ensure_model_dir, resolve_model, torch_dtype
 from qft_core.package.bundle import archive_path, build_package
 from qft_core.package.layout import METADATA_FILE
+from qft_core.package.gguf_verify import write_gguf_folder
 from qft_core.package.merge import merge_adapter, merge_tolerance
 from qft_core.package.model_card import ModelCardInfo
 from qft_core.package.quantize import FormatUnavailableError, QuantSettingsError, quantize
@@ -59,6 +60,38 @@ def merged_model(context: dg.AssetExecutionContext, qft: QftSettings) -> dg.Mate
     )
     metadata = {"path": dg.MetadataValue.path(str(report.out_dir)), "device": device, **report.to_metadata()}
     return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[merged_model],
+    kinds={"gguf"},
+    check_specs=[dg.AssetCheckSpec("gguf_matches_merged_model", asset="gguf_model")],
+)
+def gguf_model(context: dg.AssetExecutionContext, qft: QftSettings):
+    """The merged model as GGUF files (export.gguf_types) with an Ollama Modelfile each, every file read back by
+    transformers' GGUF loader and compared with the merged model (logits, greedy tokens, tokenizer, template)."""
+    config = qft.load()
+    merged_dir = upstream_path(context, "merged_model")
+    out_dir = run_folder(context, config) / "gguf"
+    written = write_gguf_folder(merged_dir, out_dir, config.export.gguf_types, model_name=config.export.package_name)
+    rows = [
+        {"file": gguf_file.path.name, "size_mb": round(gguf_file.size_bytes / 1e6, 1), **check.to_metadata()}
+        for gguf_file, check in written
+    ]
+    yield dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(out_dir)),
+            "merged_model": dg.MetadataValue.path(str(merged_dir)),
+            "files": markdown_table(rows or [{"file": "none (export.gguf_types is empty)"}]),
+            "gguf": dg.MetadataValue.json(rows),
+            **stand_in_metadata(config.model.name),
+        }
+    )
+    failed = [row["file"] for row in rows if not row["passed"]]
+    yield dg.AssetCheckResult(
+        check_name="gguf_matches_merged_model", passed=not failed, metadata={"failed": dg.MetadataValue.json(failed)}
+    )
 
 
 def _score_fn(config):
@@ -153,7 +186,7 @@ def quantized_package(
     )
 
 
-@dg.asset(group_name=GROUP, deps=[merged_model, quantized_package])
+@dg.asset(group_name=GROUP, deps=[merged_model, quantized_package, gguf_model])
 def deployment_package(
     context: dg.AssetExecutionContext,
     qft: QftSettings,
@@ -172,13 +205,19 @@ def deployment_package(
     variants = _latest_variants(context.instance, config.quant.formats)
     rows, variant_warnings = quantized_variants(variants, merged_dir)
     model_dir = deployed_model_dir(config.export.deployed_variant, variants, merged_dir)
-    warnings = [*(f"corpus: {warning}" for warning in corpus.warnings), *variant_warnings]
+    gguf = _latest_gguf(context.instance, merged_dir)
+    gguf_warnings = (
+        ["gguf: no GGUF export of this merged model (materialize gguf_model); not included"]
+        if config.export.gguf_types and not gguf else []
+    )
+    warnings = [*(f"corpus: {warning}" for warning in corpus.warnings), *variant_warnings, *gguf_warnings]
     metadata = {
         "config": config.model_dump(mode="json"),
         "data_hash": corpus.content_hash,
         "metrics": evaluation_report.headline,
         "quantized_variants": rows,
         "deployed_variant": config.export.deployed_variant,
+        "gguf": gguf["gguf"] if gguf else [],
         "warnings": warnings,
     }
     spec = resolve_model(config.model, config.paths)
@@ -187,6 +226,7 @@ def deployment_package(
         run_folder(context, config) / config.export.package_name,
         metadata=metadata,
         model_card=ModelCardInfo(model_name=config.export.package_name, base_model=spec.name),
+        extra_folders={"gguf": Path(str(gguf["path"]))} if gguf else None,
     )
     shown_warnings = report_warnings(context, warnings, package_dir / METADATA_FILE)
     return dg.MaterializeResult(
@@ -239,7 +279,18 @@ def _latest_variants(instance: dg.DagsterInstance, formats: list[str]) -> dict[s
     return variants
 
 
-def quantized_variants(variants: Mapping[str, Mapping[str, Any] | None], merged_dir: Path) -> tuple[list[dict], list[str]]:
+def _latest_gguf(instance: dg.DagsterInstance, merged_dir: Path) -> Mapping[str, Any] | None:
+    """The metadata of the latest GGUF export if it was made from `merged_dir`, else None."""
+    event = instance.get_latest_materialization_event(dg.AssetKey("gguf_model"))
+    if event is None or event.asset_materialization is None:
+        return None
+    metadata = {key: entry.value for key, entry in event.asset_materialization.metadata.items()}
+    return metadata if metadata.get("merged_model") == str(merged_dir) else None
+
+
+def quantized_variants(
+    variants: Mapping[str, Mapping[str, Any] | None], merged_dir: Path
+) -> tuple[list[dict], list[str]]:
     """The comparison rows of the variants quantized from `merged_dir`, and a warning for each format without one,
     for each limit a listed variant's degradation check found exceeded, and for a check with no result."""
     rows, warnings = [], []

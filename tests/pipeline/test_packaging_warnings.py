@@ -126,6 +126,7 @@ def test_deployment_package_shows_its_warnings_in_log_metadata_and_package(tmp_p
         "skipped",
         DEGRADED,
         "gptq: no quantized variant of this merged model (no package was ever built); not listed",
+        "gguf: no GGUF export of this merged model (materialize gguf_model); not included",
     ]
     assert result.success
     (materialization,) = result.asset_materializations_for_node("deployment_package")

@@ -65,7 +65,7 @@ def test_a_selection_reaches_the_quantize_and_deploy_jobs_in_graph_order(config_
     ]
     assert _steps(config_file, "deployment_package") == [(DEPLOY_JOB, ["deployment_package"], None)]
     assert _steps(config_file, "key:merged_model+") == [
-        (MAIN_JOB, ["merged_model", "reference_scores"], None),
+        (MAIN_JOB, ["gguf_model", "merged_model", "reference_scores"], None),
         (QUANTIZE_JOB, ["quantized_package"], "int8"),
         (QUANTIZE_JOB, ["quantized_package"], "int4"),
         (DEPLOY_JOB, ["deployment_package"], None),
