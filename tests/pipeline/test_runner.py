@@ -60,6 +60,7 @@ def test_library_output_goes_to_the_log_file_and_only_the_progress_stream_reache
     program = f"""
 import subprocess, sys, warnings
 from pathlib import Path
+from qft_pipeline.console import output_to_file
 with output_to_file(Path({str(log_file)!r})) as terminal:
     print("from python")
     warnings.warn("a library warning")
