@@ -1,6 +1,6 @@
 """`qft` on a machine without Dagster (a GPU box with only PyTorch): the library's commands work, and `qft run`
-says in one line that it needs Dagster. Each command runs in a fresh Python in which importing any `dagster*`
-module fails as it does where the package is not installed."""
+says in one line that it needs Dagster; without qft_pipeline there is no `run` at all. Each command runs in a fresh
+Python in which importing the blocked packages fails as it does where they are not installed."""
 
 from __future__ import annotations
 
@@ -11,17 +11,18 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-# Put before every other finder, so that dagster is unimportable even though this environment has it.
-WITHOUT_DAGSTER = """
+# Put before every other finder, so that the top-level packages whose names start with BLOCKED are unimportable
+# even though this environment has them.
+WITHOUT = """
 import sys
 
-class NoDagster:
+class Blocked:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0].startswith("dagster"):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        if name.split(".")[0].startswith({blocked!r}):
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
         return None
 
-sys.meta_path.insert(0, NoDagster())
+sys.meta_path.insert(0, Blocked())
 from qft_core.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -36,9 +37,10 @@ TERMS = ["AES", "SM4", "RSA", "SM2", "SHA-256", "SM3", "HMAC", "ECDSA", "TLS 1.3
 PAIRS = 30
 
 
-def qft_without_dagster(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def qft_without(blocked: str, *argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", WITHOUT_DAGSTER, *argv], cwd=cwd, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", WITHOUT.format(blocked=blocked), *argv],
+        cwd=cwd, capture_output=True, text=True, timeout=600,
     )
 
 
@@ -53,19 +55,19 @@ def corpus(tmp_path: Path) -> Path:
 
 
 def test_the_blocker_makes_dagster_unimportable(tmp_path: Path) -> None:
-    probe = WITHOUT_DAGSTER.replace("from qft_core.cli import main\nsys.exit(main(sys.argv[1:]))", "import dagster")
+    probe = WITHOUT.format(blocked="dagster").replace("from qft_core.cli import main\nsys.exit(main(sys.argv[1:]))", "import dagster")
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "ModuleNotFoundError: No module named 'dagster'" in result.stderr
 
 
 def test_parse_and_split_run_without_dagster(corpus: Path, tmp_path: Path) -> None:
-    parsed = qft_without_dagster("parse", str(corpus), "--out", "examples.parquet", cwd=tmp_path)
+    parsed = qft_without("dagster", "parse", str(corpus), "--out", "examples.parquet", cwd=tmp_path)
     assert parsed.returncode == 0, parsed.stderr
     assert parsed.stdout.startswith(f"parsed {PAIRS} of {PAIRS} pairs from 2 file(s); 0 quarantined")
     assert pq.read_metadata(tmp_path / "examples.parquet").num_rows == PAIRS
 
-    split = qft_without_dagster("split", "examples.parquet", "--out-dir", "splits", cwd=tmp_path)
+    split = qft_without("dagster", "split", "examples.parquet", "--out-dir", "splits", cwd=tmp_path)
     assert split.returncode == 0, split.stderr
     rows = {name: pq.read_metadata(tmp_path / "splits" / f"{name}.parquet").num_rows
             for name in ("train", "validation", "test")}
@@ -74,16 +76,24 @@ def test_parse_and_split_run_without_dagster(corpus: Path, tmp_path: Path) -> No
 
 
 def test_train_help_works_without_dagster(tmp_path: Path) -> None:
-    result = qft_without_dagster("train", "--help", cwd=tmp_path)
+    result = qft_without("dagster", "train", "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: qft train [-h] --splits SPLITS --out OUT [--nproc NPROC]")
 
 
 def test_run_says_it_needs_dagster_in_one_line(tmp_path: Path) -> None:
-    result = qft_without_dagster("run", "--select", "term_balanced_splits", cwd=tmp_path)
+    result = qft_without("dagster", "run", "--select", "term_balanced_splits", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         "qft run: needs Dagster, which this Python cannot import (No module named 'dagster'); install the project "
         "with its dependencies (`uv sync`). The other commands work without it."
     ]
+
+
+def test_without_qft_pipeline_there_is_no_run_command(tmp_path: Path) -> None:
+    listed = qft_without("qft_pipeline", "--help", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "\n    serve " in listed.stdout
+    assert "\n    run " not in listed.stdout and "\n    ui " not in listed.stdout
+    assert qft_without("qft_pipeline", "run", cwd=tmp_path).returncode == 2
