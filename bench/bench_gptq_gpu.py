@@ -38,12 +38,12 @@ from qft_core.config import QuantConfig  # noqa: E402
 from qft_core.model.registry import tiny_qwen3_config  # noqa: E402
 from qft_core.model.tokenizer import qwen3_tokenizer_dir  # noqa: E402
 from qft_core.package.quantize import quantize  # noqa: E402
-from qft_core.package.verify import (  # noqa: E402
+from qft_core.package.compare import (  # noqa: E402
     chat_formatted_texts,
     check_degradation,
     compare_packages,
     evaluate_directory,
-    verification_set,
+    comparison_set,
 )
 from qft_core.records import ThinkingExample, read_parquet  # noqa: E402
 
@@ -97,7 +97,7 @@ def main() -> None:
     quantize_peak_gib = torch.cuda.max_memory_allocated() / 1024**3
     print(f"gptq package written in {package.seconds:.1f} s", flush=True)
 
-    verification = verification_set(test, tokenizer, config)
+    verification = comparison_set(test, tokenizer, config)
     reference = evaluate_directory(merged, verification, config, device="cuda")
     rows = compare_packages(reference, [evaluate_directory(package_dir, verification, config, device="cuda")])
     results = {

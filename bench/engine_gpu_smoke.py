@@ -7,7 +7,7 @@ Builds a random-weight Qwen3 with Qwen3-4B-Thinking-2507's layer shape (--layers
 tokenized splits (random tokens, the first quarter of each sequence masked from the loss; of the supervised rest,
 the first half flagged reasoning, the second answer, every 7th answer token a term, so validation computes the
 Chinese metrics through the offline Qwen3 tokenizer's pieces), plans with
-`plan_training` on this machine's `profile_hardware()`, and trains twice through `launch.run_job`: once clean,
+`plan_for` on this machine's `profile_hardware()`, and trains twice through `launch.run_job`: once clean,
 once killed (QFT_FAULT_KILL_AT_STEP) after the first checkpoint so torchrun restarts it and it resumes. Writes each
 run's metrics.jsonl and console log, and results.json comparing them, under --out. Results: docs/performance.md.
 """
@@ -42,7 +42,8 @@ from qft_core.train.dataset import (
 from qft_core.train.faults import KILL_AT_STEP
 from qft_core.train.fast_path import choose_fast_path
 from qft_core.train.job import JOB_FILE, TrainingJob
-from qft_core.train.launch import make_training_plan, run_job
+from qft_core.train.launch import run_job
+from qft_core.train.plan import plan_for
 
 QWEN3_4B_LAYER = {
     "vocab_size": 151936, "hidden_size": 2560, "intermediate_size": 9728, "num_attention_heads": 32,
@@ -103,10 +104,10 @@ def write_job(
     config.training.eval_every = args.checkpoint_every
     config.training.global_batch_size = args.global_batch
     config.training.max_restarts = 1
-    plan = make_training_plan(config, model_dir)
+    plan = plan_for(config, model_dir)
     job = TrainingJob(
         model_dir=str(model_dir), train_data=str(train), validation_data=str(validation), output_dir=str(run_dir),
-        pad_token_id=PAD_ID, model=config.model, training=config.training, lora=config.lora, plan=plan,
+        pad_token_id=PAD_ID, model=config.model, training=config.training, plan=plan,
         tokenizer_dir=str(tokenizer_dir),
     )
     return job.write(run_dir / JOB_FILE)

@@ -42,7 +42,7 @@ import torch  # noqa: E402
 
 from qft_core.config import load_config  # noqa: E402
 from qft_core.model.registry import REGISTRY  # noqa: E402
-from qft_core.train.curves import read_metrics  # noqa: E402
+from qft_core.diagnose.curves import read_metrics  # noqa: E402
 from qft_core.train.job import TrainingSummary  # noqa: E402
 from qft_pipeline.definitions import defs  # noqa: E402
 from qft_pipeline.instance import project_instance  # noqa: E402
@@ -150,13 +150,19 @@ def _row(asset: str, partition: str | None, instance: dg.DagsterInstance) -> dic
     return values
 
 
+def _upstream(asset: str) -> set[str]:
+    graph = defs.resolve_asset_graph()
+    keys = dg.AssetSelection.assets(asset).upstream().resolve(graph)
+    return {key.to_user_string() for key in keys} - {asset}
+
+
 def run_phase(phase: str, config_file: str, deadline_s: float) -> list[dict]:
     instance = project_instance()
     started = time.perf_counter()
-    rows, reran, stopped = [], False, False
+    rows, reran, stopped = [], set(), False
     for asset, partition in phase_assets(phase, load_config(config_file).quant.formats):
         name = f"{asset}[{partition}]" if partition else asset
-        if not reran and _kept(instance, asset, partition):
+        if not reran & _upstream(asset) and _kept(instance, asset, partition):
             rows.append({"asset": name, "status": "kept from an earlier call", **_row(asset, partition, instance)})
             continue
         if stopped or time.perf_counter() - started > deadline_s:
@@ -168,8 +174,9 @@ def run_phase(phase: str, config_file: str, deadline_s: float) -> list[dict]:
         began = time.perf_counter()
         failures = _run(asset, partition, config_file, instance)
         wall = time.perf_counter() - began
-        # Everything after an asset that ran again runs again: it would otherwise keep what the older copy gave.
-        reran = True
+        # Everything downstream of an asset that ran again runs again: it would otherwise keep what the older copy
+        # gave. (A sibling that ran, such as dataset_exports, does not make training run twice.)
+        reran.add(asset)
         row = {
             "asset": name,
             "status": "FAILED: " + "; ".join(failures)[:400] if failures else "ran",

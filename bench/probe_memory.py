@@ -63,7 +63,7 @@ from qft_core.train.packing import (  # noqa: E402
 )
 
 if TYPE_CHECKING:
-    from qft_core.train.plan import MemorySetting
+    from qft_core.train.memory import MemorySetting
 
 GIB = 1024**3
 # Padding tokens at the end of the first row of a `padded` config, so that sdpa is given a padding mask.
@@ -295,7 +295,7 @@ def probe(name: str, layers: int, args, device: torch.device) -> dict:
 def plan_setting(record: dict) -> MemorySetting:
     """The plan's MemorySetting of a probed run. DDP on one rank is modelled as a world of two: the buckets and
     the graph split are the same, and the plan counts them only where there is more than one rank."""
-    from qft_core.train.plan import MemorySetting
+    from qft_core.train.memory import MemorySetting
 
     config = CONFIGS[record["config"]]
     return MemorySetting(
@@ -321,8 +321,8 @@ def plan_figures(record: dict) -> dict[str, int]:
     decoder layer keeps per token (with checkpointing only its input, a·h)."""
     from transformers import Qwen3Config
 
-    from qft_core.train.plan import (
-        ModelShape,
+    from qft_core.model.shape import ModelShape
+    from qft_core.train.memory import (
         allocated_bytes,
         dtype_bytes,
         estimate_memory,

@@ -47,7 +47,10 @@ FALLBACK_NOTES: dict[tuple[str, str], str] = {
     ("model", "max_length"): "Longest example in tokens; longer examples are excluded and reported, never truncated.",
     ("model", "dtype"): "Compute precision; `auto` lets the plan choose: bfloat16 on GPUs that support it, float32 on CPU.",
     ("lora", "r"): "LoRA rank: the size of the low-rank update per adapted matrix.",
-    ("lora", "alpha"): "LoRA scaling numerator: updates are scaled by alpha / r.",
+    ("lora", "alpha"): (
+        "LoRA scaling numerator: updates are scaled by alpha / r; when the planner lowers r to fit memory, "
+        "alpha goes down with it, keeping the scale."
+    ),
     ("lora", "dropout"): "Dropout on the LoRA input during training.",
     ("lora", "target_modules"): "Projection layers that get a LoRA adapter.",
     ("training", "nproc"): "Processes (one per GPU) on each node; `qft train --nproc N` overrides it.",

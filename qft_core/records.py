@@ -11,6 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from qft_core.publish import publishing_file
+
 
 class Record(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -162,13 +164,10 @@ def write_parquet(records: Iterable[Record], model: type[Record], path: str | Pa
     path = Path(path)
     if path.is_dir():
         raise RecordFileError(f"{path}: is a folder; name the parquet file to write")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
     try:
-        pq.write_table(to_table(records, model), temporary)
-        temporary.replace(path)
+        with publishing_file(path) as staging:
+            pq.write_table(to_table(records, model), staging)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
         raise RecordFileError(f"{path}: cannot write: {error.strerror or error}") from None
     return path
 
@@ -184,12 +183,9 @@ def read_parquet(path: str | Path, model: type[Self]) -> list[Self]:
 
 def write_jsonl(records: Iterable[Record], path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
+    with publishing_file(path) as staging, staging.open("w", encoding="utf-8") as handle:
         for record in records:
             handle.write(record.model_dump_json() + "\n")
-    temporary.replace(path)
     return path
 
 

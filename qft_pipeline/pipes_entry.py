@@ -12,7 +12,7 @@ from typing import Any
 from dagster_pipes import PipesContext, open_dagster_pipes
 
 from qft_core.train import engine
-from qft_core.train.monitor import ProgressTracker
+from qft_core.train.metrics_log import ProgressTracker
 
 # One info line per this many optimizer steps keeps the Dagster run log readable on long runs; the other steps'
 # lines go out at debug level, for `qft run`'s live progress line.

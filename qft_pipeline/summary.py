@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from qft_core.evaluate.report import REPORT_JSON, headline_lines
-from qft_core.train.monitor import format_duration
+from qft_core.train.metrics_log import format_duration
 from qft_pipeline.progress import StageTime
 
 TRAINING = "lora_checkpoint"

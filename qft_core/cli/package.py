@@ -32,7 +32,7 @@ def cmd_package_unpack(args: argparse.Namespace) -> int:
 @reported(PackageError)
 def cmd_package_gpu_command(args: argparse.Namespace) -> int:
     """The command line of `args.engine` (vllm or sglang) with the export config's context, address and GPU share."""
-    from qft_core.package.vllm import sglang_command, vllm_command
+    from qft_core.serve.vllm import sglang_command, vllm_command
 
     export = load_config(args.config, device=args.device).export
     common = {"host": export.host, "port": export.port, "tensor_parallel_size": export.vllm_tensor_parallel_size}

@@ -1,5 +1,5 @@
 """The `qft serve` command: a deployment package behind the OpenAI-compatible HTTP API. Argument parsing only;
-the work is in `qft_core.package.server`."""
+the work is in `qft_core.serve.server`."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # shared 2-core machine); passive waiting costs nothing measurable on an idle one. Read when torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from qft_core.package.bundle import unpack_cached
-    from qft_core.package.server import ServerSettings, serve_package
+    from qft_core.serve.server import ServerSettings, serve_package
 
     config = load_config(args.config, device=args.device)
     export = config.export

@@ -13,7 +13,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from qft_core.device import resolve_device
     from qft_core.model.registry import ensure_model_dir, resolve_model
     from qft_core.train.hardware import profile_hardware
-    from qft_core.train.plan import ModelShape, plan_training
+    from qft_core.train.plan import plan_for
 
     config = load_config(args.config, device=args.device)
     if args.nproc:
@@ -21,10 +21,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     profile = profile_hardware()
     # A device the machine lacks is a one-line error before any model is built.
     resolve_device(config.model.device, cuda_available=bool(profile.gpus))
-    shape = ModelShape.from_pretrained_dir(ensure_model_dir(resolve_model(config.model, config.paths)), config.model)
+    model_dir = ensure_model_dir(resolve_model(config.model, config.paths))
     print(profile.to_markdown())
     print()
-    print(plan_training(config, profile, shape).to_markdown())
+    print(plan_for(config, model_dir, profile).to_markdown())
     return 0
 
 

@@ -11,6 +11,7 @@ from typing import Literal
 
 from qft_core.data.split import SPLIT_NAMES
 from qft_core.model.chat import THINK_CLOSE, THINK_OPEN, THINKING_SCAFFOLD, Turn, conversation_messages
+from qft_core.publish import publishing_file
 from qft_core.records import RecordFileError, ThinkingExample, read_records
 
 ExportFormat = Literal["messages", "sharegpt", "alpaca"]
@@ -157,9 +158,7 @@ def export_splits(
 
 
 def _write_jsonl(rows: Iterable[dict], path: Path) -> Path:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
+    with publishing_file(path) as staging, staging.open("w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    temporary.replace(path)
     return path

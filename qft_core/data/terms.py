@@ -367,6 +367,7 @@ def _character_set(chars: Iterable[str]) -> str:
 
 @cache
 def load_default_dictionary() -> TermDictionary:
-    """The project's dictionary, `data/crypto_terms.yaml` under the repository root, loaded once."""
+    """The project's bundled dictionary, `data/crypto_terms.yaml` under the repository root, loaded once, for tests
+    and benchmarks that have no configuration; everything that has one loads `config.paths.term_dictionary`."""
     paths = PathsConfig()
     return TermDictionary.load(paths.resolve(paths.term_dictionary))

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from qft_core.config import PathsConfig
-from qft_core.data.terms import TERM_CATEGORIES, TermDictionary, load_default_dictionary, matching_view
+from qft_core.data.terms import TERM_CATEGORIES, TermDictionary, matching_view
 
 # Negation words, except where the character starts a word that negates nothing (不仅 "not only", 非常
 # "very", 非对称 "asymmetric", 无论 "regardless", 无穷 "infinite", 未来 "future").
@@ -118,10 +118,11 @@ def load_misconceptions(path: str | Path, dictionary: TermDictionary) -> list[Mi
 
 
 @cache
-def load_default_misconceptions(dictionary: TermDictionary | None = None) -> list[Misconception]:
-    """The project's list, `data/misconceptions.yaml`, against the given (default: the project's) dictionary."""
+def load_default_misconceptions(dictionary: TermDictionary) -> list[Misconception]:
+    """The project's bundled list, `data/misconceptions.yaml`, against `dictionary`, for tests and benchmarks that
+    have no configuration; everything that has one loads `config.paths.misconceptions` with `load_misconceptions`."""
     paths = PathsConfig()
-    return load_misconceptions(paths.resolve(paths.misconceptions), dictionary or load_default_dictionary())
+    return load_misconceptions(paths.resolve(paths.misconceptions), dictionary)
 
 
 def detect_misconceptions(text: str, misconceptions: list[Misconception]) -> list[MisconceptionHit]:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+
+from qft_core.publish import publishing_folder
 
 
 class CacheBuildError(RuntimeError):
@@ -37,11 +37,6 @@ def build_once(target: Path, build: Callable[[Path], None]) -> Path:
             return target
         if target.exists():
             raise CacheBuildError(f"{target}: exists but is not a directory; remove it and retry")
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        with publishing_folder(target) as staging:
             build(staging)
-            staging.rename(target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
     return target

@@ -4,8 +4,6 @@ computes the logits of base + adapter."""
 from __future__ import annotations
 
 import gc
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from qft_core.config import ModelConfig, PathsConfig, QuantConfig
 from qft_core.model.chat import generation_prompt_ids
 from qft_core.model.registry import ModelSpec, ensure_model_dir, load_model, load_tokenizer, resolve_model, torch_dtype
+from qft_core.publish import publishing_folder
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -35,7 +34,7 @@ class AdapterError(ValueError):
     """An adapter directory that is not a PEFT LoRA adapter saved as safetensors."""
 
 
-class MergeVerificationError(RuntimeError):
+class MergedLogitsError(RuntimeError):
     """The merged model's logits differ from base + adapter beyond the tolerance."""
 
 
@@ -127,13 +126,13 @@ def _load_merged(merged_dir: Path, dtype: torch.dtype, device: str) -> PreTraine
 
 def _check_tolerance(max_abs_diff: float, tolerance: float, merged_dir: Path, adapter_dir: Path) -> None:
     if not max_abs_diff <= tolerance:
-        raise MergeVerificationError(
+        raise MergedLogitsError(
             f"{merged_dir}: logits differ from base + adapter {adapter_dir} by up to {max_abs_diff:.3g} "
             f"(tolerance {tolerance:.3g}); the merged weights are not this adapter folded into this base"
         )
 
 
-def verify_merge(
+def check_merged_logits(
     merged_dir: Path,
     base: ModelSpec | str | Path,
     adapter_dir: Path,
@@ -144,7 +143,7 @@ def verify_merge(
     questions: Sequence[str] = VERIFICATION_QUESTIONS,
 ) -> float:
     """The largest logit difference between the merged model in `merged_dir` and base + adapter (PEFT, unmerged)
-    on `questions`; raises `MergeVerificationError` beyond `tolerance`."""
+    on `questions`; raises `MergedLogitsError` beyond `tolerance`."""
     merged_dir, adapter_dir = Path(merged_dir), Path(adapter_dir)
     _check_adapter(adapter_dir)
     spec = base_model_spec(base)
@@ -175,7 +174,7 @@ def merge_adapter(
     `out_dir` gets safetensors weights, config, generation config and the tokenizer with the Qwen3-Thinking-2507
     chat template. Before anything appears there the merged model is reloaded from disk and its logits on
     `questions` are compared with base + adapter (PEFT, unmerged): beyond `tolerance` the merge raises
-    `MergeVerificationError` and writes nothing. Merge in float32 (the default) for an exact comparison; a
+    `MergedLogitsError` and writes nothing. Merge in float32 (the default) for an exact comparison; a
     bfloat16 merge (the model's own dtype on a GPU) rounds the folded weights and needs a looser tolerance
     (`merge_tolerance`).
     """
@@ -192,9 +191,7 @@ def merge_adapter(
     lora_layers = sum(1 for module in adapted.modules() if isinstance(module, LoraLayer))
     merged = adapted.merge_and_unload()
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with publishing_folder(out_dir) as staging:
         merged.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         # Base + adapter and the reloaded merged copy never need to be in memory together (16 GB each for a 4B
@@ -203,12 +200,6 @@ def merge_adapter(
         gc.collect()
         max_abs_diff = _max_abs_diff(_logits(_load_merged(staging, torch_type, device), prompts), reference)
         _check_tolerance(max_abs_diff, tolerance, out_dir, adapter_dir)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return MergeReport(
         out_dir=out_dir,
         base_model=spec.name,

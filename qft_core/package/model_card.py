@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from qft_core.package.layout import package_quantization
-from qft_core.package.vllm import gpu_serving_lines
+from qft_core.serve.vllm import gpu_serving_lines
 from qft_core.model.registry import stand_in_note
 
 DEFAULT_INTENDED_USE_ZH = (

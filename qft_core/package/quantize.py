@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -26,6 +25,7 @@ from qft_core.config import QuantConfig
 from qft_core.model.chat import generation_prompt_ids
 from qft_core.model.registry import has_weights, torch_dtype
 from qft_core.package.merge import weights_bytes
+from qft_core.publish import publishing_folder
 
 QUANT_METADATA_FILE = "qft_quantization.json"
 # Bump when the metadata or the way a format is stored changes, so old packages are recognised.
@@ -338,12 +338,6 @@ def _check_reloaded(directory: Path, device: str, gptq_kernel: str) -> None:
         raise QuantizationError(f"{directory}: the reloaded quantized model gives non-finite logits")
 
 
-def _move_into_place(staging: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    staging.rename(out_dir)
-
-
 def quantize(
     merged_dir: Path,
     fmt: str,
@@ -366,9 +360,7 @@ def quantize(
     if not has_weights(merged_dir):
         raise QuantSettingsError(f"{merged_dir}: not a model directory (needs config.json and *.safetensors)")
     started = time.perf_counter()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with publishing_folder(out_dir) as staging:
         calibration_samples = method.write(merged_dir, staging, config, calibration_texts, device)
         _keep_source_files(merged_dir, staging)
         _check_no_pickles(staging)
@@ -388,10 +380,6 @@ def quantize(
         text = json.dumps(package.metadata(), ensure_ascii=False, indent=2)
         (staging / QUANT_METADATA_FILE).write_text(text + "\n", encoding="utf-8")
         _check_reloaded(staging, device, config.gptq_kernel)
-        _move_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return QuantizedPackage.read(out_dir)
 
 

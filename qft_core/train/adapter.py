@@ -42,10 +42,10 @@ def build_lora_model(job: TrainingJob, dtype: torch.dtype, device: torch.device,
         # Non-reentrant checkpointing works under DDP and FSDP2 and needs no requires_grad on the inputs.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora = PeftLoraConfig(
-        r=job.plan.lora_r,
-        lora_alpha=job.lora.alpha,
-        lora_dropout=job.lora.dropout,
-        target_modules=list(job.plan.lora_targets),
+        r=job.plan.lora.r,
+        lora_alpha=job.plan.lora.alpha,
+        lora_dropout=job.plan.lora.dropout,
+        target_modules=list(job.plan.lora.target_modules),
         task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, lora)

@@ -20,13 +20,14 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
+from qft_core.publish import PREVIOUS_SUFFIX, fsync_path, move_into_place
+
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_STATE = "optimizer.pt"
 RNG_DIR = "rng"
 _PREFIX = "step-"
 _STAGING_PREFIX = ".staging-"
-_TRASH_PREFIX = ".trash-"
 
 
 class CheckpointError(RuntimeError):
@@ -67,21 +68,14 @@ def seal(staging: Path, keep_last: int) -> Path:
         files = {}
         for path in sorted(staging.rglob("*")):
             if path.is_file():
-                _fsync(path)
+                fsync_path(path)
                 files[path.relative_to(staging).as_posix()] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
         manifest = staging / MANIFEST
         _write_file(manifest, json.dumps({"step": step, "files": files}, indent=1, sort_keys=True).encode("utf-8"))
-        _fsync(manifest)
-        _fsync(staging)
-    target = checkpoint_path(staging.parent, step)
-    if target.exists():
-        # A damaged checkpoint of the same step (we resumed from an earlier one): replace it.
-        trash = staging.parent / f"{_TRASH_PREFIX}{target.name}"
-        shutil.rmtree(trash, ignore_errors=True)
-        target.rename(trash)
-        shutil.rmtree(trash)
-    staging.rename(target)
-    _fsync(staging.parent)
+        fsync_path(manifest)
+        fsync_path(staging)
+    # An existing folder of this step is a damaged checkpoint (we resumed from an earlier one): it is replaced.
+    target = move_into_place(staging, checkpoint_path(staging.parent, step))
     prune(staging.parent, keep_last)
     return target
 
@@ -100,7 +94,7 @@ def clear_staging(checkpoints_dir: Path) -> None:
     if not checkpoints_dir.is_dir():
         return
     for path in checkpoints_dir.iterdir():
-        if path.name.startswith((_STAGING_PREFIX, _TRASH_PREFIX)):
+        if path.name.startswith(_STAGING_PREFIX) or path.name.endswith(PREVIOUS_SUFFIX):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -273,10 +267,3 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file's or a folder's entries to disk (the rename that seals a checkpoint must follow its data)."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from qft_core.publish import publishing_file
 from qft_core.records import ThinkingExample
 
 if TYPE_CHECKING:
@@ -160,23 +160,21 @@ def tokenize_examples(
     max_length: int,
     loss_on_reasoning: bool,
     mask_empty_thinking: bool,
-    dictionary: TermDictionary | None = None,
+    dictionary: TermDictionary,
 ) -> TokenizedSplit:
     """Encode every example with its segment flags; those longer than `max_length` or with no trained token are
     excluded and reported, never truncated.
 
-    Terms come from `dictionary` (default: the project's, `data/crypto_terms.yaml`). They are flagged only with
+    Terms come from `dictionary` (the configured `paths.term_dictionary`). They are flagged only with
     a byte-level BPE tokenizer, whose tokens map exactly onto characters (`TokenPieces`); with any other tokenizer
     the TERM flag stays 0 and the term accuracy is not measured.
     """
     # Imported here: the chat format pulls in transformers and the tokenizer code, and the dictionary OpenCC,
     # which ranks that only load an already tokenized split never need.
     from qft_core.data.chinese import use_term_dictionary
-    from qft_core.data.terms import load_default_dictionary
     from qft_core.model.chat import encode_example
     from qft_core.train.token_pieces import TokenPieces
 
-    dictionary = dictionary if dictionary is not None else load_default_dictionary()
     # Words for the word-level accuracy come from jieba with the terms as words.
     use_term_dictionary(dictionary)
     pieces = TokenPieces.of(tokenizer)
@@ -272,18 +270,16 @@ def save_tokenized(split: TokenizedSplit, path: str | Path) -> Path:
     """Write a split as one safetensors file (flat int32 tokens and labels, uint8 segment flags, int64 offsets; ids
     and report in its metadata), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    save_file(
-        {"input_ids": split.input_ids, "labels": split.labels, "offsets": split.offsets, "segments": split.segments},
-        str(temporary),
-        metadata={
-            "format": FORMAT,
-            "ids": json.dumps(split.ids, ensure_ascii=False),
-            "report": split.report.model_dump_json(),
-        },
-    )
-    os.replace(temporary, path)
+    with publishing_file(path) as staging:
+        save_file(
+            {"input_ids": split.input_ids, "labels": split.labels, "offsets": split.offsets, "segments": split.segments},
+            str(staging),
+            metadata={
+                "format": FORMAT,
+                "ids": json.dumps(split.ids, ensure_ascii=False),
+                "report": split.report.model_dump_json(),
+            },
+        )
     return path
 
 

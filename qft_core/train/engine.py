@@ -33,6 +33,7 @@ from torch.distributed.checkpoint.state_dict import (
 from qft_core.model.cache import fingerprint
 from qft_core.model.peft_files import ADAPTER_WEIGHTS
 from qft_core.model.registry import torch_dtype
+from qft_core.publish import publishing_folder
 from qft_core.train import checkpoint as ckpt
 from qft_core.train.adapter import adapter_state, build_lora_model, load_adapter_weights, save_adapter
 from qft_core.train.batches import (
@@ -165,7 +166,7 @@ def config_hash(job: TrainingJob) -> str:
                  "master_port", "micro_batch_size", "gradient_checkpointing", "sharding", "loss_chunk_tokens"}
     )
     return fingerprint(
-        recipe, job.lora.model_dump(), job.plan.lora_r, job.plan.lora_targets, job.plan.global_batch_size,
+        recipe, job.plan.lora.model_dump(), job.plan.global_batch_size,
         Path(job.model_dir).name, _file_identity(job.train_data),
     )
 
@@ -514,13 +515,10 @@ class Trainer:
             plan=self.job.plan.model_dump(mode="json"),
         )
         if self.runtime.is_main:
-            staging = self.output_dir / f".{ADAPTER_DIR}.staging"
-            shutil.rmtree(staging, ignore_errors=True)
-            save_adapter(self.peft_model, weights, staging)
-            if self.job.tokenizer_dir:
-                shutil.copytree(self.job.tokenizer_dir, staging, dirs_exist_ok=True)
-            shutil.rmtree(adapter_dir, ignore_errors=True)
-            staging.rename(adapter_dir)
+            with publishing_folder(adapter_dir) as staging:
+                save_adapter(self.peft_model, weights, staging)
+                if self.job.tokenizer_dir:
+                    shutil.copytree(self.job.tokenizer_dir, staging, dirs_exist_ok=True)
             summary.write(self.output_dir / SUMMARY_FILE)
             self._log(f"adapter written to {adapter_dir}")
             self.reporter.summary(summary.model_dump(mode="json"))

@@ -1,5 +1,5 @@
 """The engine's contract with its launcher: the job (model, tokenized data, output folder, config sections,
-plan) that launch.py writes and every rank reads, and the summary a finished run writes back."""
+plan with the effective LoRA settings) that launch.py writes and every rank reads, and the summary a finished run writes back."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from qft_core.config import LoraConfig, ModelConfig, TrainingConfig
+from qft_core.config import ModelConfig, TrainingConfig
+from qft_core.publish import publish_text
 from qft_core.train.plan import TrainingPlan
 
 JOB_FILE = "job.json"
@@ -32,16 +33,11 @@ class TrainingJob(BaseModel):
     pad_token_id: int
     model: ModelConfig
     training: TrainingConfig
-    lora: LoraConfig
+    # The LoRA settings are the plan's (`plan.lora`): the planner may shrink the configured adapter.
     plan: TrainingPlan
 
     def write(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_suffix(".json.tmp")
-        staging.write_text(self.model_dump_json(indent=1), encoding="utf-8")
-        staging.replace(path)
-        return path
+        return publish_text(path, self.model_dump_json(indent=1))
 
     @classmethod
     def read(cls, path: str | Path) -> TrainingJob:
@@ -80,11 +76,7 @@ class TrainingSummary(BaseModel):
     plan: dict
 
     def write(self, path: str | Path) -> Path:
-        path = Path(path)
-        staging = path.with_suffix(".json.tmp")
-        staging.write_text(self.model_dump_json(indent=1), encoding="utf-8")
-        staging.replace(path)
-        return path
+        return publish_text(path, self.model_dump_json(indent=1))
 
     @classmethod
     def read(cls, path: str | Path) -> TrainingSummary:

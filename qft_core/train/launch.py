@@ -13,10 +13,9 @@ from pathlib import Path
 
 from qft_core.config import QftConfig
 from qft_core.records import ThinkingExample, read_parquet
-from qft_core.train.hardware import HardwareProfile, profile_hardware
 from qft_core.train.job import JOB_FILE, SUMMARY_FILE, TrainingJob, TrainingSummary
 from qft_core.train.lifeline import LAUNCHER_PID
-from qft_core.train.plan import ModelShape, TrainingPlan, plan_training
+from qft_core.train.plan import TrainingPlan, plan_for
 
 ENGINE_MODULE = "qft_core.train.engine"
 TRAIN_FILE = "data/train.safetensors"
@@ -53,16 +52,6 @@ def read_splits(splits: Splits) -> dict[str, list[ThinkingExample]]:
         "train": read_parquet(train_file, ThinkingExample),
         "validation": read_parquet(validation_file, ThinkingExample) if validation_file.is_file() else [],
     }
-
-
-def make_training_plan(config: QftConfig, model_dir: Path, hardware: HardwareProfile | None = None) -> TrainingPlan:
-    """The plan for the model in `model_dir` on `hardware` (default: this machine); plan.py says how."""
-    from transformers import AutoConfig
-
-    shape = ModelShape.from_hf_config(
-        AutoConfig.from_pretrained(model_dir, local_files_only=True, trust_remote_code=config.model.trust_remote_code)
-    )
-    return plan_training(config, hardware or profile_hardware(), shape)
 
 
 def training_key(config: QftConfig, splits: Splits, plan: TrainingPlan) -> str:
@@ -136,8 +125,7 @@ def prepare_run(
         pad_token_id=pad_id,
         model=config.model,
         training=config.training,
-        lora=config.lora,
-        plan=plan or make_training_plan(config, model_dir),
+        plan=plan or plan_for(config, model_dir),
     )
     return job.write(run_dir / JOB_FILE)
 

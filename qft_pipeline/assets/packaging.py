@@ -22,7 +22,7 @@ from qft_core.package.layout import METADATA_FILE
 from qft_core.package.merge import merge_adapter, merge_tolerance
 from qft_core.package.model_card import ModelCardInfo
 from qft_core.package.quantize import FormatUnavailableError, QuantSettingsError, quantize
-from qft_core.package.verify import chat_formatted_texts, check_degradation, compare_packages, evaluate_directory, verification_set
+from qft_core.package.compare import chat_formatted_texts, check_degradation, compare_packages, evaluate_directory, comparison_set
 from qft_core.records import ThinkingExample, read_parquet
 from qft_pipeline.artifacts import run_folder, upstream_path
 from qft_pipeline.assets.data import raw_thinking_documents, term_balanced_splits
@@ -84,7 +84,7 @@ def quantized_package(context: dg.AssetExecutionContext, qft: QftSettings):
         package = quantize(merged_dir, fmt, run_folder(context, config) / fmt, config.quant, calibration, device=device)
     except (FormatUnavailableError, QuantSettingsError) as error:
         raise dg.Failure(description=f"{fmt} package not built on this machine: {error}") from None
-    verification = verification_set(read_parquet(splits / "test.parquet", ThinkingExample), tokenizer, config.quant)
+    verification = comparison_set(read_parquet(splits / "test.parquet", ThinkingExample), tokenizer, config.quant)
     score_fn = _score_fn(config)
     reference = evaluate_directory(merged_dir, verification, config.quant, score_fn=score_fn, device=device)
     evaluation = evaluate_directory(package.directory, verification, config.quant, score_fn=score_fn, device=device)

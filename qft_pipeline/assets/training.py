@@ -4,10 +4,13 @@ import json
 
 import dagster as dg
 
+from qft_core.diagnose.advice import advice_markdown, advise
+from qft_core.diagnose.curves import plot_loss_curve, read_metrics
+from qft_core.diagnose.findings import monitor_run
+from qft_core.diagnose.report import write_monitor_report
 from qft_core.model.registry import ensure_model_dir, resolve_model
-from qft_core.train.advice import advise, suggestions_markdown
+from qft_core.model.shape import ModelShape
 from qft_core.train.checkpoint import list_checkpoints
-from qft_core.train.curves import plot_loss_curve, read_metrics
 from qft_core.train.engine import CHECKPOINTS_DIR
 from qft_core.train.hardware import HardwareProfile, profile_hardware
 from qft_core.train.job import TrainingSummary
@@ -19,8 +22,7 @@ from qft_core.train.launch import (
     training_key,
     worker_environment,
 )
-from qft_core.train.monitor import monitor_run, write_monitor_report
-from qft_core.train.plan import ModelShape, TrainingPlan, plan_training
+from qft_core.train.plan import TrainingPlan, plan_for
 from qft_pipeline.artifacts import resumable_run_folder, run_folder, upstream_path
 from qft_pipeline.assets.data import term_balanced_splits
 from qft_pipeline.metadata import image, stand_in_metadata
@@ -59,8 +61,7 @@ def training_plan(context: dg.AssetExecutionContext, qft: QftSettings) -> dg.Mat
     """Strategy, micro-batch, accumulation, checkpointing and LoRA size that fit this hardware, each explained."""
     config = qft.load()
     profile = HardwareProfile.model_validate_json(upstream_path(context, "hardware_profile").read_text(encoding="utf-8"))
-    shape = ModelShape.from_pretrained_dir(ensure_model_dir(resolve_model(config.model, config.paths)), config.model)
-    plan = plan_training(config, profile, shape)
+    plan = plan_for(config, ensure_model_dir(resolve_model(config.model, config.paths)), profile)
     path = run_folder(context, config) / "training_plan.json"
     path.write_text(plan.model_dump_json(indent=1), encoding="utf-8")
     return dg.MaterializeResult(
@@ -117,7 +118,7 @@ def lora_checkpoint(
     vocab = ModelShape.from_pretrained_dir(ensure_model_dir(spec), config.model).vocab
     monitor = monitor_run(run_dir, summary.steps, vocab_size=vocab)
     monitor_markdown, monitor_charts = write_monitor_report(monitor, run_dir)
-    suggestions = advise(monitor, plan, config)
+    changes = advise(monitor, plan, config)
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(summary.adapter_dir),
@@ -136,7 +137,7 @@ def lora_checkpoint(
             **stand_in_metadata(spec.name),
             "monitor": dg.MetadataValue.md(monitor_markdown.read_text(encoding="utf-8")),
             **{f"chart_{chart.stem}": image(chart, chart.stem) for chart in monitor_charts},
-            "advice": dg.MetadataValue.md(suggestions_markdown(suggestions)),
+            "advice": dg.MetadataValue.md(advice_markdown(changes)),
             "summary": dg.MetadataValue.json(json.loads(summary.model_dump_json())),
         }
     )

@@ -31,13 +31,13 @@ from qft_core.config import ConfigError, ModelConfig, PathsConfig, QftConfig, Qu
 from qft_core.data.parse import parse_text
 from qft_core.model import registry
 from qft_core.model.registry import ModelNotAvailableError, ensure_model_dir, has_weights, load_model, resolve_model
-from qft_core.package import merge, verify
+from qft_core.package import compare, merge
 from qft_core.package.bundle import build_package, unpack_package
 from qft_core.package.layout import PackageError
 from qft_core.package.manifest import MANIFEST_FILE, ManifestError, check_manifest, file_sha256, write_manifest
 from qft_core.package.model_card import ModelCardInfo
-from qft_core.package.served_model import ServedModel
-from qft_core.package.server import ServerSettings, create_app, serve_package
+from qft_core.serve.served_model import ServedModel
+from qft_core.serve.server import ServerSettings, create_app, serve_package
 from qft_core.train import checkpoint as ckpt
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -229,7 +229,7 @@ def test_merge_and_package_verification_say_trust_remote_code_false_and_run_no_s
     add_remote_code(model_dir, marker)
     calls: list[dict] = []
     models, tokenizers = [], []
-    load_model_, load_tokenizer = verify.AutoModelForCausalLM.from_pretrained, verify.AutoTokenizer.from_pretrained
+    load_model_, load_tokenizer = compare.AutoModelForCausalLM.from_pretrained, compare.AutoTokenizer.from_pretrained
 
     def recorded_model(directory, **kwargs):
         calls.append(kwargs)
@@ -241,14 +241,14 @@ def test_merge_and_package_verification_say_trust_remote_code_false_and_run_no_s
         tokenizers.append(load_tokenizer(directory, **kwargs))
         return tokenizers[-1]
 
-    monkeypatch.setattr(verify.AutoModelForCausalLM, "from_pretrained", recorded_model)
-    monkeypatch.setattr(verify.AutoTokenizer, "from_pretrained", recorded_tokenizer)
+    monkeypatch.setattr(compare.AutoModelForCausalLM, "from_pretrained", recorded_model)
+    monkeypatch.setattr(compare.AutoTokenizer, "from_pretrained", recorded_tokenizer)
     # The merged model is reloaded to compare its logits; verification loads the unquantized reference to measure
     # it (and never reaches its verification set here).
     with pytest.raises(ModelLoaded):
         merge._load_merged(model_dir, torch.float32, "cpu")
     with pytest.raises(ModelLoaded):
-        verify.evaluate_directory(model_dir, verification=None, config=QuantConfig())
+        compare.evaluate_directory(model_dir, verification=None, config=QuantConfig())
 
     assert [call["trust_remote_code"] for call in calls] == [False, False, False]
     assert [type(model).__name__ for model in models] == ["Qwen3ForCausalLM", "Qwen3ForCausalLM"]

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from qft_core.package.server import ServerSettings, create_app
-from qft_core.package.served_model import ServedModel
-from tests.core.package.test_serve import MODEL_ID, package_dir, running, served  # noqa: F401 — fixtures
+from qft_core.serve.server import ServerSettings, create_app
+from qft_core.serve.served_model import ServedModel
+from tests.core.serve.test_serve import MODEL_ID, package_dir, running, served  # noqa: F401 — fixtures
 
 
 

@@ -16,7 +16,7 @@ from qft_core.config import ModelConfig, PathsConfig
 from qft_core.model.chat import generation_prompt_ids
 from qft_core.model.registry import ModelSpec, ensure_model_dir, load_model, resolve_model
 from qft_core.model.tokenizer import qwen3_thinking_chat_template
-from qft_core.package.merge import AdapterError, MergeVerificationError, merge_adapter, verify_merge
+from qft_core.package.merge import AdapterError, MergedLogitsError, merge_adapter, check_merged_logits
 
 # Not among the merge's own verification questions: the equality must hold for any input.
 HELD_OUT_QUESTION = "ZUC 算法的密钥长度是多少？"
@@ -95,9 +95,9 @@ def test_merged_directory_holds_safetensors_tokenizer_template_and_generation_co
 def test_verification_accepts_the_merged_adapter_and_rejects_a_different_one(
     merged, tiny_spec, adapter_dir, other_adapter_dir
 ):
-    assert verify_merge(merged.out_dir, tiny_spec, adapter_dir, tolerance=1e-4) <= 1e-4
-    with pytest.raises(MergeVerificationError, match=str(other_adapter_dir)):
-        verify_merge(merged.out_dir, tiny_spec, other_adapter_dir, tolerance=1e-4)
+    assert check_merged_logits(merged.out_dir, tiny_spec, adapter_dir, tolerance=1e-4) <= 1e-4
+    with pytest.raises(MergedLogitsError, match=str(other_adapter_dir)):
+        check_merged_logits(merged.out_dir, tiny_spec, other_adapter_dir, tolerance=1e-4)
 
 
 def test_a_merge_that_drops_the_adapter_fails_verification_and_writes_nothing(
@@ -106,7 +106,7 @@ def test_a_merge_that_drops_the_adapter_fails_verification_and_writes_nothing(
     # `unload` removes the LoRA layers without folding them in: the saved model is the bare base.
     monkeypatch.setattr(LoraModel, "merge_and_unload", LoraModel.unload)
     out_dir = tmp_path / "merged"
-    with pytest.raises(MergeVerificationError, match="not this adapter folded into this base"):
+    with pytest.raises(MergedLogitsError, match="not this adapter folded into this base"):
         merge_adapter(tiny_spec, adapter_dir, out_dir, tolerance=1e-4)
     assert list(tmp_path.iterdir()) == []
 

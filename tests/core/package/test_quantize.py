@@ -27,7 +27,7 @@ from qft_core.package.quantize import (
     load_quantized,
     quantize,
 )
-from qft_core.package.verify import score_texts
+from qft_core.package.compare import score_texts
 
 CONFIG = QuantConfig(calibration_samples=8, calibration_max_tokens=64)
 PERPLEXITY_TEXTS = (

@@ -22,7 +22,7 @@ from qft_core.train.adapter import adapter_state, build_lora_model, load_adapter
 from qft_core.train.batches import BatchError, BatchLayout
 from qft_core.config import ModelConfig, QftConfig
 from qft_core.records import ThinkingExample, ThinkingStructure
-from qft_core.train.curves import CHINESE_METRICS
+from qft_core.diagnose.curves import CHINESE_METRICS
 from qft_core.train.dataset import ANSWER, REASONING, TERM, WORD_START
 from qft_core.train.engine import (
     WARMUP_STEPS,
@@ -37,7 +37,8 @@ from qft_core.train.engine import (
 from qft_core.train.job import TrainingJob, TrainingSummary
 from qft_core.train.launch import prepare_run
 from qft_core.train.metrics_log import MetricsLog
-from qft_core.train.monitor import monitor_run, write_monitor_report
+from qft_core.diagnose.findings import monitor_run
+from qft_core.diagnose.report import write_monitor_report
 from qft_core.train.parallel import Runtime
 from tiny_run import ALPHABET_START, TARGETS, cpu_plan, make_job, write_synthetic_split, write_tiny_qwen3
 

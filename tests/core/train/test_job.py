@@ -13,7 +13,7 @@ def test_job_round_trips_through_its_file(tmp_path: Path) -> None:
     job = make_job(tmp_path / "model", tmp_path / "train.safetensors", None, tmp_path / "out", cpu_plan(world_size=2))
     path = job.write(tmp_path / "run" / "job.json")
     assert TrainingJob.read(path) == job
-    assert not (tmp_path / "run" / "job.json.tmp").exists()
+    assert not (tmp_path / "run" / ".job.json.tmp").exists()
 
 
 def test_invalid_job_names_file_and_key(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from qft_core.model.chat import encode_example
 from qft_core.model.tokenizer import qwen3_tokenizer_dir
 from qft_core.records import ThinkingExample, ThinkingStructure, write_parquet
 from qft_core.train import faults
-from qft_core.train.curves import CHINESE_METRICS
+from qft_core.diagnose.curves import CHINESE_METRICS
 from qft_core.train.dataset import TERM, load_tokenized
 from qft_core.train.engine import train
 from qft_core.train.job import TrainingJob

@@ -1,289 +1,31 @@
-from dataclasses import replace
+"""The planner: processes, sharding, micro-batch, accumulation, checkpointing, precision and the effective LoRA
+settings that fit the memory model on a given (fake or real) machine, each explained."""
 
 import pytest
 import torch
-from peft import LoraConfig as PeftLoraConfig
-from peft import get_peft_model
-from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from qft_core.config import QftConfig
 from qft_core.device import DeviceUnavailableError
+from qft_core.model.shape import QWEN3_4B
 from qft_core.train.fast_path import choose_fast_path
-from qft_core.train.hardware import GIB, GpuInfo, HardwareProfile, profile_hardware
-from qft_core.train.plan import (
-    QWEN3_4B,
-    MemorySetting,
-    ModelShape,
-    PlanError,
-    allocated_bytes,
-    backward_bytes_per_token,
-    estimate_memory,
-    layer_activation_bytes_per_token,
-    layer_activation_terms,
-    loss_chunk_bytes,
-    plan_training,
+from qft_core.train.hardware import GIB, profile_hardware
+from qft_core.train.plan import PlanError, plan_training
+from tests.core.train.memory_arithmetic import (
+    ALL_TARGETS,
+    CONTEXT,
+    LAYER,
+    LOGIT_CHUNK,
+    LORA_STATES,
+    OUTSIDE_LAYERS,
+    ROW_1024,
+    SCORED_HIDDEN_PER_ROW,
+    TINY,
+    WEIGHTS,
+    budget,
+    config,
+    cpu_profile,
+    gpu_profile,
+    planned_total,
 )
-
-ALL_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-# Hand arithmetic for Qwen3-4B (h 2560, 36 layers, 32 heads × 128 = q 4096, 8 KV heads × 128 = kv 1024,
-# intermediate 9728, vocab 151,936, tied) in bf16 (2 bytes) at r=16 on all 7 projections.
-QWEN3_4B_PARAMS = (
-    151_936 * 2560  # tied embedding: 388,956,160
-    + 36 * (2 * 2560 * 4096 + 2 * 2560 * 1024 + 2 * 128 + 3 * 2560 * 9728 + 2 * 2560)  # 36 × 100,930,816
-    + 2560  # final norm
-)
-# r·(in+out): q 16·6656 + k 16·3584 + v 16·3584 + o 16·6656 + gate/up/down 3 · 16·12288 = 917,504 per layer
-QWEN3_4B_LORA_R16 = 36 * (106_496 + 57_344 + 57_344 + 106_496 + 196_608 + 196_608 + 196_608)
-WEIGHTS = 4_022_468_096 * 2
-LORA_STATES = 33_030_144 * 16  # fp32 weight 4 + fp32 grad 4 + AdamW moments 8
-CONTEXT = 3 * GIB // 4  # CUDA context, one rank
-# A compiled layer with LoRA dropout 0.05 and flex attention keeps per token: norm inputs 2·(2·2560 + 4), q/k norm
-# inputs 2·5120 + 4·40, roped q, k and v 2·(4096 + 2·1024), attention output and log-sum-exp 2·4096 + 4·32,
-# gate and up 2·2·9728, each adapter's dropped-out input and mask 3·(5·2560 + 4096 + 9728), lora_A outputs
-# 7·2·2·16.
-LAYER = 10_248 + 10_400 + 12_288 + 8_320 + 38_912 + 79_872 + 448
-OUTSIDE_LAYERS = 4 * 2560 + 2 * 2560  # final norm's fp32 input, gradient of the hidden states
-ROW_1024 = 1024 * (36 * LAYER + OUTSIDE_LAYERS)
-# one 1024-token loss chunk, compiled: bf16 logits, fp32 buffer, gradient, previous gradient (2 + 4 + 2 + 2)
-LOGIT_CHUNK = 1024 * 151_936 * 10
-SCORED_HIDDEN_PER_ROW = 1024 * 2 * 2560  # the copy of the scored hidden states the chunks are cut from
-
-
-def gpu_profile(count: int, memory_gib: float, capability: str = "9.0", fast_path: bool = True) -> HardwareProfile:
-    gpus = [GpuInfo(index=i, name="fake", memory_gib=memory_gib, compute_capability=capability) for i in range(count)]
-    return HardwareProfile(
-        hostname="fake",
-        gpus=gpus,
-        physical_cores=32,
-        logical_cores=64,
-        ram_gib=256,
-        torch_version="2.5",
-        bf16_supported=capability >= "8.0",
-        compiled_kernels=fast_path,
-        flex_attention=fast_path,
-    )
-
-
-def cpu_profile(ram_gib: float = 24) -> HardwareProfile:
-    return HardwareProfile(hostname="cpu", physical_cores=2, logical_cores=2, ram_gib=ram_gib, torch_version="2.5")
-
-
-def config(**sections) -> QftConfig:
-    """The hand arithmetic assumes r=16 on all projections, dropout 0.05, 1024 tokens, 1024-token loss chunks."""
-    sections["lora"] = {"r": 16, "dropout": 0.05, "target_modules": ALL_TARGETS} | sections.get("lora", {})
-    sections["training"] = {"loss_chunk_tokens": 1024} | sections.get("training", {})
-    sections["model"] = {"max_length": 1024} | sections.get("model", {})
-    return QftConfig.model_validate(sections)
-
-
-def budget(memory_gib: float) -> int:
-    return int(int(memory_gib * GIB) * 0.95)
-
-
-def planned_total(allocated: int, context: int = CONTEXT) -> int:
-    """What the plan compares with its budget: the allocator's peak, 10% slack on it, the CUDA context."""
-    return allocated + -(-allocated // 10) + context
-
-
-def setting(**changes) -> MemorySetting:
-    """One H200 running the benchmark's engine path: bf16, r 16 on every projection, dropout 0, full rows."""
-    base = MemorySetting(
-        device="cuda",
-        dtype="bfloat16",
-        world_size=1,
-        sharded=False,
-        micro_batch=4,
-        seq_len=2048,
-        checkpointing=False,
-        lora_r=16,
-        lora_targets=tuple(ALL_TARGETS),
-        lora_dropout=0.0,
-        loss_chunk_tokens=1024,
-        rows="full",
-        compiled_kernels=True,
-        flex_attention=True,
-    )
-    return replace(base, **changes)
-
-
-TINY = ModelShape.from_dims(
-    hidden=128, layers=2, heads=4, kv_heads=2, head_dim=32, intermediate=256, vocab=512, tied_embeddings=True
-)
-QWEN3_4B_8_LAYERS = ModelShape.from_dims(
-    hidden=2560, layers=8, heads=32, kv_heads=8, head_dim=128, intermediate=9728, vocab=151_936, tied_embeddings=True
-)
-
-
-def tiny_setting(**changes) -> MemorySetting:
-    """The tiny shape (h 128, q 128, kv 64, i 256, vocab 512, 2 layers) at r 8 on every projection, 2 × 64 tokens."""
-    return setting(**({"micro_batch": 2, "seq_len": 64, "lora_r": 8, "loss_chunk_tokens": 32} | changes))
-
-
-# Peaks measured on GPUs (torch.cuda.max_memory_allocated), copied from docs/performance.md: "Results (2026-11-26)"
-# (one H200, Qwen3-4B shape, LoRA r 16 on all projections, dropout 0, bf16, loss chunk 1024), "The levers" (same
-# runs), the DDP table (four H200s, 2048 × 4 per GPU) and "Engine end to end on GPU" (one H100, 2026-11-26: 8 layers,
-# r 8, dropout 0.05, packed, micro-batch 8 of at most 2048 tokens).
-MEASURED_PEAKS = [
-    ("engine 2048x4", QWEN3_4B, setting(), 39.9),
-    ("engine 2048x8 checkpointed", QWEN3_4B, setting(micro_batch=8, checkpointing=True), 14.0),
-    ("engine 4096x4 checkpointed", QWEN3_4B, setting(seq_len=4096, checkpointing=True), 14.0),
-    ("engine 16384x1 checkpointed", QWEN3_4B, setting(micro_batch=1, seq_len=16384, checkpointing=True), 14.0),
-    ("engine 2048x4 packed, flex", QWEN3_4B, setting(rows="packed"), 39.9),
-    ("engine 2048x4 packed, sdpa dense mask", QWEN3_4B, setting(rows="packed", flex_attention=False), 43.3),
-    # engine-nocompile: eager layers; its loss kernel was still compiled, which the eager plan counts eagerly too
-    ("engine 2048x4 eager layers", QWEN3_4B, setting(compiled_kernels=False), 50.8),
-    ("engine DDP 2 GPUs 2048x4", QWEN3_4B, setting(world_size=2), 45.3),
-    ("engine DDP 4 GPUs 2048x4", QWEN3_4B, setting(world_size=4), 45.3),
-    (
-        "engine smoke, 8 layers",
-        QWEN3_4B_8_LAYERS,
-        setting(micro_batch=8, rows="packed", lora_r=8, lora_dropout=0.05),
-        23.3,
-    ),
-]
-
-
-@pytest.mark.parametrize(
-    ("shape", "measured_setting", "measured_gib"),
-    [row[1:] for row in MEASURED_PEAKS],
-    ids=[row[0] for row in MEASURED_PEAKS],
-)
-def test_allocated_estimate_is_within_15_percent_above_or_10_below_the_measured_peak(
-    shape, measured_setting, measured_gib
-):
-    predicted_gib = allocated_bytes(estimate_memory(shape, measured_setting)) / GIB
-
-    assert -0.10 <= predicted_gib / measured_gib - 1 <= 0.15, f"predicted {predicted_gib:.2f} GiB"
-
-
-def test_qwen3_4b_parameter_count_matches_hand_arithmetic():
-    assert QWEN3_4B.params == QWEN3_4B_PARAMS == 4_022_468_096
-
-
-def test_qwen3_4b_lora_r16_on_all_projections():
-    assert QWEN3_4B.lora_params(16, ALL_TARGETS) == QWEN3_4B_LORA_R16 == 33_030_144
-
-
-def test_shape_from_hf_config_counts_what_the_model_holds_and_lora_matches_peft():
-    hf_config = Qwen3Config(
-        vocab_size=512,
-        hidden_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        intermediate_size=256,
-        tie_word_embeddings=True,
-    )
-    model = Qwen3ForCausalLM(hf_config)
-    shape = ModelShape.from_hf_config(hf_config)
-
-    assert shape == TINY
-    assert shape.params == sum(p.numel() for p in model.parameters())
-    peft_model = get_peft_model(model, PeftLoraConfig(r=8, target_modules=ALL_TARGETS))
-    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    # 2 layers × 8 × [(128+128) + 2·(128+64) + (128+128) + 2·(128+256) + (256+128)] = 16 × 2048
-    assert shape.lora_params(8, ALL_TARGETS) == trainable == 32_768
-
-
-def test_compiled_layer_terms_on_a_tiny_shape():
-    terms = layer_activation_terms(TINY, tiny_setting())
-
-    assert terms == {
-        "norm_inputs": 2 * (2 * 128 + 4),  # bf16 inputs and fp32 1/rms of both norms
-        "qk_norm_inputs": 2 * (128 + 64) + 4 * (4 + 2),
-        "attention_inputs": 2 * (128 + 2 * 64),  # roped q and k, v
-        "attention_output": 2 * 128 + 4 * 4,  # output and fp32 log-sum-exp per head
-        "attention_mask": 0,
-        "mlp": 2 * 2 * 256,  # gate and up; SiLU recomputed
-        "adapter_inputs": 2 * (128 + 128 + 256),  # first norm's output, second norm's, SiLU(gate)·up
-        "adapter_outputs": 7 * 2 * 2 * 8,
-        "ddp_graph_split": 0,
-    }
-    assert layer_activation_bytes_per_token(TINY, tiny_setting()) == 3_984
-
-
-def test_eager_layer_with_dropout_and_padding_mask_on_a_tiny_shape():
-    eager = tiny_setting(compiled_kernels=False, lora_dropout=0.1, rows="padded", world_size=2)
-
-    terms = layer_activation_terms(TINY, eager)
-
-    assert eager.attention == "padding_mask"
-    assert terms == {
-        "norm_inputs": 2 * (4 * 128 + 4),  # fp32 upcasts kept
-        "qk_norm_inputs": 4 * (128 + 64) + 4 * (4 + 2),
-        "attention_inputs": 2 * (128 + 2 * 128),  # k and v repeated to all 4 query heads
-        "attention_output": 2 * 128 + 4 * 4,
-        "attention_mask": 2 * 64,  # the additive mask made in every layer: seq² per row over seq tokens
-        "mlp": 3 * 2 * 256,  # gate, SiLU(gate), up
-        "adapter_inputs": 3 * (5 * 128 + 128 + 256),  # each dropped-out input (2 bytes) and its mask (1 byte)
-        "adapter_outputs": 7 * 2 * 2 * 8,
-        "ddp_graph_split": 0,  # eager layers are not split
-    }
-
-
-def test_ddp_splits_compiled_layers_only_when_their_adapters_fill_the_first_bucket():
-    # tiny: 16,384 adapter parameters per layer × 4 bytes < 1 MiB; Qwen3-4B r 16: 917,504 × 4 bytes > 1 MiB
-    assert layer_activation_terms(TINY, tiny_setting(world_size=2))["ddp_graph_split"] == 0
-    assert layer_activation_terms(QWEN3_4B, setting(world_size=2))["ddp_graph_split"] == 2 * 9728
-    assert layer_activation_terms(QWEN3_4B, setting(world_size=2, sharded=True))["ddp_graph_split"] == 0
-
-
-def test_attention_kernel_follows_rows_device_and_fast_path():
-    assert setting(rows="full").attention == "flash"
-    assert setting(rows="padded", micro_batch=1).attention == "flash"  # an all-ones mask is dropped
-    assert setting(rows="padded", micro_batch=2).attention == "padding_mask"
-    assert setting(rows="packed").attention == "flex"
-    assert setting(rows="packed", flex_attention=False).attention == "dense_mask"
-    assert setting(device="cpu", dtype="float32").attention == "math"
-
-
-def test_layers_are_compiled_as_choose_fast_path_decides():
-    assert setting(world_size=4).compiled_layers  # DDP
-    assert not setting(world_size=4, sharded=True).compiled_layers  # FSDP2 across ranks stays eager
-    assert setting(world_size=1, sharded=True).compiled_layers  # a lone rank is never wrapped
-    assert not setting(compiled_kernels=False).compiled_layers
-
-
-def test_backward_and_loss_transients_on_a_tiny_shape():
-    compiled, eager = tiny_setting(), tiny_setting(compiled_kernels=False)
-
-    assert backward_bytes_per_token(TINY, compiled) == 2 * (4 * 256 + 2 * 128)
-    assert backward_bytes_per_token(TINY, eager) == 2 * (2 * 256 + 2 * 128)
-    # 32-token chunk × 512 logits × (3·2 + 4) compiled or 16 eager, plus the 128 scored hidden states in bf16
-    assert loss_chunk_bytes(TINY, compiled) == 32 * 512 * 10 + 128 * 2 * 128
-    assert loss_chunk_bytes(TINY, eager) == 32 * 512 * 16 + 128 * 2 * 128
-    assert loss_chunk_bytes(TINY, tiny_setting(loss_chunk_tokens=None)) == 128 * 512 * 10 + 128 * 2 * 128
-
-
-def test_estimate_memory_terms_on_a_tiny_shape():
-    tokens = 2 * 64
-    params = 512 * 128 + 2 * (2 * 128 * 128 + 2 * 128 * 64 + 2 * 32 + 3 * 128 * 256 + 2 * 128) + 128
-    adapter = 32_768
-    logits = 32 * 512 * 10 + tokens * 2 * 128
-
-    plain = estimate_memory(TINY, tiny_setting())
-    checkpointed = estimate_memory(TINY, tiny_setting(checkpointing=True))
-
-    assert plain["base_weights"] == params * 2 == 722_432
-    assert plain["lora_weights"] == plain["lora_grads"] == 4 * adapter
-    assert plain["optimizer_states"] == 8 * adapter
-    assert plain["activations"] == tokens * (2 * 3_984 + 4 * 128 + 2 * 128)
-    assert plain["logits"] == logits
-    assert plain["backward_working_set"] == tokens * 2 * (4 * 256 + 2 * 128) - logits
-    assert plain["attention_mask"] == plain["attention_scores"] == plain["ddp_grad_buckets"] == 0
-    assert allocated_bytes(plain) == 2_692_608
-    assert plain["cuda_context"] == CONTEXT
-    assert plain["allocator_slack"] == 269_261  # 10% of 2,692,608, rounded up
-    # checkpointed: each layer keeps its input; the backward adds the recomputed layer to its gradients
-    assert checkpointed["activations"] == tokens * (2 * 2 * 128 + 4 * 128 + 2 * 128)
-    assert checkpointed["backward_working_set"] == tokens * (3_984 + 2 * (4 * 256 + 2 * 128)) - logits
-
-
-def test_distributed_ranks_add_nccl_buffers_and_cpu_has_no_cuda_context():
-    assert estimate_memory(TINY, tiny_setting(world_size=2))["cuda_context"] == CONTEXT + 11 * GIB // 20
-    assert estimate_memory(TINY, tiny_setting(device="cpu", dtype="float32"))["cuda_context"] == 0
 
 
 def test_80gib_h100_fits_micro_batch_8_without_checkpointing():
@@ -369,15 +111,18 @@ def test_configured_sharding_overrides_the_memory_rule():
     assert any("as configured (training.sharding=fsdp)" in text for text in plan.explanations)
 
 
-def test_lora_rank_is_halved_when_even_micro_batch_1_does_not_fit():
+def test_lora_rank_is_halved_with_its_alpha_when_even_micro_batch_1_does_not_fit():
     lora_r256 = 33_030_144 * 16 * 16  # r=256 is 16× the r=16 adapter, 16 bytes per parameter
     assert planned_total(WEIGHTS + lora_r256 + LOGIT_CHUNK) > budget(18)  # nothing else even fits
     checkpointed_row = 1024 * (36 * 2 * 2560 + OUTSIDE_LAYERS)
     assert planned_total(WEIGHTS + lora_r256 // 2 + LOGIT_CHUNK + SCORED_HIDDEN_PER_ROW + checkpointed_row) < budget(18)
 
-    plan = plan_training(config(lora={"r": 256}), gpu_profile(1, 18), QWEN3_4B)
+    plan = plan_training(config(lora={"r": 256, "alpha": 512, "dropout": 0.1}), gpu_profile(1, 18), QWEN3_4B)
 
-    assert (plan.lora_r, plan.lora_targets) == (128, ALL_TARGETS)
+    assert (plan.lora.r, plan.lora.target_modules) == (128, ALL_TARGETS)
+    # PEFT scales the adapter by alpha/r: 512/256 = 2 as configured, so alpha halves with r to 256.
+    assert (plan.lora.alpha, plan.lora.scale, plan.lora.dropout) == (256, 2.0, 0.1)
+    assert any("lora.alpha 512 becomes 256, so the adapter's scale alpha/r stays 2" in text for text in plan.explanations)
     assert plan.gradient_checkpointing
     assert any("LoRA reduced from r=256" in text for text in plan.explanations)
 

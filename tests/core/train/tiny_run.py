@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from qft_core.config import LoraConfig, ModelConfig, TrainingConfig
+from qft_core.config import ModelConfig, TrainingConfig
 from qft_core.train.dataset import LengthReport, TokenizedSplit, save_tokenized
 from qft_core.train.job import TrainingJob
-from qft_core.train.plan import TrainingPlan
+from qft_core.train.plan import LoraSettings, TrainingPlan
 
 SMALL_VOCAB = 512
 PAD_ID = 0
@@ -78,8 +78,7 @@ def cpu_plan(
         seq_len=seq_len,
         gradient_checkpointing=False,
         dtype="float32",
-        lora_r=4,
-        lora_targets=TARGETS,
+        lora=LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=TARGETS),
         lora_params=1,
         memory_gib={},
         fits=True,
@@ -111,6 +110,5 @@ def make_job(
         pad_token_id=PAD_ID,
         model=ModelConfig(name=str(model_dir)),
         training=TrainingConfig(**settings),
-        lora=LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=TARGETS),
         plan=plan,
     )

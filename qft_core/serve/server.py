@@ -28,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 from qft_core.config import ExportConfig
 from qft_core.package.manifest import check_manifest
-from qft_core.package.openai_api import (
+from qft_core.serve.openai_api import (
     ApiError,
     ChatRequest,
     ReasoningStream,
@@ -40,7 +40,7 @@ from qft_core.package.openai_api import (
     server_sent_event,
     usage_chunk_body,
 )
-from qft_core.package.served_model import Completion, PromptError, SamplingParams, ServedModel
+from qft_core.serve.served_model import Completion, PromptError, SamplingParams, ServedModel
 
 logger = logging.getLogger(__name__)
 STREAM_END = "[DONE]"

@@ -1,55 +1,12 @@
-"""The training monitor on hand-made metrics: trends, anomalies, ETA, load balance, the report files."""
+"""The run's findings from hand-made metrics: trends, anomalies, ETA, load balance."""
 
-import json
 from pathlib import Path
 
 import pytest
 
+from qft_core.diagnose.findings import MonitorError, monitor_records, monitor_run, trailing_mean
 from qft_core.train.job import TrainingSummary
-from qft_core.train.monitor import (
-    MonitorError,
-    ProgressTracker,
-    format_duration,
-    monitor_records,
-    monitor_run,
-    trailing_mean,
-    write_monitor_report,
-)
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def step(number: int, loss: float | None, **extra) -> dict:
-    """A step record as the engine writes it; 20 steps make one epoch."""
-    record = {
-        "step": number,
-        "epoch": number / 20,
-        "loss": loss,
-        "lr": 1e-3,
-        "grad_norm": 1.0,
-        "tokens": 1000,
-        "target_tokens": 600,
-        "tokens_per_s": 500.0,
-        "step_time_s": 2.0,
-        "comm_s": 0.0,
-        "memory_gib": 1.0,
-        "micro_batch_size": 2,
-        "grad_accum_steps": 2,
-        "skipped": False,
-    }
-    record.update(extra)
-    return record
-
-
-def falling(steps: int = 50) -> list[dict]:
-    """Loss 3.0 falling by 0.04 per step."""
-    return [step(n, 3.0 - 0.04 * (n - 1)) for n in range(1, steps + 1)]
-
-
-def write_metrics(path: Path, records: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
-    return path
+from tests.core.train.step_records import falling, step, write_metrics
 
 
 def test_trailing_mean_averages_up_to_span_values() -> None:
@@ -187,40 +144,6 @@ def test_eta_is_the_mean_of_the_last_20_step_times_times_the_steps_left() -> Non
     assert monitor_records(records, total_steps=30).eta_s == 0.0
 
 
-def test_progress_tracker_reports_every_n_steps_with_eta() -> None:
-    tracker = ProgressTracker(total_steps=100, every=10, smoothing=2)
-    lines = [
-        tracker.update(step(n, 2.0 + n / 100, step_time_s=10.0 if n <= 10 else (1.0 if n % 2 else 3.0)))
-        for n in range(1, 31)
-    ]
-
-    assert [n + 1 for n, line in enumerate(lines) if line] == [10, 20, 30]
-    assert lines[29] == (
-        "step 30/100 (30%) | loss 2.3000 (mean of last 2: 2.2950) | lr 1.00e-03 | 500 tok/s | ETA 2m20s"
-    )
-
-
-def test_progress_tracker_reports_a_skipped_step_and_the_last_step_at_once() -> None:
-    tracker = ProgressTracker(total_steps=3, every=10)
-    assert tracker.update(step(1, 2.0)) is None
-    line = tracker.update(step(2, None, skipped=True, anomaly="non-finite loss nan", val_loss=2.5))
-    assert line.endswith("| SKIPPED: non-finite loss nan") and "val 2.5000" in line
-    assert tracker.update({"event": "warning", "step": 2, "message": "x"}) is None
-    assert tracker.update(step(3, 1.5)).startswith("step 3/3 (100%) | loss 1.5000")
-
-
-def test_progress_tracker_takes_the_total_from_the_engines_records() -> None:
-    tracker = ProgressTracker(every=1)
-    tracker.update(step(1, 2.0, total_steps=4))
-    # Two steps of 2 s each left.
-    assert tracker.update(step(2, 1.8, total_steps=4)).startswith("step 2/4 (50%) | loss 1.8000")
-    assert tracker.update(step(2, 1.8, total_steps=4)).endswith("| ETA 4s")
-
-
-def test_format_duration() -> None:
-    assert [format_duration(s) for s in (45, 140, 3725, None)] == ["45s", "2m20s", "1h02m", "unknown"]
-
-
 def test_load_balance_is_slowest_over_fastest_rank_total_and_comm_share_is_per_rank() -> None:
     # Rank totals 1.0 + 1.0 + 2.0 = 4.0 and 1.5 + 1.5 + 2.0 = 5.0: ratio 1.25; worst single step 1.5.
     # Communication 0.6 + 0.1 + 0.6 + 0.1 + 0.2 + 0.2 = 1.8 of 9.0 rank-seconds: 20%.
@@ -300,32 +223,6 @@ def test_monitor_run_tolerates_a_torn_last_line(tmp_path: Path) -> None:
 
     assert report.stats.steps_logged == 50 and report.stats.last_step == 50
     assert report.eta_s == pytest.approx(20.0) and report.source == str(path)
-
-
-def test_report_writes_markdown_and_png_curves(tmp_path: Path) -> None:
-    records = falling(40)
-    records[19].update(grad_norm=30.0)
-    records[39].update(val_loss=1.6, val_char_accuracy=0.5, val_term_accuracy=0.4)
-    path = write_metrics(tmp_path / "metrics.jsonl", records)
-    report = monitor_run(path, total_steps=80)
-
-    markdown, pngs = write_monitor_report(report, tmp_path / "out")
-
-    assert [png.name for png in pngs] == ["training_curves.png", "chinese_metrics.png"]
-    for png in pngs:
-        assert png.read_bytes()[:8] == PNG_MAGIC
-    text = markdown.read_text(encoding="utf-8")
-    assert "**Status: improving** — step 40 / 80, ETA 1m20s" in text
-    assert "| warning | gradient_explosion | 20 |" in text
-    assert "![training_curves.png](training_curves.png)" in text
-
-
-def test_report_without_chinese_metrics_draws_one_png(tmp_path: Path) -> None:
-    records = falling(12)
-    markdown, pngs = write_monitor_report(monitor_records(records), tmp_path, records=records)
-
-    assert [png.name for png in pngs] == ["training_curves.png"] and pngs[0].read_bytes()[:8] == PNG_MAGIC
-    assert "None: no anomaly in the logged steps." in markdown.read_text(encoding="utf-8")
 
 
 def test_no_step_records_is_no_data(tmp_path: Path) -> None:

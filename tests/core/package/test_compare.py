@@ -22,11 +22,11 @@ from qft_core.package.probes import (
     TERM_PAIRS,
     MinimalPair,
 )
-from qft_core.package.verify import (
+from qft_core.package.compare import (
     METRIC_PREFIX,
     REFERENCE_VARIANT,
     ROW_FIELDS,
-    VerificationSet,
+    ComparisonSet,
     check_degradation,
     compare_packages,
     continuation_log_likelihoods,
@@ -35,12 +35,12 @@ from qft_core.package.verify import (
     js_divergence_bits,
     probe_choice,
     score_texts,
-    verification_set,
+    comparison_set,
 )
 from qft_core.records import ThinkingExample, ThinkingStructure
 
 CONFIG = QuantConfig(verify_max_new_tokens=2, verify_max_tokens=64)
-VERIFICATION = VerificationSet(
+VERIFICATION = ComparisonSet(
     texts=(
         (
             "<|im_start|>user\nSM3 的输出长度是多少？<|im_end|>\n<|im_start|>assistant\n<think>\nSM3 是杂凑算法。\n"
@@ -143,7 +143,7 @@ def test_verification_set_renders_test_examples_in_id_order(tokenizer):
         )
         for identifier in ("c", "a", "b")
     ]
-    verification = verification_set(examples, tokenizer, QuantConfig(verify_texts=3, verify_subset=2))
+    verification = comparison_set(examples, tokenizer, QuantConfig(verify_texts=3, verify_subset=2))
     assert verification.questions == ("问题a", "问题b")
     assert verification.references == ("回答a", "回答b")
     assert verification.texts[0] == (

@@ -59,7 +59,7 @@ METRIC_PREFIX = "metric_"
 
 
 @dataclass(frozen=True)
-class VerificationSet:
+class ComparisonSet:
     """What every variant is measured on: chat-formatted test texts (perplexity), and a fixed subset of test
     questions with their reference answers (evaluation metrics, latency)."""
 
@@ -77,13 +77,13 @@ def chat_formatted_texts(examples: Sequence[ThinkingExample], tokenizer: PreTrai
     ]
 
 
-def verification_set(
+def comparison_set(
     examples: Sequence[ThinkingExample], tokenizer: PreTrainedTokenizerBase, config: QuantConfig
-) -> VerificationSet:
+) -> ComparisonSet:
     """The test split as a verification set; examples are taken in id order, so the subset is the same every run."""
     ordered = sorted(examples, key=lambda example: example.id)
     subset = ordered[: config.verify_subset]
-    return VerificationSet(
+    return ComparisonSet(
         texts=tuple(chat_formatted_texts(ordered[: config.verify_texts], tokenizer)),
         questions=tuple(example.question for example in subset),
         references=tuple(example.answer for example in subset),
@@ -235,7 +235,7 @@ def score_probes(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> 
 
 
 @torch.no_grad()
-def generate_answers(
+def timed_greedy_answers(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, questions: Sequence[str], max_new_tokens: int
 ) -> GenerationScores:
     """Greedy answers to `questions`, timed: mean seconds per answer and generated tokens per second."""
@@ -278,7 +278,7 @@ def _numeric_metrics(scores: Mapping[str, Any]) -> dict[str, float]:
 def evaluate_model(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    verification: VerificationSet,
+    verification: ComparisonSet,
     config: QuantConfig,
     *,
     variant: str,
@@ -292,7 +292,7 @@ def evaluate_model(
     """Measure one loaded model. `score_fn(predictions, references)` (the evaluation module's scorer) gets the
     greedy answers to the verification subset; its numeric results become the `metric_*` fields."""
     questions = verification.questions or LATENCY_QUESTIONS
-    generation = generate_answers(model, tokenizer, questions, config.verify_max_new_tokens)
+    generation = timed_greedy_answers(model, tokenizer, questions, config.verify_max_new_tokens)
     metrics = {}
     if score_fn is not None and verification.questions:
         metrics = _numeric_metrics(score_fn(list(generation.answers), list(verification.references)))
@@ -312,7 +312,7 @@ def evaluate_model(
 
 def evaluate_directory(
     model_dir: Path,
-    verification: VerificationSet,
+    verification: ComparisonSet,
     config: QuantConfig,
     *,
     score_fn: ScoreFn | None = None,

@@ -29,10 +29,10 @@ from qft_core.model.registry import ensure_model_dir, resolve_model
 from qft_core.package.bundle import build_package
 from qft_core.package.layout import PackageError
 from qft_core.package.model_card import ModelCardInfo
-from qft_core.package.openai_api import ChatRequest, ReasoningStream, parse_chat_request
-from qft_core.package.served_model import Completion, SamplingParams, ServedModel
-from qft_core.package.server import ServerSettings, create_app
-from qft_core.package.vllm import gpu_serving_lines, sglang_command, vllm_command
+from qft_core.serve.openai_api import ChatRequest, ReasoningStream, parse_chat_request
+from qft_core.serve.served_model import Completion, SamplingParams, ServedModel
+from qft_core.serve.server import ServerSettings, create_app
+from qft_core.serve.vllm import gpu_serving_lines, sglang_command, vllm_command
 
 MODEL_ID = "qft-serve-test"
 API_KEY = "s3cret-key"

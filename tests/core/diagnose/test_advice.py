@@ -1,12 +1,16 @@
-"""Advice for the next run, from hand-made metrics through the monitor."""
+"""Advice for the next run, from hand-made metrics through the findings and from hand-made evaluation reports."""
+
+from pathlib import Path
 
 import pytest
-from test_monitor import falling, step
-from tiny_run import cpu_plan
 
 from qft_core.config import QftConfig
-from qft_core.train.advice import advise, round_significant, suggestions_markdown
-from qft_core.train.monitor import monitor_records
+from qft_core.diagnose.advice import advice_markdown, advise, round_significant
+from qft_core.diagnose.findings import monitor_records
+from qft_core.evaluate.report import EvaluationReport
+from qft_core.train.plan import TrainingPlan
+from tests.core.train.step_records import falling, step
+from tests.core.train.tiny_run import cpu_plan
 
 
 def config(**training) -> QftConfig:
@@ -16,8 +20,26 @@ def config(**training) -> QftConfig:
     return settings
 
 
-def by_setting(suggestions) -> dict:
-    return {s.setting: s for s in suggestions}
+def plan_with(**lora) -> TrainingPlan:
+    """cpu_plan with other effective LoRA settings."""
+    plan = cpu_plan()
+    return plan.model_copy(update={"lora": plan.lora.model_copy(update=lora)})
+
+
+def by_setting(changes) -> dict:
+    return {s.setting: s for s in changes}
+
+
+def evaluation_report(means: dict[str, dict[str, float]], generation: dict[str, dict] | None = None) -> dict:
+    """report.json's content as far as advice reads it: per model the metric means and generation statistics of
+    the primary set (test); the validation set is there to be ignored."""
+    metrics = {
+        model: {name: {"mean": value, "ci_low": value, "ci_high": value, "n": 4} for name, value in values.items()}
+        for model, values in means.items()
+    }
+    ignored = {"metrics": {"finetuned": {"rougeL_char_f1": {"mean": 0.0}}}, "generation": {}}
+    return {"primary_set": "test", "sets": {"test": {"metrics": metrics, "generation": generation or {}},
+                                            "validation": ignored}}
 
 
 def overfitting_records() -> list[dict]:
@@ -40,10 +62,10 @@ def test_overfitting_proposes_stopping_at_the_best_epoch_with_a_smaller_rank_and
     epochs = suggestions["training.epochs"]
     assert (epochs.current, epochs.proposed) == (3.0, 1.5)
     assert epochs.evidence["best_val_step"] == 30 and epochs.evidence["last_val_loss"] == 1.95
-    # cpu_plan trains r=4, already the smallest rank the planner uses: only dropout goes up (0.05 → 0.1).
+    # cpu_plan trains r=4, already the smallest rank the planner uses: only dropout goes up (0 → 0.1).
     assert "lora.r" not in suggestions
-    assert (suggestions["lora.dropout"].current, suggestions["lora.dropout"].proposed) == (0.05, 0.1)
-    rank = by_setting(advise(report, cpu_plan().model_copy(update={"lora_r": 16}), config()))["lora.r"]
+    assert (suggestions["lora.dropout"].current, suggestions["lora.dropout"].proposed) == (0.0, 0.1)
+    rank = by_setting(advise(report, plan_with(r=16), config()))["lora.r"]
     assert (rank.current, rank.proposed) == (16, 8)
 
 
@@ -86,7 +108,7 @@ def test_an_unfinished_improving_run_gets_no_advice() -> None:
 
 def test_a_slow_early_plateau_raises_the_learning_rate_and_the_rank_of_an_attention_only_adapter() -> None:
     records = [step(n, 2.0, val_loss=2.02 if n % 10 == 0 else None) for n in range(1, 41)]
-    plan = cpu_plan().model_copy(update={"lora_targets": ["q_proj", "v_proj"]})
+    plan = plan_with(target_modules=["q_proj", "v_proj"])
 
     suggestions = by_setting(advise(monitor_records(records, total_steps=100), plan, config(learning_rate=1e-3)))
 
@@ -117,17 +139,30 @@ def test_an_oom_back_off_proposes_the_micro_batch_the_run_ended_with() -> None:
     assert (micro.current, micro.proposed) == (None, 1) and micro.evidence["planned_micro_batch"] == 2
 
 
-def test_poor_thinking_takes_reasoning_out_of_the_loss() -> None:
-    evaluation = {
-        "fine_tuned": {"rougeL_char_f1": 0.40, "closed_by_model_rate": {"mean": 0.55}},
-        "base": {"rougeL_char_f1": 0.30, "closed_by_model_rate": {"mean": 0.90}},
-    }
+def test_reasoning_the_fine_tuned_model_leaves_unclosed_takes_reasoning_out_of_the_loss() -> None:
+    report = evaluation_report(
+        {"finetuned": {"rougeL_char_f1": 0.40}, "base": {"rougeL_char_f1": 0.30}},
+        {"finetuned": {"closed_by_model_rate": 0.55}, "base": {"closed_by_model_rate": 0.90}},
+    )
+    findings = monitor_records(falling(), total_steps=100)
+    assert "training.loss_on_reasoning" not in by_setting(advise(findings, cpu_plan(), config()))
 
-    suggestions = by_setting(advise(monitor_records(falling(), total_steps=100), cpu_plan(), config(), evaluation))
+    changes = by_setting(advise(findings, cpu_plan(), config(), report))
 
-    reasoning = suggestions["training.loss_on_reasoning"]
+    reasoning = changes["training.loss_on_reasoning"]
     assert (reasoning.current, reasoning.proposed) == (True, False)
     assert reasoning.evidence == {"closed_by_model_rate_fine_tuned": 0.55, "closed_by_model_rate_base": 0.9}
+
+
+def test_less_coherent_reasoning_than_the_base_model_in_an_evaluation_report_takes_reasoning_out() -> None:
+    data = evaluation_report({"finetuned": {"thinking_coherence": 0.50}, "base": {"thinking_coherence": 0.80}})
+    report = EvaluationReport(Path("eval"), Path("eval/report.md"), Path("eval/report.json"), (), (), data)
+
+    changes = by_setting(advise(monitor_records(falling(), total_steps=100), cpu_plan(), config(), report))
+
+    assert changes["training.loss_on_reasoning"].evidence == {
+        "thinking_coherence_fine_tuned": 0.5, "thinking_coherence_base": 0.8
+    }
 
 
 def test_a_dominating_reasoning_loss_takes_reasoning_out_of_the_loss() -> None:
@@ -140,23 +175,23 @@ def test_a_dominating_reasoning_loss_takes_reasoning_out_of_the_loss() -> None:
 
 
 def test_answers_that_do_not_improve_without_reasoning_put_reasoning_back() -> None:
-    evaluation = {"finetuned": {"rougeL_char_f1": 0.31}, "base": {"rougeL_char_f1": 0.30}}
+    report = evaluation_report({"finetuned": {"rougeL_char_f1": 0.31}, "base": {"rougeL_char_f1": 0.30}})
 
-    suggestions = by_setting(
-        advise(monitor_records(falling(), total_steps=100), cpu_plan(), config(loss_on_reasoning=False), evaluation)
+    changes = by_setting(
+        advise(monitor_records(falling(), total_steps=100), cpu_plan(), config(loss_on_reasoning=False), report)
     )
 
-    reasoning = suggestions["training.loss_on_reasoning"]
+    reasoning = changes["training.loss_on_reasoning"]
     assert (reasoning.current, reasoning.proposed) == (False, True)
-    assert abs(reasoning.evidence["rougeL_char_f1_gain"] - 0.01) < 1e-12
+    assert reasoning.evidence["rougeL_char_f1_gain"] == pytest.approx(0.01)
 
 
 def test_markdown_lists_each_suggestion_with_its_evidence() -> None:
     report = monitor_records(overfitting_records(), total_steps=60)
-    text = suggestions_markdown(advise(report, cpu_plan(), config(epochs=3.0)))
+    text = advice_markdown(advise(report, cpu_plan(), config(epochs=3.0)))
 
     assert "| `training.epochs` | 3 | 1.5 |" in text and "best_val_step=30" in text
-    assert "None: nothing" in suggestions_markdown([])
+    assert "None: nothing" in advice_markdown([])
 
 
 def test_early_convergence_proposes_stopping_where_the_loss_went_flat() -> None:

@@ -1,5 +1,5 @@
-"""Advice for the next training run: concrete setting changes read off the monitor's findings, the plan that ran,
-the configuration and, when there is one, the evaluation's headline numbers, each with the numbers behind it."""
+"""Advice for the next training run: concrete setting changes read off the run's findings, the plan that ran,
+the configuration and, once the adapter is evaluated, the evaluation report, each with the numbers behind it."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from qft_core.config import QftConfig
+from qft_core.diagnose.findings import Finding, MonitorReport
+from qft_core.evaluate.report import EvaluationReport
 from qft_core.evaluate.suggestions import MAX_UNCLOSED_RATE
-from qft_core.train.monitor import Finding, MonitorReport
 from qft_core.train.plan import MIN_LORA_RANK, TrainingPlan
 
 # Learning-rate changes: divergence is cut harder than isolated gradient spikes; a slow early plateau is pushed.
@@ -31,11 +32,11 @@ DROPOUT_FLOOR = 0.1
 DROPOUT_STEP = 0.05
 # The answer metric whose gain over the base model says whether fine-tuning helped.
 ANSWER_METRIC = "rougeL_char_f1"
-FINE_TUNED_KEYS = ("fine_tuned", "finetuned", "fine-tuned")
-BASE_KEYS = ("base",)
+# The evaluation report's names of the two models compared.
+FINE_TUNED, BASE = "finetuned", "base"
 
 
-class Suggestion(BaseModel):
+class SettingChange(BaseModel):
     """One change for the next run: the config key, its value in this run, the proposed value, why, and the
     numbers that motivate it."""
 
@@ -49,18 +50,22 @@ class Suggestion(BaseModel):
 
 
 def advise(
-    monitor_report: MonitorReport,
+    findings: MonitorReport,
     plan: TrainingPlan,
     config: QftConfig,
-    evaluation: Mapping[str, Any] | None = None,
-) -> list[Suggestion]:
-    """Suggestions in the order learning rate, epochs, batch, LoRA, reasoning loss; at most one per setting (the
-    first rule that fires wins: divergence before spikes, overfitting before more epochs, and so on).
+    evaluation: EvaluationReport | Mapping[str, Any] | None = None,
+) -> list[SettingChange]:
+    """Setting changes for the next run, in the order learning rate, epochs, batch, LoRA, reasoning loss; at most
+    one per setting (the first rule that fires wins: divergence before spikes, overfitting before more epochs,
+    and so on).
 
-    `evaluation` is a plain dict of headline metrics, `{"fine_tuned": {metric: value}, "base": {...}}`, where a
-    value may be a number or a summary with a "mean" (as in the evaluation report).
+    Diagnosis runs after evaluation: `findings` is the trained run's report (`monitor_run` on its run folder),
+    `plan` the plan it trained with, and `evaluation` the evaluation of its adapter (the `EvaluationReport` or
+    report.json's content). The rules that compare the fine-tuned model with the base model (answers no better,
+    reasoning left unclosed or less coherent) read the evaluation's primary set and fire only when it is given;
+    without it the advice rests on the training findings alone.
     """
-    context = _Context(monitor_report, plan, config, _headlines(evaluation or {}))
+    context = _Context(findings, plan, config, _headlines(evaluation))
     rules = (
         _learning_rate,
         _epochs,
@@ -72,20 +77,20 @@ def advise(
         _lora_dropout,
         _loss_on_reasoning,
     )
-    suggestions: list[Suggestion] = []
+    changes: list[SettingChange] = []
     for rule in rules:
-        suggestion = rule(context)
-        if suggestion is not None and all(s.setting != suggestion.setting for s in suggestions):
-            suggestions.append(suggestion)
-    return suggestions
+        change = rule(context)
+        if change is not None and all(c.setting != change.setting for c in changes):
+            changes.append(change)
+    return changes
 
 
-def suggestions_markdown(suggestions: list[Suggestion]) -> str:
+def advice_markdown(changes: list[SettingChange]) -> str:
     lines = ["## Suggestions for the next run", ""]
-    if not suggestions:
+    if not changes:
         return "\n".join([*lines, "None: nothing in this run calls for a change."]) + "\n"
     lines += ["| setting | current | proposed | why | evidence |", "|---|---|---|---|---|"]
-    for s in suggestions:
+    for s in changes:
         evidence = ", ".join(f"{key}={_show(value)}" for key, value in s.evidence.items())
         lines.append(f"| `{s.setting}` | {_show(s.current)} | {_show(s.proposed)} | {s.reason} | {evidence} |")
     return "\n".join(lines) + "\n"
@@ -123,8 +128,8 @@ class _Context:
         self.plan = plan
         self.config = config
         self.training = config.training
-        self.fine_tuned = headlines.get("fine_tuned", {})
-        self.base = headlines.get("base", {})
+        self.fine_tuned = headlines[FINE_TUNED]
+        self.base = headlines[BASE]
         self.tolerance = config.eval.regression_tolerance
 
     def first(self, kind: str) -> Finding | None:
@@ -158,55 +163,58 @@ class _Context:
             return {f"{ANSWER_METRIC}_gain": gain, "tolerance": self.tolerance}
         return None
 
-    def by_training_length(self, factor: float, reason: str, evidence: dict[str, Any]) -> Suggestion:
+    def by_training_length(self, factor: float, reason: str, evidence: dict[str, Any]) -> SettingChange:
         """Scale the run's length: max_steps when set, else epochs."""
         if self.training.max_steps is not None:
             proposed = max(1, round(self.training.max_steps * factor))
-            return Suggestion(
+            return SettingChange(
                 setting="training.max_steps", current=self.training.max_steps, proposed=proposed,
                 reason=reason, evidence=evidence,
             )
-        return Suggestion(
+        return SettingChange(
             setting="training.epochs", current=self.training.epochs,
             proposed=_ceil_hundredth(self.training.epochs * factor), reason=reason, evidence=evidence,
         )
 
-    def stop_at(self, step: int, epoch: float | None, reason: str, evidence: dict[str, Any]) -> Suggestion:
+    def stop_at(self, step: int, epoch: float | None, reason: str, evidence: dict[str, Any]) -> SettingChange:
         """End the next run where this one was best: at that step (max_steps set) or that epoch."""
         if self.training.max_steps is not None or epoch is None:
             current = self.training.max_steps if self.training.max_steps is not None else self.stats.last_step
-            return Suggestion(
+            return SettingChange(
                 setting="training.max_steps", current=current, proposed=step, reason=reason, evidence=evidence
             )
-        return Suggestion(
+        return SettingChange(
             setting="training.epochs", current=self.training.epochs, proposed=max(_ceil_hundredth(epoch), 0.01),
             reason=reason, evidence=evidence,
         )
 
 
-def _headlines(evaluation: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-    """{"fine_tuned": {metric: mean}, "base": {...}} from the names and value shapes an evaluation may use."""
+def _headlines(evaluation: EvaluationReport | Mapping[str, Any] | None) -> dict[str, dict[str, float]]:
+    """{FINE_TUNED: {metric: mean}, BASE: {...}} of the evaluation's primary set: the metric means and the
+    generation statistics (closed_by_model_rate, …); empty without an evaluation."""
+    if evaluation is None:
+        return {FINE_TUNED: {}, BASE: {}}
+    data = evaluation.data if isinstance(evaluation, EvaluationReport) else evaluation
+    summary = data["sets"][data["primary_set"]]
     found: dict[str, dict[str, float]] = {}
-    for name, keys in (("fine_tuned", FINE_TUNED_KEYS), ("base", BASE_KEYS)):
-        section = next((evaluation[key] for key in keys if key in evaluation), None) or {}
+    for model in (FINE_TUNED, BASE):
         values = {}
-        for metric, value in section.items():
-            if isinstance(value, Mapping):
-                value = value.get("mean")
+        metrics = {name: value.get("mean") for name, value in summary["metrics"].get(model, {}).items()}
+        for name, value in {**metrics, **summary.get("generation", {}).get(model, {})}.items():
             if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-                values[metric] = float(value)
-        found[name] = values
+                values[name] = float(value)
+        found[model] = values
     return found
 
 
 # -- the rules, one setting each ---------------------------------------------------------------------------------
 
 
-def _learning_rate(c: _Context) -> Suggestion | None:
+def _learning_rate(c: _Context) -> SettingChange | None:
     lr = c.training.learning_rate
     divergence = c.first("divergence")
     if divergence is not None:
-        return Suggestion(
+        return SettingChange(
             setting="training.learning_rate", current=lr, proposed=round_significant(lr / DIVERGENCE_LR_DIVISOR),
             reason=f"the loss diverged ({divergence.message}); lower the learning rate {DIVERGENCE_LR_DIVISOR}×",
             evidence={"divergence_step": divergence.step, **divergence.evidence},
@@ -214,7 +222,7 @@ def _learning_rate(c: _Context) -> Suggestion | None:
     spikes = c.report.of_kind("gradient_explosion")
     if spikes:
         worst = max(spikes, key=lambda f: f.evidence["factor"])
-        return Suggestion(
+        return SettingChange(
             setting="training.learning_rate", current=lr, proposed=round_significant(lr / EXPLOSION_LR_DIVISOR),
             reason=(
                 f"{len(spikes)} gradient-norm spike(s), the worst {worst.evidence['factor']:.1f}× the running median "
@@ -224,7 +232,7 @@ def _learning_rate(c: _Context) -> Suggestion | None:
         )
     slow = next((f for f in c.report.of_kind("plateau") if f.evidence["slow"]), None)
     if slow is not None:
-        return Suggestion(
+        return SettingChange(
             setting="training.learning_rate", current=lr, proposed=round_significant(lr * SLOW_PLATEAU_LR_FACTOR),
             reason=(
                 f"the loss stalled early (from step {slow.step}) after only a {slow.evidence['drop_before']:.1%} drop "
@@ -235,7 +243,7 @@ def _learning_rate(c: _Context) -> Suggestion | None:
     return None
 
 
-def _epochs(c: _Context) -> Suggestion | None:
+def _epochs(c: _Context) -> SettingChange | None:
     overfitting = c.first("overfitting")
     if overfitting is not None:
         evidence = overfitting.evidence
@@ -273,11 +281,11 @@ def _epochs(c: _Context) -> Suggestion | None:
     return None
 
 
-def _batch(c: _Context) -> Suggestion | None:
+def _batch(c: _Context) -> SettingChange | None:
     current = c.training.global_batch_size
     noisy = c.first("noisy_loss")
     if noisy is not None:
-        return Suggestion(
+        return SettingChange(
             setting="training.global_batch_size", current=current, proposed=current * 2,
             reason=(
                 f"the loss moves {noisy.evidence['loss_noise']:.1%} from step to step; a global batch twice as large "
@@ -287,7 +295,7 @@ def _batch(c: _Context) -> Suggestion | None:
         )
     comm = c.first("communication_bound")
     if comm is not None and c.plan.world_size > 1:
-        return Suggestion(
+        return SettingChange(
             setting="training.global_batch_size", current=current, proposed=current * 2,
             reason=(
                 f"{comm.evidence['comm_share']:.0%} of step time is communication; twice the global batch doubles the "
@@ -298,11 +306,11 @@ def _batch(c: _Context) -> Suggestion | None:
     return None
 
 
-def _micro_batch(c: _Context) -> Suggestion | None:
+def _micro_batch(c: _Context) -> SettingChange | None:
     oom = c.first("oom")
     if oom is None or c.stats.micro_batch_last is None:
         return None
-    return Suggestion(
+    return SettingChange(
         setting="training.micro_batch_size", current=c.training.micro_batch_size, proposed=c.stats.micro_batch_last,
         reason=(
             f"the run ran out of memory {oom.evidence['oom_events']} time(s) and backed off from micro-batch "
@@ -313,11 +321,11 @@ def _micro_batch(c: _Context) -> Suggestion | None:
     )
 
 
-def _packing(c: _Context) -> Suggestion | None:
+def _packing(c: _Context) -> SettingChange | None:
     imbalance = c.first("load_imbalance")
     if imbalance is None or c.training.packing:
         return None
-    return Suggestion(
+    return SettingChange(
         setting="training.packing", current=False, proposed=True,
         reason=(
             f"ranks are imbalanced ({imbalance.evidence['load_balance_ratio']:.2f}× slowest over fastest); packing "
@@ -327,12 +335,12 @@ def _packing(c: _Context) -> Suggestion | None:
     )
 
 
-def _lora_rank(c: _Context) -> Suggestion | None:
-    r = c.plan.lora_r
+def _lora_rank(c: _Context) -> SettingChange | None:
+    r = c.plan.lora.r
     overfitting = c.first("overfitting")
     repeated = c.stats.last_epoch is not None and c.stats.last_epoch >= 1
     if overfitting is not None and repeated and r > MIN_LORA_RANK:
-        return Suggestion(
+        return SettingChange(
             setting="lora.r", current=r, proposed=max(MIN_LORA_RANK, r // 2),
             reason=(
                 f"the adapter overfits data it saw {c.stats.last_epoch:.2f} times; half the rank leaves it less room "
@@ -345,7 +353,7 @@ def _lora_rank(c: _Context) -> Suggestion | None:
         note = ""
         if r < c.config.lora.r:
             note = f" (the planner lowered it from lora.r={c.config.lora.r} to fit memory: a larger rank needs more)"
-        return Suggestion(
+        return SettingChange(
             setting="lora.r", current=r, proposed=2 * r,
             reason=(
                 f"the loss stopped improving without overfitting at a low rank {r}{note}; double it (and lora.alpha "
@@ -356,13 +364,14 @@ def _lora_rank(c: _Context) -> Suggestion | None:
     return None
 
 
-def _lora_targets(c: _Context) -> Suggestion | None:
-    missing = [name for name in MLP_TARGETS if name not in c.plan.lora_targets]
+def _lora_targets(c: _Context) -> SettingChange | None:
+    targets = c.plan.lora.target_modules
+    missing = [name for name in MLP_TARGETS if name not in targets]
     underfitting = c.underfitting()
     if not missing or underfitting is None:
         return None
-    return Suggestion(
-        setting="lora.target_modules", current=list(c.plan.lora_targets), proposed=[*c.plan.lora_targets, *missing],
+    return SettingChange(
+        setting="lora.target_modules", current=list(targets), proposed=[*targets, *missing],
         reason=(
             f"the loss stopped improving without overfitting and the MLP projections ({', '.join(missing)}) carry no "
             "adapter; they hold much of a model's factual knowledge"
@@ -371,12 +380,12 @@ def _lora_targets(c: _Context) -> Suggestion | None:
     )
 
 
-def _lora_dropout(c: _Context) -> Suggestion | None:
+def _lora_dropout(c: _Context) -> SettingChange | None:
     overfitting = c.first("overfitting")
     if overfitting is None:
         return None
-    dropout = c.config.lora.dropout
-    return Suggestion(
+    dropout = c.plan.lora.dropout
+    return SettingChange(
         setting="lora.dropout", current=dropout, proposed=round(max(DROPOUT_FLOOR, dropout + DROPOUT_STEP), 4),
         reason="the adapter overfits; more dropout on its input regularises it",
         evidence={"best_val_loss": overfitting.evidence["best_val_loss"],
@@ -384,7 +393,7 @@ def _lora_dropout(c: _Context) -> Suggestion | None:
     )
 
 
-def _loss_on_reasoning(c: _Context) -> Suggestion | None:
+def _loss_on_reasoning(c: _Context) -> SettingChange | None:
     """Reasoning out of the loss when the fine-tuned reasoning got worse or dominates the loss; back in when the
     answers did not improve while reasoning was left out."""
     if c.training.loss_on_reasoning:
@@ -394,7 +403,7 @@ def _loss_on_reasoning(c: _Context) -> Suggestion | None:
             evidence = dominating.evidence
         if evidence is None:
             return None
-        return Suggestion(
+        return SettingChange(
             setting="training.loss_on_reasoning", current=True, proposed=False,
             reason=(
                 "the reasoning is what goes wrong (worse thinking metrics than the base model, or a reasoning loss "
@@ -404,7 +413,7 @@ def _loss_on_reasoning(c: _Context) -> Suggestion | None:
         )
     gain = c.answer_gain()
     if gain is not None and gain <= c.tolerance:
-        return Suggestion(
+        return SettingChange(
             setting="training.loss_on_reasoning", current=False, proposed=True,
             reason=(
                 f"with the reasoning left out of the loss, {ANSWER_METRIC} gained only {gain:+.3f} over the base "

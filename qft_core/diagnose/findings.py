@@ -1,5 +1,5 @@
-"""The training monitor: reads the engine's metrics JSONL and says how a run goes (trend, ETA, anomalies, load
-balance) as a report of findings with curves, and follows a live run one record at a time for the run log."""
+"""The findings of a training run: read the engine's metrics JSONL and judge how the run went (trend, ETA,
+anomalies, load balance) as a MonitorReport that the run report and the advice are made from."""
 
 from __future__ import annotations
 
@@ -13,21 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from qft_core.train.metrics_log import METRICS_FILE
-from qft_core.train.curves import (
-    CHINESE_ACCURACIES,
-    CHINESE_METRICS,
-    has_chinese_metrics,
-    plot_chinese_metrics,
-    plot_training_panels,
-    read_metrics,
-    series,
-)
+from qft_core.diagnose.curves import CHINESE_ACCURACIES, CHINESE_METRICS, read_metrics, series
 from qft_core.train.job import SUMMARY_FILE, TrainingSummary
-
-REPORT_FILE = "training_monitor.md"
-PANELS_FILE = "training_curves.png"
-CHINESE_FILE = "chinese_metrics.png"
+from qft_core.train.metrics_log import METRICS_FILE, eta_seconds
 
 Status = Literal["no_data", "warming_up", "improving", "converged", "diverging", "overfitting", "not_learning"]
 Severity = Literal["info", "warning", "critical"]
@@ -211,25 +199,6 @@ def trailing_mean(values: Sequence[float], span: int) -> list[float]:
             total -= values[index - span]
         means.append(total / min(index + 1, span))
     return means
-
-
-def eta_seconds(step_times: Sequence[float], remaining_steps: int) -> float:
-    """Remaining steps times the mean of the given recent step times (validation and checkpoint time excluded,
-    as in the engine's step_time_s)."""
-    if remaining_steps <= 0:
-        return 0.0
-    return statistics.fmean(step_times) * remaining_steps if step_times else math.nan
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "unknown"
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def anomaly_category(anomaly: str) -> str:
@@ -778,156 +747,3 @@ def _status(
     if len(losses.smoothed) <= window or stats.tail_improvement is None:
         return "warming_up"
     return "improving" if stats.tail_improvement >= settings.converged_improvement else "converged"
-
-
-# -- writing ---------------------------------------------------------------------------------------------------
-
-
-def write_monitor_report(
-    report: MonitorReport, out_dir: str | Path, records: list[dict] | None = None
-) -> tuple[Path, list[Path]]:
-    """`training_monitor.md` and the curves (`training_curves.png`, plus `chinese_metrics.png` when the records
-    carry Chinese metrics) in out_dir; the records are read from the report's source unless given."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if records is None:
-        if report.source is None:
-            raise MonitorError("write_monitor_report: the report names no metrics file; pass the records")
-        records = read_metrics(report.source)
-    steps = step_records(records)
-    accepted = [r for r in steps if not r.get("skipped") and r.get("loss") is not None]
-    smoothed = list(
-        zip(
-            (r["step"] for r in accepted),
-            trailing_mean([float(r["loss"]) for r in accepted], report.stats.smoothing_steps or 1),
-        )
-    )
-    spikes = [step for finding in report.of_kind("gradient_explosion") for step in finding.evidence["steps"]]
-    pngs = [plot_training_panels(steps, out_dir / PANELS_FILE, smoothed=smoothed, spike_steps=spikes)]
-    if has_chinese_metrics(steps):
-        pngs.append(plot_chinese_metrics(steps, out_dir / CHINESE_FILE))
-    markdown = out_dir / REPORT_FILE
-    markdown.write_text(report_markdown(report, [png.name for png in pngs]), encoding="utf-8")
-    return markdown, pngs
-
-
-def report_markdown(report: MonitorReport, images: Sequence[str] = ()) -> str:
-    """The report as Markdown: status line, key numbers, findings, then the images (paths relative to it)."""
-    stats = report.stats
-    progress = f"step {stats.last_step} / {stats.total_steps or '?'}"
-    lines = [
-        "## Training monitor",
-        "",
-        f"**Status: {report.status}** — {progress}, ETA {format_duration(report.eta_s)}",
-        "",
-        "| measure | value |",
-        "|---|---|",
-    ]
-    rows = [
-        ("steps logged / last epoch", f"{stats.steps_logged} / {_number(stats.last_epoch)}"),
-        ("train loss first → last", f"{_number(stats.first_loss)} → {_number(stats.last_loss)}"),
-        (
-            f"smoothed train loss ({stats.smoothing_steps}-step mean)",
-            f"{_number(stats.smoothed_loss)} (best {_number(stats.best_smoothed_loss)} at step "
-            f"{stats.best_smoothed_step})",
-        ),
-        (f"relative improvement over the last {stats.window_steps} steps", _percent(stats.tail_improvement)),
-        ("validation loss last / best", f"{_number(stats.last_val_loss)} / {_number(stats.best_val_loss)} "
-                                         f"(step {stats.best_val_step})"),
-        ("learning rate (last)", _number(stats.last_lr)),
-        ("median gradient norm", _number(stats.median_grad_norm)),
-        ("step time / throughput (recent)", f"{_number(stats.step_time_s)} s / {_number(stats.tokens_per_s)} tok/s"),
-        ("peak memory", f"{_number(stats.peak_memory_gib)} GiB"),
-        ("skipped steps", f"{stats.skipped_steps} {stats.skipped_by_reason or ''}".strip()),
-        ("out-of-memory back-offs / restarts", f"{stats.oom_events} / {stats.restarts}"),
-        ("world size", str(stats.world_size or 1)),
-        ("communication share of step time", _percent(stats.comm_share)),
-        ("load balance (slowest / fastest rank)", _number(stats.load_balance_ratio)),
-        *((f"{key} last / best", f"{_number(v['last'])} / {_number(v['best'])} (step {v['best_step']:g})")
-          for key, v in stats.chinese.items()),
-    ]
-    lines += [f"| {name} | {value} |" for name, value in rows]
-    lines += ["", "### Findings", ""]
-    if report.findings:
-        lines += ["| severity | kind | step | what |", "|---|---|---|---|"]
-        lines += [
-            f"| {f.severity} | {f.kind} | {f.step if f.step is not None else '–'} | {f.message} |"
-            for f in report.findings
-        ]
-    else:
-        lines.append("None: no anomaly in the logged steps.")
-    if images:
-        lines += ["", "### Curves", "", *(f"![{name}]({name})" for name in images)]
-    return "\n".join(lines) + "\n"
-
-
-def _number(value: float | None) -> str:
-    return "–" if value is None else f"{value:.4g}"
-
-
-def _percent(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1%}"
-
-
-# -- following a live run --------------------------------------------------------------------------------------
-
-
-class ProgressTracker:
-    """Follows a run one record at a time (as the engine reports them) for a live log: `update` returns a
-    one-line status every `every` steps, at the last step and at a skipped step, else None."""
-
-    def __init__(
-        self, total_steps: int | None = None, every: int = 10, smoothing: int = 10, eta_steps: int = 20
-    ) -> None:
-        if every < 1:
-            raise ValueError(f"ProgressTracker: every must be at least 1, got {every}")
-        self.total_steps = total_steps
-        self.every = every
-        self.smoothing = smoothing
-        self.eta_steps = eta_steps
-        self.losses: list[float] = []
-        self.step_times: list[float] = []
-        self.last_val_loss: float | None = None
-
-    def update(self, record: dict) -> str | None:
-        if "event" in record:
-            if record["event"] == "oom":
-                return (
-                    f"out of memory at step {record.get('step')}: micro-batch now "
-                    f"{record.get('micro_batch_size')} x accumulation {record.get('grad_accum_steps')}"
-                )
-            return None
-        step = record["step"]
-        if self.total_steps is None:
-            self.total_steps = record.get("total_steps")
-        if record.get("step_time_s") is not None:
-            self.step_times = [*self.step_times, record["step_time_s"]][-self.eta_steps :]
-        if record.get("loss") is not None and not record.get("skipped"):
-            self.losses = [*self.losses, float(record["loss"])][-self.smoothing :]
-        if record.get("val_loss") is not None:
-            self.last_val_loss = record["val_loss"]
-        final = self.total_steps is not None and step >= self.total_steps
-        if not (step % self.every == 0 or final or record.get("skipped")):
-            return None
-        return self._line(record)
-
-    def _line(self, record: dict) -> str:
-        step = record["step"]
-        if self.total_steps:
-            parts = [f"step {step}/{self.total_steps} ({step / self.total_steps:.0%})"]
-        else:
-            parts = [f"step {step}"]
-        if self.losses:
-            parts.append(f"loss {self.losses[-1]:.4f} (mean of last {len(self.losses)}: "
-                         f"{statistics.fmean(self.losses):.4f})")
-        if self.last_val_loss is not None:
-            parts.append(f"val {self.last_val_loss:.4f}")
-        if record.get("lr") is not None:
-            parts.append(f"lr {record['lr']:.2e}")
-        if record.get("tokens_per_s"):
-            parts.append(f"{record['tokens_per_s']:,.0f} tok/s")
-        if self.total_steps is not None and self.step_times:
-            parts.append(f"ETA {format_duration(eta_seconds(self.step_times, self.total_steps - step))}")
-        if record.get("skipped"):
-            parts.append(f"SKIPPED: {record.get('anomaly', 'anomaly')}")
-        return " | ".join(parts)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qft_core.model.chat import THINK_CLOSE, THINK_OPEN, split_reasoning
-from qft_core.package.served_model import Completion, SamplingParams, partial_marker_length
+from qft_core.serve.served_model import Completion, SamplingParams, partial_marker_length
 
 ROLES = ("system", "user", "assistant")
 MAX_STOP_STRINGS = 4
