@@ -43,7 +43,7 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from qft_core.cli_package import API_KEY_ENV  # noqa: E402
+from qft_core.cli.serve import API_KEY_ENV  # noqa: E402
 from qft_core.config import ExportConfig, ModelConfig, PathsConfig, QftConfig, load_config  # noqa: E402
 
 TINY_PACKAGE_NAME = "qft-load-tiny"

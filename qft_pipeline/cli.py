@@ -1,23 +1,42 @@
-"""The full `qft` command: qft_core's commands plus those that drive Dagster (`run`, `ui`)."""
+"""The `qft` commands that drive Dagster (`run`, `ui`), which `qft_core.cli` adds where this package imports.
+Dagster is imported only when one of them runs: the other commands need none, and start seconds sooner."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
 from typing import TextIO
 
-from qft_core import cli as core_cli
+from qft_core.cli.errors import CommandError, Handler
 from qft_core.config import REPO_ROOT
-from qft_pipeline.instance import dagster_home_path, project_dagster_home
 
 
+def _needs_dagster(handler: Handler) -> Handler:
+    """A handler that says in one line, not a traceback, that it needs Dagster where Dagster cannot be imported."""
+
+    @functools.wraps(handler)
+    def checked(args: argparse.Namespace) -> int:
+        try:
+            import dagster  # noqa: F401
+        except ImportError as error:
+            raise CommandError(
+                f"needs Dagster, which this Python cannot import ({error}); install the project with its "
+                "dependencies (`uv sync`). The other commands work without it."
+            ) from None
+        return handler(args)
+
+    return checked
+
+
+@_needs_dagster
 def cmd_run(args: argparse.Namespace) -> int:
     from qft_pipeline.console import output_to_file
+    from qft_pipeline.instance import dagster_home_path, project_dagster_home
 
     if args.verbose:
         outcome = _materialize(args, console=sys.stderr)
@@ -29,7 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             with output_to_file(log_file) as console:
                 outcome = _materialize(args, console)
-        except core_cli.CommandError:
+        except CommandError:
             # A bad --select runs nothing and leaves no trace: not even the log of the imports, nor the folders
             # made for it (removed only while empty, so a concurrent run's files are safe).
             log_file.unlink(missing_ok=True)
@@ -65,10 +84,13 @@ def _materialize(args: argparse.Namespace, console: TextIO):
     try:
         return materialize_graph(config_file=args.config, selection=args.select, device=args.device, console=console)
     except SelectionError as error:
-        raise core_cli.CommandError(str(error)) from None
+        raise CommandError(str(error)) from None
 
 
+@_needs_dagster
 def cmd_ui(args: argparse.Namespace) -> int:
+    from qft_pipeline.instance import project_dagster_home
+
     os.environ.setdefault("DAGSTER_HOME", str(project_dagster_home()))
     # The project's workspace, wherever DAGSTER_HOME points.
     workspace = REPO_ROOT / "workspace.yaml"
@@ -81,9 +103,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     os.execvp(command[0], command)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = core_cli.build_parser()
-    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+def add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
+    """Add `run` and `ui` to the subparsers of the main `qft` parser (the hook `qft_core.cli` looks for)."""
     run = commands.add_parser("run", help="materialize the whole asset graph in the project's Dagster instance")
     run.add_argument(
         "--select",
@@ -99,12 +120,3 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
     ui.set_defaults(handler=cmd_ui)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return core_cli.run(build_parser(), argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

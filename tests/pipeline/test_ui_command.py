@@ -28,7 +28,7 @@ def test_qft_ui_in_the_background_stops_with_all_its_processes(stop, tmp_path):
     port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "qft_pipeline.cli", "ui", "--port", str(port)],
+        [sys.executable, "-m", "qft_core.cli", "ui", "--port", str(port)],
         env=env, start_new_session=True, preexec_fn=_ignore_sigint,
         stdout=subprocess.DEVNULL, stderr=(tmp_path / "ui.log").open("wb"),
     )

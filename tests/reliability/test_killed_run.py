@@ -66,7 +66,7 @@ def test_a_sigkill_of_qft_runs_process_group_ends_the_trainer_and_the_next_run_r
 
     # The first run's trainer stops at step 3, after checkpoint 2, and waits there to be killed.
     env = {**os.environ, faults.HANG_AT_STEP: "3"}
-    command = [sys.executable, "-m", "qft_pipeline.cli", "--config", str(config_file), "run", "--select", "+key:lora_checkpoint"]
+    command = [sys.executable, "-m", "qft_core.cli", "--config", str(config_file), "run", "--select", "+key:lora_checkpoint"]
     with open(tmp_path / "first_run.log", "wb") as log:
         first = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

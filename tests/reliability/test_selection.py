@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qft_pipeline.cli import main as qft
+from qft_core.cli import main as qft
 from qft_pipeline.instance import project_instance
 from qft_pipeline.jobs import DEPLOY_JOB, FORMAT_TAG, MAIN_JOB, QUANTIZE_JOB
 from qft_pipeline.runner import materialize_graph, plan_steps

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from qft_core.cli import run
-from qft_core.cli_experts import add_expert_commands
+from qft_core.cli.experts import add_expert_commands
 from qft_core.evaluate.expert_store import ExpertStore, load_gold_set
 from qft_core.evaluate.experts import EvalOutput, read_eval_outputs
 

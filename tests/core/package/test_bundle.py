@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
 from qft_core.cli import run
-from qft_core.cli_package import add_package_commands
+from qft_core.cli.package import add_package_commands
 from qft_core.config import ModelConfig, PathsConfig, QftConfig, QuantConfig
 from qft_core.model.chat import generation_prompt_ids
 from qft_core.model.registry import ensure_model_dir, resolve_model, stand_in_note

@@ -22,7 +22,7 @@ import uvicorn
 from transformers import AutoTokenizer
 
 from qft_core.cli import main
-from qft_core.cli_package import add_package_commands, cmd_serve
+from qft_core.cli.serve import add_serve_commands, cmd_serve
 from qft_core.config import ModelConfig, PathsConfig, QftConfig
 from qft_core.model.chat import split_reasoning
 from qft_core.model.registry import ensure_model_dir, resolve_model
@@ -546,7 +546,7 @@ def test_sglang_command_cli_prints_one_shell_line(tmp_path: Path, capsys) -> Non
 
 def test_serve_command_parses_host_port_and_key() -> None:
     parser = argparse.ArgumentParser(prog="qft")
-    add_package_commands(parser.add_subparsers(dest="command", required=True))
+    add_serve_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["serve", "pkg", "--host", "0.0.0.0", "--port", "9000", "--api-key", "k"])
     assert (args.handler, args.package, args.host, args.port, args.api_key) == (cmd_serve, "pkg", "0.0.0.0", 9000, "k")
 

@@ -1,40 +1,16 @@
-"""The `qft` commands that need no Dagster: argument parsing only, the work happens in qft_core's modules."""
+"""The `qft parse`, `split`, `terms` and `export-data` commands: from Markdown to splits and other trainers'
+formats. Argument parsing only; the work is in `qft_core.data`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tqdm import tqdm
-
-from qft_core.cli_evaluate import add_evaluate_commands
-from qft_core.cli_experts import add_expert_commands
-from qft_core.cli_package import add_package_commands
-from qft_core.config import ConfigError, load_config
-
-
-class CommandError(Exception):
-    """A user-facing failure: printed as one line, exit status 1."""
-
-
-def progress_bar(
-    description: str, unit: str = "file", show_item: bool = False
-) -> tuple[Callable[[int, int, object], None], Callable[[], None]]:
-    """A terminal progress bar (none when stderr is no terminal) fed by `update(done, total, item)`; with
-    `show_item` the item (a stage, say) is shown beside the count. Call `close` when the work ends."""
-    bar = tqdm(desc=description, unit=unit, disable=None, file=sys.stderr)
-
-    def update(done: int, total: int, item: object) -> None:
-        bar.total = total
-        bar.n = done
-        if show_item:
-            bar.set_postfix_str(str(item), refresh=False)
-        bar.refresh()
-
-    return update, bar.close
+from qft_core.cli.errors import CommandError
+from qft_core.cli.progress import progress_bar
+from qft_core.config import load_config
 
 
 def _write_json(path: Path, value: object) -> None:
@@ -120,36 +96,6 @@ def cmd_terms(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
-    from qft_core.device import resolve_device
-    from qft_core.model.registry import ensure_model_dir, resolve_model
-    from qft_core.train.hardware import profile_hardware
-    from qft_core.train.plan import plan_for
-
-    config = load_config(args.config, device=args.device)
-    if args.nproc:
-        config.training.nproc = args.nproc
-    profile = profile_hardware()
-    # A device the machine lacks is a one-line error before any model is built.
-    resolve_device(config.model.device, cuda_available=bool(profile.gpus))
-    model_dir = ensure_model_dir(resolve_model(config.model, config.paths))
-    print(profile.to_markdown())
-    print()
-    print(plan_for(config, model_dir, profile).to_markdown())
-    return 0
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from qft_core.train.launch import run_training
-
-    config = load_config(args.config, device=args.device)
-    if args.nproc:
-        config.training.nproc = args.nproc
-    summary = run_training(config, Path(args.splits), Path(args.out), stream=print)
-    print(summary.model_dump_json(indent=2))
-    return 0
-
-
 def cmd_export_data(args: argparse.Namespace) -> int:
     from qft_core.data.export import ExportError, export_splits, read_split_files
 
@@ -162,16 +108,8 @@ def cmd_export_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qft", description="Fine-tune Qwen3-Thinking on Chinese cryptography Q&A.")
-    parser.add_argument("--config", help="YAML config file (default: the embedded CPU defaults)")
-    parser.add_argument(
-        "--device",
-        choices=["auto", "cpu", "cuda"],
-        help="where every stage computes, instead of the config's model.device (auto: CUDA when a GPU is visible)",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_data_commands(commands: argparse._SubParsersAction) -> None:
+    """Add `parse`, `split`, `terms` and `export-data` to the subparsers of the main `qft` parser."""
     parse = commands.add_parser("parse", help="parse Markdown thinking data into parquet")
     parse.add_argument("paths", nargs="+", metavar="PATH", help="a .md file or a folder searched recursively")
     parse.add_argument("--out", required=True, help="parquet file, one row per parsed example")
@@ -196,35 +134,3 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", required=True, metavar="messages|sharegpt|alpaca")
     export.add_argument("--out", required=True, help="folder for <split>.jsonl (and dataset_info.json)")
     export.set_defaults(handler=cmd_export_data)
-
-    plan = commands.add_parser("plan", help="print the hardware profile and the training plan")
-    plan.add_argument("--nproc", type=int, help="processes (GPUs) per node")
-    plan.set_defaults(handler=cmd_plan)
-
-    train = commands.add_parser("train", help="train the LoRA adapter with torchrun, outside Dagster")
-    train.add_argument("--splits", required=True, help="folder with train.parquet and validation.parquet")
-    train.add_argument("--out", required=True, help="run folder for checkpoints, metrics and the adapter")
-    train.add_argument("--nproc", type=int, help="processes (GPUs) per node")
-    train.set_defaults(handler=cmd_train)
-
-    add_evaluate_commands(commands)
-    add_expert_commands(commands)
-    add_package_commands(commands)
-    return parser
-
-
-def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
-    args = parser.parse_args(argv)
-    try:
-        return args.handler(args)
-    except (CommandError, ConfigError) as error:
-        print(f"qft {args.command}: {error}", file=sys.stderr)
-        return 1
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run(build_parser(), argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

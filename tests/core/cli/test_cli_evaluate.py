@@ -11,7 +11,7 @@ import pytest
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from qft_core.cli import main
-from qft_core.cli_evaluate import EXIT_BAD_INPUT, adapter_mismatches, newest_run
+from qft_core.cli.evaluate import EXIT_BAD_INPUT, adapter_mismatches, newest_run
 from qft_core.config import ModelConfig, PathsConfig
 from qft_core.evaluate.experts import GoldItem
 from qft_core.evaluate.report import MAIN_METRICS

@@ -7,10 +7,11 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from qft_core.cli.errors import reported
+from qft_core.cli.progress import progress_bar
 from qft_core.config import ConfigError, PathsConfig, QftConfig, load_config
 from qft_core.data.split import SPLIT_NAMES
 from qft_core.evaluate.experts import GoldItem
@@ -19,8 +20,6 @@ from qft_core.records import RecordFileError, ThinkingExample, read_records
 
 if TYPE_CHECKING:
     from qft_core.model.registry import ModelSpec
-
-Handler = Callable[[argparse.Namespace], int]
 
 # Like argparse's own usage errors: the inputs cannot be evaluated, nothing was written.
 EXIT_BAD_INPUT = 2
@@ -151,6 +150,8 @@ def _base_model_for(adapter_dir: Path, config: QftConfig) -> ModelSpec:
     return spec
 
 
+# An input problem is one line and exit status 2, never a traceback.
+@reported(EvaluationInputError, RecordFileError, ConfigError, exit_status=EXIT_BAD_INPUT)
 def cmd_evaluate(args: argparse.Namespace) -> int:
     config = load_config(args.config, device=args.device)
     if args.model and args.model != config.model.name:
@@ -173,8 +174,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     adapter_dir = adapter_folder(args.adapter or run / ADAPTER_IN_RUN)
     spec = _base_model_for(adapter_dir, config)
 
-    # Here, not at the top: qft_core.cli imports this module, and evaluate.run imports torch.
-    from qft_core.cli import progress_bar
+    # Here, not at the top: evaluate.run imports torch.
     from qft_core.evaluate.report import headline_lines
     from qft_core.evaluate.run import evaluate_models
 
@@ -193,19 +193,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print("\n".join(headline_lines(report.data)))
     print(f"report: {report.markdown} (with report.json, {len(report.charts)} charts and the generations)")
     return 0
-
-
-def _inputs_exit_2(handler: Handler) -> Handler:
-    """An input problem becomes one line on stderr and exit status 2, never a traceback."""
-
-    def reported(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except (EvaluationInputError, RecordFileError, ConfigError) as error:
-            print(f"qft evaluate: {error}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-
-    return reported
 
 
 def _positive(text: str) -> int:
@@ -242,4 +229,4 @@ def add_evaluate_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--out", metavar="DIR", help="report folder (default: <artifacts_dir>/evaluations/<date-time>)"
     )
-    evaluate.set_defaults(handler=_inputs_exit_2(cmd_evaluate))
+    evaluate.set_defaults(handler=cmd_evaluate)

@@ -4,12 +4,11 @@ qft_core.evaluate. `add_expert_commands` hangs them under the main `qft` parser.
 from __future__ import annotations
 
 import argparse
-import sys
 import unicodedata
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
+from qft_core.cli.errors import Handler, reported
 from qft_core.config import load_config
 from qft_core.evaluate.agreement import rubric_agreement
 from qft_core.evaluate.expert_store import ExpertStore, default_db_path, write_gold_set
@@ -23,8 +22,6 @@ from qft_core.evaluate.experts import (
     read_eval_outputs,
 )
 
-Handler = Callable[[argparse.Namespace], int]
-
 
 def _open_store(args: argparse.Namespace) -> ExpertStore:
     if args.db:
@@ -32,19 +29,6 @@ def _open_store(args: argparse.Namespace) -> ExpertStore:
     # `--config` belongs to the main `qft` parser; a parser built without it means the embedded defaults.
     config = load_config(getattr(args, "config", None), device=getattr(args, "device", None))
     return ExpertStore(default_db_path(config.paths))
-
-
-def _reported(action: str, handler: Handler) -> Handler:
-    """Run a handler; an expert-review error becomes one line on stderr and exit status 1."""
-
-    def reported(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except ExpertError as error:
-            print(f"qft experts {action}: {error}", file=sys.stderr)
-            return 1
-
-    return reported
 
 
 def _column(text: str, width: int) -> str:
@@ -177,7 +161,7 @@ def add_expert_commands(commands: argparse._SubParsersAction) -> None:
         name: str, handler: Handler, summary: str, parent: argparse._SubParsersAction = actions, group: str = ""
     ) -> argparse.ArgumentParser:
         parser = parent.add_parser(name, parents=[db_option], help=summary, description=summary)
-        parser.set_defaults(handler=_reported(f"{group}{name}", handler))
+        parser.set_defaults(handler=reported(ExpertError, command=f"experts {group}{name}")(handler))
         return parser
 
     add = action("add", cmd_add, "add an expert")
