@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from qft_core.evaluate.agreement import cohen_kappa
-from qft_core.evaluate.bootstrap import bootstrap_interval
+from qft_core.evaluate.bootstrap import bootstrap_interval, format_estimate
 from qft_core.evaluate.experts import MAX_SCORE, MIN_SCORE, RUBRIC, ExpertError, GoldSnapshot, Rating
 
 # Below this many items a resample repeats the same few values: the interval is left out, the mean and n stay.
@@ -291,16 +291,6 @@ def performance_report(
 Table = tuple[str, list[str], list[list[str]]]
 
 
-def _estimate_text(value: Mapping | None, signed: bool = False) -> str:
-    if not value:
-        return "–"
-    sign = "+" if signed else ""
-    interval = (
-        f" [{value['ci_low']:{sign}.3f}, {value['ci_high']:{sign}.3f}]" if value["ci_low"] is not None else ""
-    )
-    return f"{value['mean']:{sign}.3f}{interval} n={value['n']}"
-
-
 def _statistic(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
@@ -311,7 +301,7 @@ def _shifts(shift: Mapping[str, float]) -> list[str]:
 
 def performance_tables(data: Mapping) -> list[Table]:
     """(title, header, rows) of the agreement, bias and drift tables, from a PerformanceReport as JSON
-    (`dataclasses.asdict`): the terminal and report.md show the same tables."""
+    (`dataclasses.asdict`, as report.json holds it): `qft experts performance` and report.md show the same tables."""
     experts = data["experts"]
     names = {row["expert_id"]: f"{row['name']} ({row['expert_id']})" for row in experts}
     tables: list[Table] = [
@@ -321,7 +311,7 @@ def performance_tables(data: Mapping) -> list[Table]:
             [
                 [
                     names[row["expert_id"]], str(row["rated"]), str(row["shared"]),
-                    _statistic(row["weighted_kappa"]), _estimate_text(row["absolute_deviation"]),
+                    _statistic(row["weighted_kappa"]), format_estimate(row["absolute_deviation"]),
                     ", ".join(d["dimension"] for d in row["dimensions"] if d["biased"]) or "–",
                 ]
                 for row in experts
@@ -332,7 +322,7 @@ def performance_tables(data: Mapping) -> list[Table]:
             ["expert", *RUBRIC],
             [
                 [names[row["expert_id"]]]
-                + [f"{_estimate_text(d['bias'], signed=True)}{' *' if d['biased'] else ''}" for d in row["dimensions"]]
+                + [f"{format_estimate(d['bias'], signed=True)}{' *' if d['biased'] else ''}" for d in row["dimensions"]]
                 for row in experts
             ],
         ),

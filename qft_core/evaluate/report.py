@@ -14,7 +14,7 @@ import pandas as pd
 
 from qft_core.config import EvalConfig
 from qft_core.data.terms import TermDictionary
-from qft_core.evaluate.bootstrap import aggregate, bootstrap_interval
+from qft_core.evaluate.bootstrap import aggregate, bootstrap_interval, format_estimate
 from qft_core.evaluate.charts import write_charts
 from qft_core.evaluate.degenerate import DEGENERATE_SHARE, degeneration
 from qft_core.evaluate.expert_performance import MIN_INTERVAL_ITEMS, performance_tables
@@ -589,15 +589,6 @@ def _inline(text: str) -> str:
 
 def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cell.replace("|", "\\|") if cell != "---" else cell for cell in cells) + " |"
-
-
-def format_estimate(value: Mapping | None, signed: bool = False) -> str:
-    """A bootstrap estimate as `mean [low, high] n=N` (with a sign for differences); – where there is none. The n
-    travels with every interval: one of 12 answers says less than one of 300."""
-    if not value:
-        return "–"
-    sign = "+" if signed else ""
-    return f"{value['mean']:{sign}.3f} [{value['ci_low']:{sign}.3f}, {value['ci_high']:{sign}.3f}] n={value['n']}"
 
 
 def _mean(value: Mapping | None) -> str:

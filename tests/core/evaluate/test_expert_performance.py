@@ -9,8 +9,8 @@ from qft_core.evaluate.expert_performance import (
     Resampling,
     expert_agreement,
     gold_set_drift,
-    performance_report,
     performance_tables,
+    performance_report,
     version_drift,
 )
 from qft_core.evaluate.experts import GoldItem, GoldSnapshot, Rating, RubricScore
