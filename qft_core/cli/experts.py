@@ -4,13 +4,16 @@ qft_core.evaluate. `add_expert_commands` hangs them under the main `qft` parser.
 from __future__ import annotations
 
 import argparse
+import json
 import unicodedata
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 from qft_core.cli.errors import Handler, reported
 from qft_core.config import load_config
 from qft_core.evaluate.agreement import rubric_agreement
+from qft_core.evaluate.expert_performance import performance_tables
 from qft_core.evaluate.expert_store import ExpertStore, default_db_path, write_gold_set
 from qft_core.evaluate.experts import (
     ASSIGNMENT_STRATEGIES,
@@ -31,10 +34,14 @@ def _open_store(args: argparse.Namespace) -> ExpertStore:
     return ExpertStore(default_db_path(config.paths))
 
 
+def _width(text: str) -> int:
+    """Columns a text takes in a terminal, where a CJK character takes two."""
+    return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
+
+
 def _column(text: str, width: int) -> str:
-    """Left-align for a terminal, where a CJK character takes two columns."""
-    shown = sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
-    return text + " " * max(width - shown, 1)
+    """Left-align for a terminal."""
+    return text + " " * max(width - _width(text), 1)
 
 
 def _statistic(value: float | None) -> str:
@@ -130,6 +137,22 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_performance(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        data = asdict(store.performance())
+    if args.json:
+        print(json.dumps(data, ensure_ascii=False, indent=2))
+        return 0
+    for title, header, rows in performance_tables(data):
+        widths = [max(_width(cell) for cell in column) + 2 for column in zip(header, *rows, strict=True)]
+        print(f"\n{title}" if rows else f"\n{title}: none")
+        for cells in (header, *rows) if rows else ():
+            print("".join(_column(cell, width) for cell, width in zip(cells, widths, strict=True)).rstrip())
+    for note in data["notes"]:
+        print(f"note: {note}")
+    return 0
+
+
 def cmd_gold(args: argparse.Namespace) -> int:
     with _open_store(args) as store:
         gold = store.create_gold_set(args.min_raters, args.min_score)
@@ -196,6 +219,12 @@ def add_expert_commands(commands: argparse._SubParsersAction) -> None:
     score.add_argument("--replace", action="store_true", help="replace this expert's earlier score of the task")
 
     action("agreement", cmd_agreement, "inter-annotator agreement per rubric dimension, and the flagged tasks")
+
+    performance = action(
+        "performance", cmd_performance,
+        "each expert against the others' consensus: agreement, bias per dimension, drift across gold-set versions",
+    )
+    performance.add_argument("--json", action="store_true", help="print every number as JSON")
 
     gold = action("gold", cmd_gold, "snapshot the items the experts agree are good as a new gold-set version")
     gold.add_argument("--min-raters", type=int, default=2, help="experts who scored the item (default 2)")

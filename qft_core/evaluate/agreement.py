@@ -28,17 +28,20 @@ def _defined(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
 
 
-def cohen_kappa(first: Sequence[int], second: Sequence[int], weighted: bool = False) -> float | None:
+def cohen_kappa(
+    first: Sequence[int], second: Sequence[int], weighted: bool = False, scale: Sequence[int] = SCALE
+) -> float | None:
     """Cohen's kappa of two raters over the same items, in the same order.
 
-    The quadratic weights measure distance on the whole 1–5 scale, not between the scores that happen to occur.
+    The quadratic weights measure distance on the whole `scale` (the 1–5 rubric unless told), not between the
+    scores that happen to occur.
     """
     if len(first) != len(second):
         raise ValueError(f"the two raters scored {len(first)} and {len(second)} items; kappa needs the same items")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
-        value = cohen_kappa_score(first, second, labels=list(SCALE), weights="quadratic" if weighted else None)
+        value = cohen_kappa_score(first, second, labels=list(scale), weights="quadratic" if weighted else None)
     return _defined(value)
 
 

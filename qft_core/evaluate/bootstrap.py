@@ -106,3 +106,14 @@ def aggregate(
         low, high = bootstrap_interval(values, samples=samples, seed=seed, confidence=confidence)
         summary[metric] = {"mean": float(np.mean(values)), "ci_low": low, "ci_high": high, "n": len(values)}
     return summary
+
+
+def format_estimate(value: Mapping | None, signed: bool = False) -> str:
+    """A bootstrap estimate as `mean [low, high] n=N` (with a sign for differences), `mean n=N` where too few values
+    gave no interval; – where there is none. The n travels with every interval: one of 12 answers says less than
+    one of 300."""
+    if not value:
+        return "–"
+    sign = "+" if signed else ""
+    interval = f" [{value['ci_low']:{sign}.3f}, {value['ci_high']:{sign}.3f}]" if value["ci_low"] is not None else ""
+    return f"{value['mean']:{sign}.3f}{interval} n={value['n']}"

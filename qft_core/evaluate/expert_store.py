@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from qft_core.config import PathsConfig
+from qft_core.evaluate.expert_performance import PerformanceReport, Resampling, performance_report
 from qft_core.evaluate.experts import (
     ADJUDICATION_SPREAD,
     RUBRIC,
@@ -24,6 +25,7 @@ from qft_core.evaluate.experts import (
     Expert,
     ExpertError,
     GoldItem,
+    GoldSnapshot,
     Rating,
     RubricScore,
     check_profile,
@@ -113,6 +115,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         f"CREATE TRIGGER gold_sets_no_delete BEFORE DELETE ON gold_sets BEGIN {_IMMUTABLE}; END",
         f"CREATE TRIGGER gold_items_no_update BEFORE UPDATE ON gold_items BEGIN {_IMMUTABLE}; END",
         f"CREATE TRIGGER gold_items_no_delete BEFORE DELETE ON gold_items BEGIN {_IMMUTABLE}; END",
+    ),
+    # Scores are replaced in place; each gold-set version keeps the experts' scores of its items as they were, so
+    # drift between versions can tell an expert who re-scored from a consensus that moved.
+    (
+        """CREATE TABLE gold_ratings (
+            version INTEGER NOT NULL REFERENCES gold_sets (version),
+            task_id INTEGER NOT NULL,
+            expert_id INTEGER NOT NULL,
+            accuracy INTEGER NOT NULL,
+            completeness INTEGER NOT NULL,
+            reasoning INTEGER NOT NULL,
+            language INTEGER NOT NULL,
+            comment TEXT,
+            PRIMARY KEY (version, task_id, expert_id))""",
+        f"CREATE TRIGGER gold_ratings_no_update BEFORE UPDATE ON gold_ratings BEGIN {_IMMUTABLE}; END",
+        f"CREATE TRIGGER gold_ratings_no_delete BEFORE DELETE ON gold_ratings BEGIN {_IMMUTABLE}; END",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -366,6 +384,16 @@ class ExpertStore:
                 "INSERT INTO gold_items (version, position, item) VALUES (?, ?, ?)",
                 [(version, position, item.model_dump_json()) for position, item in enumerate(items)],
             )
+            gold_tasks = {item.task_id for item in items}
+            db.executemany(
+                f"INSERT INTO gold_ratings (version, task_id, expert_id, {_SCORE_COLUMNS}, comment) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (version, rating.task_id, rating.expert_id, *rating.score.values().values(), rating.score.comment)
+                    for rating in ratings
+                    if rating.task_id in gold_tasks
+                ],
+            )
         return gold
 
     def gold_sets(self) -> list[GoldSetVersion]:
@@ -397,6 +425,23 @@ class ExpertStore:
         if gold_set_hash(items) != row["content_hash"]:
             raise GoldSetError(f"{self.path}: gold set version {row['version']} does not match its content hash")
         return items
+
+    def gold_snapshots(self) -> list[GoldSnapshot]:
+        """Every gold-set version with its items and the experts' scores of them when it was made, by version."""
+        snapshots = []
+        for gold in self.gold_sets():
+            with self._transaction(write=False) as db:
+                rows = db.execute(
+                    "SELECT * FROM gold_ratings WHERE version = ? ORDER BY task_id, expert_id", (gold.version,)
+                )
+                ratings = tuple(_rating(row) for row in rows)
+            snapshots.append(GoldSnapshot(gold.version, tuple(self.gold_items(gold.version)), ratings))
+        return snapshots
+
+    def performance(self, resampling: Resampling = Resampling()) -> PerformanceReport:
+        """Each expert's agreement and bias against the others, and the drift across gold-set versions."""
+        names = {expert.id: expert.name for expert in self.experts()}
+        return performance_report(self.ratings(), self.gold_snapshots(), names, resampling)
 
     def export_gold_set(self, version: int | None = None) -> list[dict]:
         """The items of one gold-set version (the latest by default) as JSON-ready dicts."""

@@ -259,3 +259,13 @@ def gold_set_hash(items: Iterable[GoldItem]) -> str:
         [item.model_dump(mode="json") for item in items], ensure_ascii=False, sort_keys=True, separators=(",", ":")
     )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class GoldSnapshot:
+    """One gold-set version as drift compares it: its items and the experts' scores of them when it was made
+    (empty for versions made before the store kept those scores)."""
+
+    version: int
+    items: tuple[GoldItem, ...]
+    ratings: tuple[Rating, ...]

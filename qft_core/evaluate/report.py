@@ -14,9 +14,10 @@ import pandas as pd
 
 from qft_core.config import EvalConfig
 from qft_core.data.terms import TermDictionary
-from qft_core.evaluate.bootstrap import aggregate, bootstrap_interval
+from qft_core.evaluate.bootstrap import aggregate, bootstrap_interval, format_estimate
 from qft_core.evaluate.charts import write_charts
 from qft_core.evaluate.degenerate import DEGENERATE_SHARE, degeneration
+from qft_core.evaluate.expert_performance import MIN_INTERVAL_ITEMS, performance_tables
 from qft_core.evaluate.facts import FactBase
 from qft_core.evaluate.generate import GeneratedAnswer
 from qft_core.evaluate.misconceptions import Misconception, detect_misconceptions
@@ -141,11 +142,13 @@ def write_score_table(
 
 
 def build_report(
-    sets: Mapping[str, dict], *, models: Mapping[str, str], config: EvalConfig, stand_in: str | None = None
+    sets: Mapping[str, dict], *, models: Mapping[str, str], config: EvalConfig, stand_in: str | None = None,
+    experts: Mapping | None = None,
 ) -> dict:
     """report.json's content: the set summaries with the headline, verdict, regressions and suggestions of the
     primary set (`test`, or the first set when there is no test set). `models` describes each model in words;
-    `stand_in` is the note a random-weight base model carries (`registry.stand_in_note`)."""
+    `stand_in` is the note a random-weight base model carries (`registry.stand_in_note`); `experts` is the expert
+    review's PerformanceReport as JSON, where there is one."""
     primary = PRIMARY_SET if PRIMARY_SET in sets else next(iter(sets))
     summary = sets[primary]
     headline = {}
@@ -185,6 +188,7 @@ def build_report(
         "regressions": found,
         "suggestions": [asdict(suggestion) for suggestion in suggestions],
         "sets": dict(sets),
+        "experts": dict(experts) if experts else None,
     }
 
 
@@ -350,7 +354,25 @@ def render_markdown(data: Mapping, charts: Mapping[str, Sequence[Path]]) -> str:
     lines += [f"- **{item['kind']}**: {item['message']}" for item in data["suggestions"]] or ["None."]
     for name, summary in data["sets"].items():
         lines += ["", *_set_section(name, summary, data["main_metrics"], charts.get(name, ()))]
+    if data.get("experts"):
+        lines += ["", *_expert_section(data["experts"])]
     return "\n".join(lines) + "\n"
+
+
+def _expert_section(experts: Mapping) -> list[str]:
+    """How each expert scored against the others' median, their bias per dimension and the gold-set drift."""
+    lines = [
+        "## Expert performance",
+        "",
+        "Each expert against the median of the other experts on the items they share (leave-one-out); "
+        f"intervals are BCa bootstrap over items, left out below {MIN_INTERVAL_ITEMS} items (docs/evaluation.md).",
+    ]
+    for title, header, rows in performance_tables(experts):
+        lines += ["", f"### {title}", ""]
+        lines += [_row(header), _row(["---"] * len(header)), *map(_row, rows)] if rows else ["None."]
+    if experts["notes"]:
+        lines += ["", *(f"- {note}" for note in experts["notes"])]
+    return lines
 
 
 def _headline_table(summary: Mapping, main_metrics: Sequence[str], degenerate: bool) -> list[str]:
@@ -584,15 +606,6 @@ def _inline(text: str) -> str:
 
 def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cell.replace("|", "\\|") if cell != "---" else cell for cell in cells) + " |"
-
-
-def format_estimate(value: Mapping | None, signed: bool = False) -> str:
-    """A bootstrap estimate as `mean [low, high] n=N` (with a sign for differences); – where there is none. The n
-    travels with every interval: one of 12 answers says less than one of 300."""
-    if not value:
-        return "–"
-    sign = "+" if signed else ""
-    return f"{value['mean']:{sign}.3f} [{value['ci_low']:{sign}.3f}, {value['ci_high']:{sign}.3f}] n={value['n']}"
 
 
 def _mean(value: Mapping | None) -> str:

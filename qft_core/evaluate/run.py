@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
-from qft_core.config import QftConfig
+from qft_core.config import EvalConfig, QftConfig
 from qft_core.data.terms import TermDictionary
 from qft_core.device import resolve_device
+from qft_core.evaluate.expert_performance import Resampling
+from qft_core.evaluate.expert_store import ExpertStore, default_db_path
 from qft_core.evaluate.experts import GoldItem
 from qft_core.evaluate.facts import FactBase
 from qft_core.evaluate.generate import (
@@ -50,13 +53,15 @@ def evaluate_models(
     out_dir: str | Path,
     *,
     gold_items: Sequence[GoldItem] | None = None,
+    expert_db: str | Path | None = None,
     progress: Progress | None = None,
 ) -> EvaluationReport:
     """Generate with the base model, then with base + adapter, on the test examples (at most
     `eval.max_examples`) and the gold items, and take each model's teacher-forced loss on their references;
     score both; write into `out_dir` the report (report.md, report.json, PNG charts), each model's completions
     per set (`generations_<set>_<model>.jsonl`), every score of a set as a table (`scores_<set>.parquet`) and the
-    fine-tuned model's answers for expert review (`eval_outputs.jsonl`).
+    fine-tuned model's answers for expert review (`eval_outputs.jsonl`). Where the expert database (`expert_db`,
+    by default the one `qft experts` uses) holds ratings, the report shows how each expert scores against the others.
 
     `progress(done, total, stage)` is called as examples are generated and sets scored.
     """
@@ -135,8 +140,23 @@ def evaluate_models(
         models={"base": spec.name, "finetuned": f"{spec.name} + LoRA adapter {adapter_dir}"},
         config=eval_config,
         stand_in=stand_in_note(spec.name),
+        experts=expert_performance_section(
+            Path(expert_db) if expert_db else default_db_path(config.paths), eval_config
+        ),
     )
     return write_report(data, out_dir, outputs)
+
+
+def expert_performance_section(db_path: Path, config: EvalConfig) -> dict | None:
+    """The experts' performance as report.json holds it; None where the database does not exist or holds no
+    ratings."""
+    if not db_path.is_file():
+        return None
+    with ExpertStore(db_path) as store:
+        if not store.ratings():
+            return None
+        resampling = Resampling(config.bootstrap_samples, config.bootstrap_seed, config.confidence_level)
+        return asdict(store.performance(resampling))
 
 
 def _evaluation_sets(

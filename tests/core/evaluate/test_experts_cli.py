@@ -124,7 +124,7 @@ def test_default_database_lives_in_the_configured_artifacts_dir(tmp_path: Path, 
 @pytest.mark.parametrize(
     "command",
     [[], ["add"], ["list"], ["tasks"], ["tasks", "create"], ["tasks", "assign"], ["tasks", "list"], ["score"],
-     ["agreement"], ["gold"], ["export"]],
+     ["agreement"], ["performance"], ["gold"], ["export"]],
 )
 def test_every_command_has_help_with_a_db_option_on_each_action(command: list[str], capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
@@ -133,3 +133,37 @@ def test_every_command_has_help_with_a_db_option_on_each_action(command: list[st
     usage = capsys.readouterr().out
     assert usage.startswith(f"usage: qft experts {' '.join(command)}".rstrip())
     assert ("--db" in usage) == (command not in ([], ["tasks"]))
+
+
+def test_performance_prints_the_tables_and_json_and_says_when_nothing_is_scored(tmp_path: Path, capsys) -> None:
+    db = tmp_path / "experts.sqlite"
+    with ExpertStore(db) as store:
+        store.add_expert("王芳", "wf@example.org")
+        store.add_expert("李雷", "ll@example.org")
+        store.create_tasks(read_eval_outputs(write_outputs(tmp_path / "outputs.jsonl", 5)))
+        store.assign(2)
+    assert qft("experts", "performance", "--db", str(db)) == 1
+    assert capsys.readouterr().err == "qft experts performance: no ratings yet: score tasks with `qft experts score`\n"
+
+    # 李雷 gives one point more accuracy than 王芳 on every item; the other dimensions agree.
+    for task in range(1, 6):
+        for expert, accuracy in ((1, 3), (2, 4)):
+            scores = ["--accuracy", str(accuracy), "--completeness", "4", "--reasoning", str(1 + task % 5),
+                      "--language", "4"]
+            assert qft("experts", "score", str(task), "--expert", str(expert), *scores, "--db", str(db)) == 0
+    capsys.readouterr()
+    assert qft("experts", "performance", "--db", str(db)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    agreement = lines.index("Agreement with the other experts' median (leave-one-out)")
+    assert lines[agreement + 2].split()[:4] == ["王芳", "(1)", "5", "5"]
+    assert lines[agreement + 2].endswith("accuracy")
+    assert "note: 0 gold-set version(s): drift needs two" in lines
+
+    assert qft("experts", "performance", "--json", "--db", str(db)) == 0
+    data = json.loads(capsys.readouterr().out)
+    second = data["experts"][1]
+    assert (second["name"], second["shared"]) == ("李雷", 5)
+    assert [(d["dimension"], d["bias"]["mean"], d["biased"]) for d in second["dimensions"]] == [
+        ("accuracy", 1.0, True), ("completeness", 0.0, False), ("reasoning", 0.0, False), ("language", 0.0, False)
+    ]
+    assert second["dimensions"][2]["weighted_kappa"] == 1.0

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from qft_core.evaluate.expert_store import (
+    MIGRATIONS,
     SCHEMA_VERSION,
     ExpertStore,
     ExpertStoreError,
@@ -276,3 +277,46 @@ def test_concurrent_first_opens_migrate_once(tmp_path: Path) -> None:
     with ExpertStore(path) as store:
         assert sorted(expert.email for expert in store.experts()) == [f"c{i}@example.org" for i in range(WORKERS)]
         assert store.schema_version() == SCHEMA_VERSION
+
+
+def test_each_gold_set_version_keeps_its_experts_scores_so_drift_sees_a_rescore(store: ExpertStore) -> None:
+    populate(store, tasks=2, experts=2, per_item=2)
+    for task in (1, 2):
+        store.record_score(task, 1, uniform(5))
+        store.record_score(task, 2, uniform(4))
+    store.create_gold_set(min_raters=2, min_score=4)
+    store.record_score(1, 2, uniform(5), replace=True)
+    store.create_gold_set(min_raters=2, min_score=4)
+
+    first, second = store.gold_snapshots()
+    assert [(r.task_id, r.expert_id, r.score.accuracy) for r in first.ratings] == [
+        (1, 1, 5), (1, 2, 4), (2, 1, 5), (2, 2, 4)
+    ]
+    assert [r.score.accuracy for r in second.ratings] == [5, 5, 5, 4]
+    (drift,) = store.performance().drift
+    assert [(change.task_id, change.before["accuracy"], change.after["accuracy"]) for change in drift.changed] == [
+        (1, 4.5, 5.0)
+    ]
+    assert [(e.expert_id, e.items, e.rescored, e.shift["accuracy"]) for e in drift.experts] == [
+        (1, 2, 0, 0.0), (2, 2, 1, 0.5)
+    ]
+    with pytest.raises(sqlite3.IntegrityError, match="gold set versions are immutable"):
+        store._db.execute("UPDATE gold_ratings SET accuracy = 1")
+
+
+def test_a_first_schema_database_migrates_and_its_old_versions_have_no_kept_scores(tmp_path: Path) -> None:
+    path = tmp_path / "experts.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for statement in MIGRATIONS[0]:
+            db.execute(statement)
+        db.execute("INSERT INTO schema_version (version) VALUES (1)")
+    with ExpertStore(path) as store:
+        assert store.schema_version() == SCHEMA_VERSION == 2
+        populate(store, tasks=1, experts=1, per_item=1)
+        store.record_score(1, 1, uniform(5))
+        store._db.execute("INSERT INTO gold_sets VALUES (1, 'then', 1, 4, 0, ?)", (gold_set_hash([]),))
+        store.create_gold_set(min_raters=1, min_score=4)
+        old, new = store.gold_snapshots()
+        assert (old.ratings, len(new.ratings)) == ((), 1)
+        assert store.performance().drift[0].expert_scores_kept is False

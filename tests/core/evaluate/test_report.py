@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import math
 import struct
+from dataclasses import asdict
 
 import pandas as pd
 import pytest
 
 from qft_core.config import EvalConfig
 from qft_core.data.terms import load_default_dictionary
+from qft_core.evaluate.expert_performance import Resampling, performance_report
+from qft_core.evaluate.experts import Rating, RubricScore
 from qft_core.evaluate.facts import load_default_fact_base
 from qft_core.evaluate.generate import GeneratedAnswer
 from qft_core.evaluate.misconceptions import load_default_misconceptions
@@ -153,7 +156,7 @@ def test_report_files_render_and_reload(report) -> None:
     loaded = json.loads(report.json.read_text(encoding="utf-8"))
     assert loaded == report.data
     assert set(loaded) == {"models", "stand_in", "main_metrics", "lower_is_better", "loss_metrics", "primary_set",
-                           "settings", "headline", "verdict", "regressions", "suggestions", "sets"}
+                           "settings", "headline", "verdict", "regressions", "suggestions", "sets", "experts"}
     assert loaded["verdict"]["kind"] == "regressed" and loaded["stand_in"] is None
     assert loaded["main_metrics"] == list(MAIN_METRICS)
     assert loaded["loss_metrics"] == ["answer_loss", "reasoning_loss"]
@@ -366,3 +369,24 @@ def test_headline_lines_show_the_verdict_both_models_and_the_paired_difference()
         "term_f1  0.250 [0.000, 0.500] n=2      0.500 [0.500, 0.500] n=2      +0.250 [-0.500, +0.500] n=2",
         "regressions: none",
     ]
+
+
+def test_the_report_shows_expert_performance_when_the_review_has_ratings(summary: dict, tmp_path) -> None:
+    ratings = [
+        Rating(task, expert, RubricScore(value + (expert == 3), value, value, value))
+        for task, value in enumerate((1, 2, 3, 4, 2), start=1) for expert in (1, 2, 3)
+    ]
+    experts = asdict(performance_report(ratings, names={3: "韩梅"}, resampling=Resampling(samples=200)))
+    data = build_report({"test": summary}, models={"base": "tiny", "finetuned": "tiny + adapter"}, config=CONFIG,
+                        experts=experts)
+    markdown = write_report(data, tmp_path).markdown.read_text(encoding="utf-8")
+    section = markdown[markdown.index("## Expert performance"):]
+    assert "| 韩梅 (3) | 5 | 5 |" in section
+    assert "| 韩梅 (3) | +1.000 [+1.000, +1.000] n=5 * | +0.000 [+0.000, +0.000] n=5 |" in section
+    assert "- 0 gold-set version(s): drift needs two" in section
+    assert json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))["experts"]["experts"][2]["name"] == "韩梅"
+
+
+def test_the_report_has_no_expert_section_without_ratings(report) -> None:
+    assert report.data["experts"] is None
+    assert "## Expert performance" not in report.markdown.read_text(encoding="utf-8")

@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 
 from qft_core.config import QftConfig
-from qft_core.evaluate.experts import EvalOutput, GoldItem
+from qft_core.evaluate.expert_store import ExpertStore
+from qft_core.evaluate.experts import EvalOutput, GoldItem, RubricScore
 from qft_core.evaluate.generate import GeneratedAnswer
 from qft_core.evaluate.report import JUDGED_METRICS
-from qft_core.evaluate.run import AdapterNotFound, evaluate_models
+from qft_core.evaluate.run import AdapterNotFound, evaluate_models, expert_performance_section
 from qft_core.model.registry import load_model, resolve_model, stand_in_note
 from qft_core.records import ThinkingExample, ThinkingStructure, read_jsonl
 from tests.core.evaluate.lora import save_random_lora_adapter
@@ -52,13 +53,41 @@ def _examples() -> list[ThinkingExample]:
     ]
 
 
+def _scored_review(path, scores: dict[int, tuple[int, int]]) -> None:
+    """Two experts; expert 1 gives the first score of each task, expert 2 the second, on every dimension."""
+    with ExpertStore(path) as store:
+        store.add_expert("王芳", "wf@example.org")
+        store.add_expert("李雷", "ll@example.org")
+        store.create_tasks(
+            EvalOutput(example_id=f"t{task}", model_id="m", question="q", reference_answer="r", predicted_answer="a")
+            for task in scores
+        )
+        store.assign(2)
+        for task, pair in scores.items():
+            for expert, value in enumerate(pair, start=1):
+                store.record_score(task, expert, RubricScore(value, value, value, value))
+
+
+def test_the_expert_section_needs_a_database_with_ratings(config, tmp_path) -> None:
+    assert expert_performance_section(tmp_path / "missing.sqlite", config.eval) is None
+    ExpertStore(tmp_path / "empty.sqlite").close()
+    assert expert_performance_section(tmp_path / "empty.sqlite", config.eval) is None
+    _scored_review(tmp_path / "scored.sqlite", {1: (4, 5), 2: (3, 4)})
+    section = expert_performance_section(tmp_path / "scored.sqlite", config.eval)
+    # Expert 2 is one point above expert 1 on both items: the mean signed difference is +1 for 2, −1 for 1.
+    assert [(row["name"], row["shared"], row["dimensions"][0]["bias"]["mean"]) for row in section["experts"]] == [
+        ("王芳", 2, -1.0), ("李雷", 2, 1.0)
+    ]
+
+
 def test_evaluate_models_writes_the_report_and_every_generation(config, adapter_dir, tmp_path) -> None:
+    _scored_review(tmp_path / "experts.sqlite", {1: (4, 4), 2: (3, 3)})
     gold = GoldItem(example_id="t9", model_id="m", question="什么是数字签名？", reference_answer="用私钥对消息签名。",
                     predicted_answer="签名。", term_categories=["signature"], task_id=4, raters=2,
                     scores={"accuracy": 4.0})
     calls: list[tuple[int, int, str]] = []
     report = evaluate_models(
-        config, _examples(), adapter_dir, tmp_path / "eval", gold_items=[gold],
+        config, _examples(), adapter_dir, tmp_path / "eval", gold_items=[gold], expert_db=tmp_path / "experts.sqlite",
         progress=lambda done, total, stage: calls.append((done, total, stage)),
     )
     names = sorted(path.name for path in (tmp_path / "eval").iterdir())
@@ -83,6 +112,8 @@ def test_evaluate_models_writes_the_report_and_every_generation(config, adapter_
     losses = {model: data["sets"]["test"]["per_example"][model]["answer_loss"] for model in ("base", "finetuned")}
     assert all(loss > 0 for loss in losses["base"] + losses["finetuned"]) and losses["base"] != losses["finetuned"]
     assert data["sets"]["test"]["metrics"]["base"]["reasoning_loss"]["n"] == 3
+    assert [(row["name"], row["shared"]) for row in data["experts"]["experts"]] == [("王芳", 2), ("李雷", 2)]
+    assert "## Expert performance" in report.markdown.read_text(encoding="utf-8")
 
     base = read_jsonl(tmp_path / "eval" / "generations_test_base.jsonl", GeneratedAnswer)
     tuned = read_jsonl(tmp_path / "eval" / "generations_test_finetuned.jsonl", GeneratedAnswer)
