@@ -78,7 +78,6 @@ FALLBACK_NOTES: dict[tuple[str, str], str] = {
     ("training", "max_consecutive_anomalies"): "Stop training after this many skipped (anomalous) steps in a row.",
     ("eval", "batch_size"): "Prompts generated together.",
     ("eval", "sampling_seed"): "Seed of sampling when temperature > 0.",
-    ("eval", "max_examples"): "Evaluate at most this many test examples; empty: all.",
     ("eval", "bootstrap_samples"): "Bootstrap resamples for the confidence intervals of the metrics.",
     ("eval", "confidence_level"): "Coverage of the bootstrap confidence intervals.",
     ("eval", "regression_tolerance"): "A metric may drop this much below the baseline before it counts as a regression.",
