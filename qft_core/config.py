@@ -93,8 +93,9 @@ class TrainingConfig(Section):
     nnodes: int = Field(1, ge=1)
     master_addr: str = "127.0.0.1"
     master_port: int = Field(29511, ge=1, le=65535)
-    # A quarter of an epoch: 17 steps of qwen3-tiny on the bundled corpus, whose output layer over the whole Qwen3
-    # vocabulary makes a step cost about 9 CPU-s; the recipes for real models set their own.
+    # Passes over the training split (fractions allowed). The default, a quarter, is 17 steps of qwen3-tiny on the
+    # bundled corpus, whose output layer over the whole Qwen3 vocabulary makes a step cost about 9 CPU-s; the
+    # recipes for real models set their own.
     epochs: float = Field(0.25, gt=0)
     max_steps: int | None = Field(None, ge=1)
     global_batch_size: int = Field(8, ge=1)

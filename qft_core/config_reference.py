@@ -54,7 +54,6 @@ FALLBACK_NOTES: dict[tuple[str, str], str] = {
     ("training", "nnodes"): "Nodes taking part; above 1, run the same torchrun command on every node.",
     ("training", "master_addr"): "Address of the rendezvous node; must be reachable from every node when nnodes > 1.",
     ("training", "master_port"): "Port of the rendezvous on master_addr.",
-    ("training", "epochs"): "Passes over the training split (fractions allowed).",
     ("training", "max_steps"): "Stop after this many optimizer steps, whatever `epochs` says.",
     ("training", "global_batch_size"): "Sequences per optimizer step, over all processes and accumulation steps.",
     ("training", "micro_batch_size"): "Sequences per forward pass; empty lets the plan pick the largest that fits in memory.",
