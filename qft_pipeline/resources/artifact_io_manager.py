@@ -21,7 +21,7 @@ from qft_core.data.split import SPLIT_NAMES, SplitResult
 from qft_core.diagnose.advice import SettingChange
 from qft_core.evaluate.experts import GoldItem
 from qft_core.evaluate.report import EvaluationReport, read_report
-from qft_core.package.compare import ModelEvaluation
+from qft_core.package.compare import GenerationScores, ModelEvaluation, ProbeScores, TextScores
 from qft_core.publish import publish_text, publishing_file
 from qft_core.records import QuarantinedPair, ThinkingExample, read_jsonl, read_parquet, write_jsonl, write_parquet
 from qft_core.train.hardware import HardwareProfile
@@ -138,8 +138,9 @@ class _ReferenceScores:
         return folder / self.name
 
     def read(self, folder: Path) -> ModelEvaluation:
-        # Our own file, written by the asset above: the dataclass needs the full unpickler.
-        return torch.load(folder / self.name, weights_only=False)
+        # Tensors, plain containers and these four dataclasses only: a file that holds anything else is refused.
+        with torch.serialization.safe_globals([ModelEvaluation, TextScores, ProbeScores, GenerationScores]):
+            return torch.load(folder / self.name, weights_only=True)
 
 
 _FILES: dict[Any, _Files] = {
