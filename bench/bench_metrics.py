@@ -50,6 +50,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from qft_core.data.terms import load_default_dictionary  # noqa: E402
 from qft_core.evaluate.bootstrap import aggregate  # noqa: E402
+from qft_core.evaluate.facts import load_default_fact_base  # noqa: E402
 from qft_core.evaluate.metrics import score_many  # noqa: E402
 from qft_core.evaluate.misconceptions import load_default_misconceptions  # noqa: E402
 
@@ -105,8 +106,9 @@ def main() -> None:
     started = time.perf_counter()
     dictionary = load_default_dictionary()
     misconceptions = load_default_misconceptions(dictionary)
+    facts = load_default_fact_base()
     score_many(["预热。</think>AES 的密钥为 128 位。"], ["AES 的密钥为 128 位。"], dictionary=dictionary,
-               misconceptions=misconceptions)
+               misconceptions=misconceptions, facts=facts)
     print(f"startup (dictionary, jieba, {len(misconceptions)} misconceptions): {time.perf_counter() - started:.2f} s")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work slows the timings)")
 
@@ -117,13 +119,13 @@ def main() -> None:
     if args.profile:
         profiler = cProfile.Profile()
         profiler.runcall(score_many, predictions[:100], references[:100], dictionary=dictionary,
-                         misconceptions=misconceptions)
+                         misconceptions=misconceptions, facts=facts)
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
 
     for workers in args.workers:
         started, cpu_started = time.perf_counter(), _cpu_seconds()
         scores = score_many(predictions, references, dictionary=dictionary, misconceptions=misconceptions,
-                            workers=workers)
+                            facts=facts, workers=workers)
         elapsed, cpu = time.perf_counter() - started, _cpu_seconds() - cpu_started
         print(f"score_many workers={workers}: {elapsed:.2f} s wall, {cpu:.2f} s CPU "
               f"({1000 * cpu / args.pairs:.1f} ms CPU per pair, {args.pairs / elapsed:.0f} pairs/s)")

@@ -424,7 +424,8 @@ def compare_claims(answer: Sequence[Claim], reference: Sequence[Claim]) -> Claim
 
 @cache
 def load_default_fact_base() -> FactBase:
-    """The project's fact base, `data/crypto_facts.yaml` under the repository root, loaded once."""
+    """The project's bundled fact base, `data/crypto_facts.yaml` under the repository root, loaded once, for tests
+    and benchmarks that have no configuration; everything that has one loads `config.paths.fact_base`."""
     paths = PathsConfig()
     return FactBase.load(paths.resolve(paths.fact_base))
 

@@ -15,7 +15,7 @@ from functools import cached_property
 from qft_core.data.chinese import use_term_dictionary
 from qft_core.data.normalize import to_simplified
 from qft_core.data.terms import TermDictionary, TermMatch
-from qft_core.evaluate.facts import Claim, FactBase, compare_claims, load_default_fact_base
+from qft_core.evaluate.facts import Claim, FactBase, compare_claims
 from qft_core.evaluate.language import language_quality
 from qft_core.evaluate.misconceptions import Misconception, detect_misconceptions
 from qft_core.evaluate.professional import (
@@ -45,7 +45,7 @@ def score_pair(
     reference_reasoning: str | None = None,
     dictionary: TermDictionary,
     misconceptions: Sequence[Misconception],
-    facts: FactBase | None = None,
+    facts: FactBase,
 ) -> dict[str, float]:
     """The metrics of one raw model output (reasoning, `</think>`, answer) against the reference answer.
 
@@ -57,7 +57,7 @@ def score_pair(
     - keypoint_coverage: share of the reference's key facts the answer states;
     - misconceptions: how many listed misconceptions the answer states;
     - fact_confirmed / fact_contradicted / fact_accuracy: the answer's claims about known algorithms that the fact
-      base (`facts`, default data/crypto_facts.yaml) confirms and contradicts, and confirmed / both;
+      base (`facts`, the configured `paths.fact_base`) confirms and contradicts, and confirmed / both;
     - numeric_consistency / numeric_contradictions: agreement of the numbers answer and reference state about the
       same algorithm and attribute ("AES-256 有 10 轮" against "AES-256 有 14 轮": 0.0 and 1);
     - concept_accuracy: confirmed claims / (claims checked + misconceptions stated); security_coverage: share of the
@@ -81,7 +81,7 @@ def score_many(
     reference_reasonings: Sequence[str | None] | None = None,
     dictionary: TermDictionary,
     misconceptions: Sequence[Misconception],
-    facts: FactBase | None = None,
+    facts: FactBase,
     workers: int = 1,
 ) -> list[dict[str, float]]:
     """`score_pair` for every pair, in order; each text is segmented and searched once, a recurring reference once
@@ -116,7 +116,7 @@ class PairScorer:
     """Scores pairs with one dictionary, misconception list and fact base, keeping each distinct text's analysis."""
 
     def __init__(
-        self, dictionary: TermDictionary, misconceptions: Sequence[Misconception], facts: FactBase | None = None
+        self, dictionary: TermDictionary, misconceptions: Sequence[Misconception], facts: FactBase
     ) -> None:
         # Loads jieba's dictionary now: forked workers then share it instead of each loading it.
         use_term_dictionary(dictionary)
@@ -124,7 +124,7 @@ class PairScorer:
         dictionary.find("密码")
         self.dictionary = _RememberingDictionary(dictionary)
         self.misconceptions = list(misconceptions)
-        self.facts = facts or load_default_fact_base()
+        self.facts = facts
         self._references: OrderedDict[str, _TextAnalysis] = OrderedDict()
 
     def score_all(self, pairs: Sequence[tuple[str, str, str | None]]) -> list[dict[str, float]]:
@@ -315,7 +315,7 @@ def mean_scores(
     *,
     dictionary: TermDictionary,
     misconceptions: Sequence[Misconception],
-    facts: FactBase | None = None,
+    facts: FactBase,
 ) -> dict[str, float]:
     """Each metric's mean over the pairs (pairs where it does not apply are left out): a compact score_fn for
     comparing model variants side by side."""

@@ -17,7 +17,7 @@ from qft_core.data.terms import TermDictionary
 from qft_core.evaluate.bootstrap import aggregate, bootstrap_interval
 from qft_core.evaluate.charts import write_charts
 from qft_core.evaluate.degenerate import DEGENERATE_SHARE, degeneration
-from qft_core.evaluate.facts import FactBase, load_default_fact_base
+from qft_core.evaluate.facts import FactBase
 from qft_core.evaluate.generate import GeneratedAnswer
 from qft_core.evaluate.misconceptions import Misconception, detect_misconceptions
 from qft_core.evaluate.suggestions import regressions, suggest
@@ -78,7 +78,7 @@ def summarize_set(
     misconceptions: Sequence[Misconception],
     config: EvalConfig,
     elapsed_s: Mapping[str, float] | None = None,
-    facts: FactBase | None = None,
+    facts: FactBase,
 ) -> dict:
     """Everything report.json says about one evaluation set, for each model (keys of `generations`: base,
     finetuned), whose generations and scores are in the same item order."""
@@ -93,7 +93,6 @@ def summarize_set(
                  "confidence": config.confidence_level}
     categories = Counter(item.category or "uncategorized" for item in items)
     metrics = {model: aggregate(scores[model], **bootstrap) for model in models}
-    facts = facts or load_default_fact_base()
     degenerate = {model: _degenerate(generations[model]) for model in models}
     return {
         "n": len(items),

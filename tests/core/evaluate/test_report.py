@@ -12,6 +12,7 @@ import pytest
 
 from qft_core.config import EvalConfig
 from qft_core.data.terms import load_default_dictionary
+from qft_core.evaluate.facts import load_default_fact_base
 from qft_core.evaluate.generate import GeneratedAnswer
 from qft_core.evaluate.misconceptions import load_default_misconceptions
 from qft_core.evaluate.report import (
@@ -83,7 +84,7 @@ def summary(generations, scores) -> dict:
     dictionary = load_default_dictionary()
     return summarize_set(
         generations, scores, dictionary=dictionary, misconceptions=load_default_misconceptions(dictionary),
-        config=CONFIG, elapsed_s={"base": 2.0, "finetuned": 3.0},
+        facts=load_default_fact_base(), config=CONFIG, elapsed_s={"base": 2.0, "finetuned": 3.0},
     )
 
 
@@ -249,7 +250,8 @@ def test_summary_refuses_generations_of_different_items(summary: dict) -> None:
     tuned = [_answer("b", "symmetric", "R", "A", True)]
     with pytest.raises(ValueError, match="'finetuned' are not of the same items"):
         summarize_set({"base": base, "finetuned": tuned}, {"base": [{}], "finetuned": [{}]},
-                      dictionary=load_default_dictionary(), misconceptions=[], config=CONFIG)
+                      dictionary=load_default_dictionary(), misconceptions=[], facts=load_default_fact_base(),
+                      config=CONFIG)
 
 
 def test_score_table_has_a_row_per_model_and_item_with_every_metric(generations, scores, tmp_path) -> None:
@@ -281,7 +283,9 @@ def _degenerate_report(
         "finetuned": [_scores(tuned_value, 0.5, c, tuned_loss) for _, c, *_ in ITEMS],
     }
     dictionary = load_default_dictionary()
-    summary = summarize_set(generations, scores, dictionary=dictionary, misconceptions=[], config=CONFIG)
+    summary = summarize_set(
+        generations, scores, dictionary=dictionary, misconceptions=[], facts=load_default_fact_base(), config=CONFIG
+    )
     data = build_report({"test": summary}, models={"base": "tiny", "finetuned": "tiny + adapter"}, config=CONFIG,
                         stand_in=stand_in)
     return write_report(data, tmp_path)
