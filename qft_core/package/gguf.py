@@ -92,15 +92,23 @@ def _read_json(path: Path) -> dict:
         raise GgufExportError(f"{path}: cannot read it: {error}") from None
 
 
+def architecture_refusal(model_dir: Path) -> str | None:
+    """Why the model in `model_dir` has no GGUF export here (its architecture has no tensor mapping), or None: the
+    pipeline skips such a model with this reason instead of failing the run (the CPU demo's SmolLM2 is a Llama)."""
+    path = Path(model_dir) / "config.json"
+    model_type = _read_json(path).get("model_type")
+    if model_type in SUPPORTED_ARCHITECTURES:
+        return None
+    supported = ", ".join(SUPPORTED_ARCHITECTURES)
+    return f"{path}: model_type {model_type!r} has no GGUF mapping in qft (supported: {supported})"
+
+
 def _model_config(model_dir: Path) -> dict:
     path = model_dir / "config.json"
     config = _read_json(path)
-    model_type = config.get("model_type")
-    if model_type not in SUPPORTED_ARCHITECTURES:
-        raise GgufExportError(
-            f"{path}: model_type {model_type!r} has no GGUF mapping in qft "
-            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
-        )
+    refusal = architecture_refusal(model_dir)
+    if refusal:
+        raise GgufExportError(refusal)
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     if rope.get("rope_type", "default") != "default":
         raise GgufExportError(f"{path}: rope type {rope['rope_type']!r} is not exported (only the default rope)")

@@ -19,6 +19,7 @@ from qft_core.device import resolve_device
 from qft_core.model.registry import ensure_model_dir, resolve_model, torch_dtype
 from qft_core.package.bundle import archive_path, build_package
 from qft_core.package.layout import METADATA_FILE
+from qft_core.package.gguf import architecture_refusal
 from qft_core.package.gguf_verify import write_gguf_folder
 from qft_core.package.merge import merge_adapter, merge_tolerance
 from qft_core.package.model_card import ModelCardInfo
@@ -74,7 +75,11 @@ def gguf_model(context: dg.AssetExecutionContext, qft: QftSettings):
     config = qft.load()
     merged_dir = upstream_path(context, "merged_model")
     out_dir = run_folder(context, config) / "gguf"
-    written = write_gguf_folder(merged_dir, out_dir, config.export.gguf_types, model_name=config.export.package_name)
+    skipped = architecture_refusal(merged_dir) if config.export.gguf_types else None
+    if skipped:
+        context.log.warning(f"gguf_model: nothing exported: {skipped}")
+    types = [] if skipped else config.export.gguf_types
+    written = write_gguf_folder(merged_dir, out_dir, types, model_name=config.export.package_name)
     rows = [
         {"file": gguf_file.path.name, "size_mb": round(gguf_file.size_bytes / 1e6, 1), **check.to_metadata()}
         for gguf_file, check in written
@@ -83,8 +88,9 @@ def gguf_model(context: dg.AssetExecutionContext, qft: QftSettings):
         metadata={
             "path": dg.MetadataValue.path(str(out_dir)),
             "merged_model": dg.MetadataValue.path(str(merged_dir)),
-            "files": markdown_table(rows or [{"file": "none (export.gguf_types is empty)"}]),
+            "files": markdown_table(rows or [{"file": f"none ({skipped or 'export.gguf_types is empty'})"}]),
             "gguf": dg.MetadataValue.json(rows),
+            "skipped": skipped or "",
             **stand_in_metadata(config.model.name),
         }
     )
@@ -206,10 +212,12 @@ def deployment_package(
     rows, variant_warnings = quantized_variants(variants, merged_dir)
     model_dir = deployed_model_dir(config.export.deployed_variant, variants, merged_dir)
     gguf = _latest_gguf(context.instance, merged_dir)
-    gguf_warnings = (
-        ["gguf: no GGUF export of this merged model (materialize gguf_model); not included"]
-        if config.export.gguf_types and not gguf else []
-    )
+    if gguf and gguf.get("skipped"):
+        gguf_warnings = [f"gguf: not included: {gguf['skipped']}"]
+    elif config.export.gguf_types and not gguf:
+        gguf_warnings = ["gguf: no GGUF export of this merged model (materialize gguf_model); not included"]
+    else:
+        gguf_warnings = []
     warnings = [*(f"corpus: {warning}" for warning in corpus.warnings), *variant_warnings, *gguf_warnings]
     metadata = {
         "config": config.model_dump(mode="json"),

@@ -17,7 +17,14 @@ from qft_core.config import ModelConfig, PathsConfig
 from qft_core.model.registry import ensure_model_dir, resolve_model
 from qft_core.model.tokenizer import qwen3_thinking_chat_template
 from qft_core.package.bundle import build_package
-from qft_core.package.gguf import GgufExportError, export_gguf, gguf_file_name, ollama_modelfile, qwen3_gguf_name
+from qft_core.package.gguf import (
+    GgufExportError,
+    architecture_refusal,
+    export_gguf,
+    gguf_file_name,
+    ollama_modelfile,
+    qwen3_gguf_name,
+)
 from qft_core.package.gguf_verify import RELATIVE_TOLERANCE, verify_gguf
 from qft_core.package.manifest import check_manifest
 from qft_core.package.model_card import ModelCardInfo
@@ -157,6 +164,8 @@ def test_unsupported_architecture_is_a_one_line_error_naming_config_json(tiny_mo
         f"{model / 'config.json'}: model_type 'llama' has no GGUF mapping in qft (supported: qwen3)"
     )
     assert not any((tmp_path).glob("*.gguf*"))
+    assert architecture_refusal(model) == str(error.value)
+    assert architecture_refusal(tiny_model_dir) is None
 
 
 def test_qft_package_gguf_on_an_unsupported_model_is_one_line(
