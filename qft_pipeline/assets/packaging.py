@@ -1,4 +1,5 @@
-"""Packaging assets: merged model → quantized packages (one partition per format) → deployment package."""
+"""Packaging assets: merged model → quantized packages (one partition per format) → deployment package (with the
+GGUF files of assets/gguf.py)."""
 
 import functools
 from collections.abc import Mapping
@@ -19,8 +20,6 @@ from qft_core.device import resolve_device
 from qft_core.model.registry import ensure_model_dir, resolve_model, torch_dtype
 from qft_core.package.bundle import archive_path, build_package
 from qft_core.package.layout import METADATA_FILE
-from qft_core.package.gguf import architecture_refusal
-from qft_core.package.gguf_verify import write_gguf_folder
 from qft_core.package.merge import merge_adapter, merge_tolerance
 from qft_core.package.model_card import ModelCardInfo
 from qft_core.package.quantize import FormatUnavailableError, QuantSettingsError, quantize
@@ -33,6 +32,7 @@ from qft_core.package.compare import (
     evaluate_directory,
 )
 from qft_pipeline.artifacts import check_evaluations, run_folder, source_materialization, upstream_path
+from qft_pipeline.assets.gguf import GGUF_MODEL, latest_gguf
 from qft_pipeline.assets.training import TRAINING_POOL, lora_checkpoint
 from qft_pipeline.metadata import markdown_table, report_warnings, stand_in_metadata
 from qft_pipeline.resources import QftSettings
@@ -61,43 +61,6 @@ def merged_model(context: dg.AssetExecutionContext, qft: QftSettings) -> dg.Mate
     )
     metadata = {"path": dg.MetadataValue.path(str(report.out_dir)), "device": device, **report.to_metadata()}
     return dg.MaterializeResult(metadata=metadata)
-
-
-@dg.asset(
-    group_name=GROUP,
-    deps=[merged_model],
-    kinds={"gguf"},
-    check_specs=[dg.AssetCheckSpec("gguf_matches_merged_model", asset="gguf_model")],
-)
-def gguf_model(context: dg.AssetExecutionContext, qft: QftSettings):
-    """The merged model as GGUF files (export.gguf_types) with an Ollama Modelfile each, every file read back by
-    transformers' GGUF loader and compared with the merged model (logits, greedy tokens, tokenizer, template)."""
-    config = qft.load()
-    merged_dir = upstream_path(context, "merged_model")
-    out_dir = run_folder(context, config) / "gguf"
-    skipped = architecture_refusal(merged_dir) if config.export.gguf_types else None
-    if skipped:
-        context.log.warning(f"gguf_model: nothing exported: {skipped}")
-    types = [] if skipped else config.export.gguf_types
-    written = write_gguf_folder(merged_dir, out_dir, types, model_name=config.export.package_name)
-    rows = [
-        {"file": gguf_file.path.name, "size_mb": round(gguf_file.size_bytes / 1e6, 1), **check.to_metadata()}
-        for gguf_file, check in written
-    ]
-    yield dg.MaterializeResult(
-        metadata={
-            "path": dg.MetadataValue.path(str(out_dir)),
-            "merged_model": dg.MetadataValue.path(str(merged_dir)),
-            "files": markdown_table(rows or [{"file": f"none ({skipped or 'export.gguf_types is empty'})"}]),
-            "gguf": dg.MetadataValue.json(rows),
-            "skipped": skipped or "",
-            **stand_in_metadata(config.model.name),
-        }
-    )
-    failed = [row["file"] for row in rows if not row["passed"]]
-    yield dg.AssetCheckResult(
-        check_name="gguf_matches_merged_model", passed=not failed, metadata={"failed": dg.MetadataValue.json(failed)}
-    )
 
 
 def _score_fn(config):
@@ -192,7 +155,7 @@ def quantized_package(
     )
 
 
-@dg.asset(group_name=GROUP, deps=[merged_model, quantized_package, gguf_model])
+@dg.asset(group_name=GROUP, deps=[merged_model, quantized_package, GGUF_MODEL])
 def deployment_package(
     context: dg.AssetExecutionContext,
     qft: QftSettings,
@@ -211,7 +174,7 @@ def deployment_package(
     variants = _latest_variants(context.instance, config.quant.formats)
     rows, variant_warnings = quantized_variants(variants, merged_dir)
     model_dir = deployed_model_dir(config.export.deployed_variant, variants, merged_dir)
-    gguf = _latest_gguf(context.instance, merged_dir)
+    gguf = latest_gguf(context.instance, merged_dir)
     if gguf and gguf.get("skipped"):
         gguf_warnings = [f"gguf: not included: {gguf['skipped']}"]
     elif config.export.gguf_types and not gguf:
@@ -285,15 +248,6 @@ def _latest_variants(instance: dg.DagsterInstance, formats: list[str]) -> dict[s
         metadata = {name: entry.value for name, entry in records[0].asset_materialization.metadata.items()}
         variants[fmt] = {**metadata, VIOLATIONS: checked[-1] if checked else None}
     return variants
-
-
-def _latest_gguf(instance: dg.DagsterInstance, merged_dir: Path) -> Mapping[str, Any] | None:
-    """The metadata of the latest GGUF export if it was made from `merged_dir`, else None."""
-    event = instance.get_latest_materialization_event(dg.AssetKey("gguf_model"))
-    if event is None or event.asset_materialization is None:
-        return None
-    metadata = {key: entry.value for key, entry in event.asset_materialization.metadata.items()}
-    return metadata if metadata.get("merged_model") == str(merged_dir) else None
 
 
 def quantized_variants(
