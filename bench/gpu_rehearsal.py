@@ -17,8 +17,8 @@ that much time has passed, so a call ends inside the device's 10-minute limit; t
 
 Writes rehearsal-<phase>.json and rehearsal-<phase>.md under --out (card, date, versions, one row per asset),
 copies the trainer's per-step metrics there (lora_metrics.jsonl) and prints the table. Asserts nothing. Results on
-random weights: time, memory and throughput carry over to the real model; losses, metrics, probes and perplexity are noise. On a machine without a GPU, `--config` a CPU config
-(model.device: cpu) to check the code path.
+random weights: time, memory and throughput carry over to the real model; losses, metrics, probes and perplexity
+are noise. On a machine without a GPU, `--config` a CPU config (model.device: cpu) to check the code path.
 """
 
 from __future__ import annotations
