@@ -128,6 +128,13 @@ def apply_fast_path(peft_model: nn.Module, fast: FastPath, **compile_options) ->
         compile_decoder_layers(causal_lm(peft_model).get_decoder().layers, **compile_options)
 
 
+def begin_step(fast: FastPath) -> None:
+    """Call as each training step starts: under CUDA graph trees (mode "reduce-overhead") it tells torch that the
+    last step's graph outputs are dead, so replaying the graphs may overwrite them."""
+    if fast.compile_layers and fast.compile_mode == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()
+
+
 def build_optimizer(
     parameters: Iterable[nn.Parameter], *, lr: float, weight_decay: float, fast: FastPath
 ) -> torch.optim.AdamW:
