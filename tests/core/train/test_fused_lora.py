@@ -103,12 +103,13 @@ def test_disabled_adapters_and_peft_upcasts_run_peft_forward() -> None:
         torch.testing.assert_close(fused(x), peft_model(x), rtol=0, atol=0)
 
 
-def test_fused_layer_compiles_forward_and_backward_as_one_graph() -> None:
-    _, fused = _pair(torch.float32)
-    x, grad = _inputs(torch.float32)
-    eager_out, eager_x_grad, _ = _run(fused, x, grad, autocast=None)
+@pytest.mark.parametrize(("dtype", "autocast"), [(torch.float32, None), (torch.bfloat16, torch.bfloat16)])
+def test_fused_layer_compiles_forward_and_backward_as_one_graph(dtype, autocast) -> None:
+    _, fused = _pair(dtype)
+    x, grad = _inputs(dtype)
+    eager_out, eager_x_grad, _ = _run(fused, x, grad, autocast=autocast)
     compiled = torch.compile(fused, backend="aot_eager", fullgraph=True)
-    out, x_grad, _ = _run(compiled, x, grad, autocast=None)
+    out, x_grad, _ = _run(compiled, x, grad, autocast=autocast)
     torch.testing.assert_close(out, eager_out)
     torch.testing.assert_close(x_grad, eager_x_grad)
 
