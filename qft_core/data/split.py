@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from qft_core.config import SplitConfig
+from qft_core.data.annotate import reasoning_account
 from qft_core.records import ThinkingExample
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -320,6 +321,8 @@ def _report(named: dict[str, list[ThinkingExample]], config: SplitConfig, groups
             name: {c: round(counts[name].get(c, 0) / len(named[name]), 6) if named[name] else 0.0 for c in categories}
             for name in SPLIT_NAMES
         },
+        # Who wrote each split's reasoning: a model's (origin `model`) is marked as such wherever data is shown.
+        "reasoning_origins": {name: reasoning_account(named[name]) for name in SPLIT_NAMES},
         "difficulty_counts": {
             name: dict(sorted(Counter(str(e.difficulty or "unknown") for e in named[name]).items()))
             for name in SPLIT_NAMES
