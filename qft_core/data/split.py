@@ -36,6 +36,12 @@ class SplitResult:
     def splits(self) -> dict[str, list[ThinkingExample]]:
         return {"train": self.train, "validation": self.validation, "test": self.test}
 
+    def data_summary(self) -> dict:
+        """What a model card says of the data: the split sizes, and who wrote the reasoning (all splits together)."""
+        by_split = self.report["reasoning_origins"].values()
+        origins = {origin: sum(counts[origin] for counts in by_split) for origin in next(iter(by_split), {})}
+        return {"examples": self.report["sizes"], "reasoning_origins": origins}
+
     def category_share_rows(self) -> list[dict]:
         """One row per category: its share of each split's examples, for a table."""
         shares = self.report.get("category_share", {})
