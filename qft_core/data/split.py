@@ -37,8 +37,9 @@ class SplitResult:
         return {"train": self.train, "validation": self.validation, "test": self.test}
 
     def data_summary(self) -> dict:
-        """What a model card says of the data: the split sizes, and who wrote the reasoning (all splits together)."""
-        by_split = self.report["reasoning_origins"].values()
+        """What a model card says of the data: the split sizes, and who wrote the reasoning (all splits together;
+        none for splits made before reasoning origins were counted)."""
+        by_split = self.report.get("reasoning_origins", {}).values()
         origins = {origin: sum(counts[origin] for counts in by_split) for origin in next(iter(by_split), {})}
         return {"examples": self.report["sizes"], "reasoning_origins": origins}
 
