@@ -4,6 +4,7 @@ evaluation because they generate with a model; the data stage cannot import one.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import threading
@@ -121,6 +122,9 @@ class EndpointWriter:
             return self._unreachable
         except TimeoutError:
             return WriteFailed(f"{self.url}: no reply within {self._timeout_s:g} s")
+        except (OSError, http.client.HTTPException) as error:
+            # The connection broke mid-reply (reset, closed early): this request failed, the endpoint may recover.
+            return WriteFailed(f"{self.url}: the connection broke ({error})")
         except json.JSONDecodeError as error:
             return WriteFailed(f"{self.url}: the reply is not JSON ({error})")
         try:

@@ -132,8 +132,8 @@ def write_missing_reasoning(
     `thinking_writer` naming the writer. A refused or failed one stays without reasoning, `thinking_rejected`
     saying why, for the annotation stage to give it the template's. With the template writer, or with
     data.generate_missing_thinking off, the examples come back as they were."""
-    writer = writer or reasoning_writer(config)
     missing = [index for index, example in enumerate(examples) if not example.thinking]
+    writer = writer or (reasoning_writer(config) if missing and config.data.generate_missing_thinking else None)
     if writer is None or not config.data.generate_missing_thinking or not missing:
         return WrittenReasoning(list(examples), None, [])
     facts = FactBase.load(config.paths.resolve(config.paths.fact_base))
