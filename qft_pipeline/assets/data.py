@@ -3,7 +3,7 @@ splits exported for other trainers."""
 
 import dagster as dg
 
-from qft_core.data.annotate import annotate_examples, reasoning_account, rejected_reasoning
+from qft_core.data.annotate import annotate_examples
 from qft_core.data.corpus import CorpusManifest, scan_corpus
 from qft_core.data.export import EXPORT_FORMATS, export_splits, without_think_tags
 from qft_core.data.parse import CorpusChangedError, ParseResult, parse_manifest
@@ -13,7 +13,7 @@ from qft_core.evaluate.reasoning_writers import WriterSetupError
 from qft_core.evaluate.written_reasoning import write_missing_reasoning
 from qft_core.records import ThinkingExample
 from qft_pipeline.artifacts import run_folder
-from qft_pipeline.metadata import markdown_table, report_warnings
+from qft_pipeline.metadata import markdown_table, reasoning_metadata, report_warnings
 from qft_pipeline.resources import QftSettings
 from qft_pipeline.resources.artifact_io_manager import MANIFEST_FILE, QUARANTINE_REPORT
 
@@ -105,10 +105,7 @@ def term_annotated_examples(
         metadata={
             "examples": len(annotated),
             "distinct_terms": len({term for example in annotated for term in example.terms}),
-            "reasoning_writer": written.writer or config.reasoning.writer,
-            **{f"reasoning_{origin}": count for origin, count in reasoning_account(annotated).items()},
-            "reasoning_rejections": markdown_table(rejected_reasoning(annotated)[:50] or [{"reason": "none"}]),
-            "reasoning_writer_failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in written.failures) or "none"),
+            **reasoning_metadata(written, annotated, config.reasoning.writer),
             "categories": markdown_table(
                 [
                     {"category": category, "examples": sum(category in example.term_categories for example in annotated)}
