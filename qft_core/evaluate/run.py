@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from qft_core.config import EvalConfig, QftConfig
+from qft_core.data.annotate import reasoning_account
 from qft_core.data.terms import TermDictionary
 from qft_core.device import resolve_device
 from qft_core.evaluate.expert_performance import Resampling
@@ -143,6 +144,7 @@ def evaluate_models(
         experts=expert_performance_section(
             Path(expert_db) if expert_db else default_db_path(config.paths), eval_config
         ),
+        reasoning_origins=reasoning_account(list(test_examples)[: config.eval.max_examples]),
     )
     return write_report(data, out_dir, outputs)
 
