@@ -245,7 +245,7 @@ def generate_answers(
     )
     answers: list[GeneratedAnswer | None] = [None] * len(items)
     model.eval()
-    with torch.inference_mode(), _sampling_seed(config, model.device):
+    with torch.inference_mode(), _sampling_seed(config, model.device), path.decoding_context():
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
             began = time.perf_counter()

@@ -4,6 +4,7 @@ transformers' dynamic cache elsewhere. The choice carries its reasons, for the e
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from torch import nn
@@ -35,6 +36,15 @@ class GenerationPath:
 
     def as_metadata(self) -> dict:
         return {"path": self.name, "cache": self.cache, "compiled": self.compiled, "fallbacks": list(self.fallbacks)}
+
+    def decoding_context(self) -> AbstractContextManager:
+        """Where compiled decoding is built: Inductor rounds its fused bfloat16 intermediates as eager code does, so
+        the greedy tokens stay eager's (a fused kernel keeping float32 between ops can flip a near-tie)."""
+        if not self.compiled:
+            return nullcontext()
+        import torch._inductor.config
+
+        return torch._inductor.config.patch(emulate_precision_casts=True)
 
     def new_cache(self, model: PreTrainedModel, length: int) -> StaticCache | None:
         """A cache of `length` positions for one batch (its rows, device and dtype are taken on first use), or None

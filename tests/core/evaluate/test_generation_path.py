@@ -56,3 +56,14 @@ def test_the_plain_path_makes_no_cache_and_the_static_path_one_of_the_asked_leng
     assert [layer.max_cache_len for layer in cache.layers] == [40] * model.config.num_hidden_layers
     assert cache.layers[0].keys.shape == (2, model.config.num_key_value_heads, 40, model.config.head_dim)
     assert int(cache.get_seq_length()) == 3
+
+
+def test_compiled_decoding_is_built_with_eager_rounding_and_the_setting_is_restored() -> None:
+    import torch._inductor.config as inductor
+
+    before = inductor.emulate_precision_casts
+    with GenerationPath(cache=STATIC, compiled=True).decoding_context():
+        assert inductor.emulate_precision_casts is True
+    with GenerationPath.plain().decoding_context():
+        assert inductor.emulate_precision_casts == before
+    assert inductor.emulate_precision_casts == before
