@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from torch import nn
 from transformers import PreTrainedModel, StaticCache
 
-from qft_core.train.compiler import compile_unavailable_reason
+from qft_core.device import compile_unavailable_reason
 
 STATIC = "static"
 DYNAMIC = "dynamic"
