@@ -255,3 +255,28 @@ def test_static_cache_gives_the_plain_paths_tokens(tiny, free_run, config) -> No
     )
     assert [answer.token_ids for answer in static] == [answer.token_ids for answer in plain]
     assert all(len(answer.token_ids) == config.max_new_tokens for answer in static)
+
+
+@pytest.mark.slow
+def test_compiled_static_decoding_gives_the_plain_paths_tokens_with_one_graph_for_both_phases(tiny, free_run) -> None:
+    """What CUDA runs, on the CPU: transformers compiles decoding on CUDA only unless its compile config says
+    every device (a private flag, the one switch there is); Inductor builds C++ kernels here (about 80 s)."""
+    from torch._dynamo.utils import counters
+    from transformers import CompileConfig
+
+    model, tokenizer = tiny
+    compile_config = CompileConfig()
+    compile_config._compile_all_devices = True
+    original = model.generation_config.compile_config
+    model.generation_config.compile_config = compile_config
+    counters.clear()
+    try:
+        compiled = generate_answers(
+            model, tokenizer, _items(), FREE_RUN, path=GenerationPath(cache=STATIC, compiled=True)
+        )
+    finally:
+        model.generation_config.compile_config = original
+        model.__dict__.pop("_compiled_call", None)
+    assert [answer.token_ids for answer in compiled] == [answer.token_ids for answer in free_run]
+    assert all(answer.forced_close for answer in compiled)
+    assert counters["stats"]["unique_graphs"] == 1
