@@ -73,7 +73,8 @@ def write_questions(target: Path) -> None:
 
     config = QftConfig()
     dictionary = TermDictionary.load(REPO_ROOT / "data" / "crypto_terms.yaml")
-    examples = annotate_examples(parse_paths([REPO_ROOT / "data" / "corpus"], config.data).examples, dictionary, config.data)
+    parsed = parse_paths([REPO_ROOT / "data" / "corpus"], config.data).examples
+    examples = annotate_examples(parsed, dictionary, config.data)
     test = term_balanced_split(examples, config.split).test
     target.write_text(
         json.dumps([{"id": e.id, "question": e.question} for e in test], ensure_ascii=False, indent=1) + "\n",
@@ -123,9 +124,9 @@ def timed(model, tokenizer, items, config, path, device) -> tuple[float, list[Ge
 def agreement(answers: list[GeneratedAnswer], reference: list[GeneratedAnswer]) -> dict:
     """How many rows give the reference's tokens, and the first token where another differs."""
     differing = [
-        next((i for i, (a, b) in enumerate(zip(x.token_ids, y.token_ids)) if a != b), min(len(x.token_ids), len(y.token_ids)))
-        for x, y in zip(answers, reference)
-        if x.token_ids != y.token_ids
+        next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), min(len(x), len(y)))
+        for x, y in ((answer.token_ids, other.token_ids) for answer, other in zip(answers, reference))
+        if x != y
     ]
     return {
         "identical": not differing,
@@ -172,21 +173,24 @@ def run(args) -> list[dict]:
         run_items, run_config, path = plan[name]
         repeats = 2 if name == "qft" else 1
         for attempt in range(repeats):
-            seconds, answers[name] = timed(model, tokenizer, run_items, run_config, path, device)
-            tokens = sum(len(answer.token_ids) for answer in answers[name])
+            label = name if attempt == repeats - 1 else f"{name} (first run)"
+            seconds, answers[label] = timed(model, tokenizer, run_items, run_config, path, device)
+            tokens = sum(len(answer.token_ids) for answer in answers[label])
             row = {
-                "path": name if attempt == repeats - 1 else f"{name} (first run)",
+                "path": label,
                 "generation_path": path.name, "questions": len(run_items), "batch": run_config.batch_size,
                 "seconds": round(seconds, 2), "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1),
-                "peak_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 1) if device.type == "cuda" else None,
+                "peak_gib": (
+                    round(torch.cuda.max_memory_allocated(device) / 2**30, 1) if device.type == "cuda" else None
+                ),
             }
             results.append(row)
             print(row, flush=True)
     reference = answers.get("batched")
     for row in results:
-        name = row["path"].split(" ")[0]
-        if reference is not None and name != "batched":
-            row.update(agreement(answers[name], reference[: len(answers[name])]))
+        mine = answers[row["path"]]
+        if reference is not None and row["path"] != "batched":
+            row.update(agreement(mine, reference[: len(mine)]))
     speed = {row["path"]: row["tokens_per_s"] for row in results}
     for row in results:
         if "batched" in speed:
@@ -201,12 +205,14 @@ def table(results: list[dict], env: dict, args) -> str:
         f"max_new_tokens {args.max_new_tokens}. {env['card']}, {env['date']}, torch {env['torch']}, "
         f"transformers {env['transformers']}, CUDA {env['cuda']}.",
         "",
-        "| path | cache / decoding | questions | s | tokens | tokens/s | × batched | same tokens as batched | peak GiB |",
+        "| path | cache / decoding | questions | s | tokens | tokens/s | × batched | same tokens as batched "
+        "| peak GiB |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         same = "" if "identical" not in r else (
-            "yes" if r["identical"] else f"{r['identical_rows']} rows (first difference at token {r['first_difference_at']})"
+            "yes" if r["identical"]
+            else f"{r['identical_rows']} rows (first difference at token {r['first_difference_at']})"
         )
         lines.append(
             f"| {r['path']} | {r['generation_path']} | {r['questions']} | {r['seconds']} | {r['tokens']} | "
