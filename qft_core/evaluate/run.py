@@ -24,6 +24,7 @@ from qft_core.evaluate.generate import (
     items_from_gold,
     with_model_sampling,
 )
+from qft_core.evaluate.generation_path import generation_path_for
 from qft_core.evaluate.metrics import score_many
 from qft_core.evaluate.misconceptions import load_misconceptions
 from qft_core.evaluate.report import (
@@ -80,6 +81,8 @@ def evaluate_models(
     model = load_model(spec, dtype=config.model.dtype, device=resolve_device(config.model.device))
     # The report states the sampling actually used, the model's recommended settings included.
     eval_config = with_model_sampling(config.eval, ensure_model_dir(spec))
+    # One path for both models, so their timings compare; the report says which and why.
+    path = generation_path_for(model)
     generations: dict[str, dict[str, list[GeneratedAnswer]]] = {name: {} for name in sets}
     elapsed: dict[str, dict[str, float]] = {name: {} for name in sets}
     losses: dict[str, dict[str, list[dict[str, float]]]] = {name: {} for name in sets}
@@ -94,7 +97,7 @@ def evaluate_models(
             began = time.perf_counter()
             generations[name][role] = generate_answers(
                 model, tokenizer, items, eval_config, progress=steps.within(f"{role} on {name}"),
-                label=f"{role} on {name}",
+                label=f"{role} on {name}", path=path,
             )
             elapsed[name][role] = time.perf_counter() - began
             steps.advance(len(items))
@@ -141,6 +144,7 @@ def evaluate_models(
         models={"base": spec.name, "finetuned": f"{spec.name} + LoRA adapter {adapter_dir}"},
         config=eval_config,
         stand_in=stand_in_note(spec.name),
+        generation_path=path.as_metadata(),
         experts=expert_performance_section(
             Path(expert_db) if expert_db else default_db_path(config.paths), eval_config
         ),
