@@ -1,5 +1,5 @@
 """Evaluation generation's throughput: plain `generate` one question at a time, plain batched `generate` (dynamic
-KV cache), and qft's path (`generation_path_for`: a static cache with compiled decoding on CUDA), over the test
+KV cache), and qft's path (`generation_path_for_items`: a static cache with compiled decoding on CUDA), over the test
 split's questions with the thinking budget, on a model of Qwen3-4B-Thinking-2507's shape with random bf16 weights
 built on the GPU; and whether their greedy tokens are identical.
 
@@ -14,7 +14,7 @@ Paths (every one is `generate_answers`, both phases, greedy):
   single    plain path, one question at a time (on the first --single questions: it is slow)
   batched   plain path, all questions in batches of --batch-size, left-padded, dynamic cache
   static    a static cache with eager decoding (what compiling adds is qft minus this)
-  qft       the path `generation_path_for` chooses on this device; timed twice, the first run holding compilation
+  qft       the path `generation_path_for_items` chooses on this device; timed twice, the first run holding compilation
 Random weights never write `</think>` or the end of turn: every row reasons to the budget, gets `</think>`
 forced in and answers to --max-new-tokens, so every path does the same work. Tokens/s counts completion tokens
 (the forced `</think>` included) over the wall time. The questions come from bench/generation_questions.json
@@ -54,8 +54,8 @@ def stand_in_text_libraries() -> None:
 stand_in_text_libraries()
 
 from qft_core.config import EvalConfig  # noqa: E402
-from qft_core.evaluate.generate import EvalItem, GeneratedAnswer, generate_answers  # noqa: E402
-from qft_core.evaluate.generation_path import STATIC, GenerationPath, generation_path_for  # noqa: E402
+from qft_core.evaluate.generate import EvalItem, GeneratedAnswer, generate_answers, generation_path_for_items  # noqa: E402
+from qft_core.evaluate.generation_path import STATIC, GenerationPath  # noqa: E402
 from qft_core.model.registry import QWEN3_4B_ARCHITECTURE, TINY_ARCHITECTURE, qwen3_config  # noqa: E402
 from qft_core.model.tokenizer import load_qwen3_tokenizer, qwen3_thinking_chat_template  # noqa: E402
 
@@ -156,7 +156,7 @@ def run(args) -> list[dict]:
     config = EvalConfig(
         max_new_tokens=args.max_new_tokens, thinking_budget=args.thinking_budget, batch_size=args.batch_size
     )
-    chosen = generation_path_for(model)
+    chosen = generation_path_for_items(model, tokenizer, items, config)
     print(f"{len(items)} questions, batch {args.batch_size}, thinking budget {args.thinking_budget}, "
           f"max_new_tokens {args.max_new_tokens}, device {device}; qft path: {chosen.name} {list(chosen.fallbacks)}")
     # Warm the plain path (allocator, kernels) on a short run; the qft path is timed twice instead.

@@ -234,15 +234,11 @@ def generate_answers(
     its shapes), the longest prompt, the thinking budget, the forced close and `max_new_tokens`: the answer
     phase of a row that closed early starts after the longest reasoning of its batch.
     """
-    path = path or generation_path_for(model)
     stops = Stops.for_model(model, tokenizer)
     prompts = [generation_prompt_ids(item.question, tokenizer) for item in items]
     order = sorted(range(len(items)), key=lambda index: -len(prompts[index]))
-    cache_length = (
-        len(prompts[order[0]]) + config.thinking_budget + 1 + len(stops.close_ids) + config.max_new_tokens
-        if items
-        else 0
-    )
+    cache_length = _cache_length(prompts, config, stops)
+    path = path or generation_path_for(model, rows=min(config.batch_size, len(items)), positions=cache_length)
     answers: list[GeneratedAnswer | None] = [None] * len(items)
     model.eval()
     with torch.inference_mode(), _sampling_seed(config, model.device), path.decoding_context():
@@ -267,6 +263,24 @@ class _Completion:
     answer_ids: list[int]
     closed: bool
     finished: bool
+
+
+def _cache_length(prompts: Sequence[Sequence[int]], config: EvalConfig, stops: Stops) -> int:
+    """Positions a static cache needs for any batch of `prompts`: the longest prompt, the thinking budget, the forced
+    close and `max_new_tokens` (a row that closed early starts its answer after the batch's longest reasoning)."""
+    if not prompts:
+        return 0
+    return max(map(len, prompts)) + config.thinking_budget + 1 + len(stops.close_ids) + config.max_new_tokens
+
+
+def generation_path_for_items(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[EvalItem], config: EvalConfig
+) -> GenerationPath:
+    """The path `generate_answers` would take for `items`, to use one path for several calls (base and fine-tuned
+    model, several sets): the static cache has to fit their longest prompt and a full batch."""
+    prompts = [generation_prompt_ids(item.question, tokenizer) for item in items]
+    positions = _cache_length(prompts, config, Stops.for_model(model, tokenizer))
+    return generation_path_for(model, rows=min(config.batch_size, len(items)), positions=positions)
 
 
 def _complete_batch(

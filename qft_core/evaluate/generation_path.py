@@ -7,6 +7,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from transformers import PreTrainedModel, StaticCache
 
@@ -14,6 +15,10 @@ from qft_core.device import compile_unavailable_reason
 
 STATIC = "static"
 DYNAMIC = "dynamic"
+# The share of the device's free memory a static cache may take; the rest is for activations of the prefill and the
+# compiled graphs' workspace.
+STATIC_CACHE_SHARE = 0.6
+GIB = 1024**3
 
 
 @dataclass(frozen=True)
@@ -54,9 +59,16 @@ class GenerationPath:
         return StaticCache(config=model.config, max_cache_len=length)
 
 
-def choose_generation_path(*, compile_unavailable: str | None, static_cache_supported: bool) -> GenerationPath:
+def choose_generation_path(
+    *,
+    compile_unavailable: str | None,
+    static_cache_supported: bool,
+    static_cache_bytes: int = 0,
+    free_bytes: int | None = None,
+) -> GenerationPath:
     """A static cache with compiled decoding where the device compiles (`compile_unavailable` is None: CUDA with
-    Triton) and the model supports a static cache; otherwise the plain path, with the reason.
+    Triton), the model supports a static cache and the cache (`static_cache_bytes`, every row at its worst-case
+    length) takes at most STATIC_CACHE_SHARE of the device's `free_bytes`; otherwise the plain path, with the reason.
 
     A static cache without compiled decoding is no win: each step attends over the whole preallocated cache
     instead of the positions written so far (on the CPU, qwen3-tiny: see docs/performance.md, "Generation").
@@ -70,14 +82,35 @@ def choose_generation_path(*, compile_unavailable: str | None, static_cache_supp
                 "static cache alone attends over all its preallocated positions every step",
             )
         )
+    if free_bytes is not None and static_cache_bytes > STATIC_CACHE_SHARE * free_bytes:
+        return GenerationPath(
+            fallbacks=(
+                f"cache: dynamic and decoding eager, since a static cache for every row at its longest would take"
+                f" {static_cache_bytes / GIB:.1f} GiB, over {STATIC_CACHE_SHARE:.0%} of the {free_bytes / GIB:.1f}"
+                " GiB free on the device; the dynamic cache grows only as far as the rows go (lower"
+                " eval.batch_size for the static one)",
+            )
+        )
     return GenerationPath(cache=STATIC, compiled=True)
 
 
-def generation_path_for(model: nn.Module) -> GenerationPath:
-    """The path for `model` (a PEFT model is judged by its base model) on the device it sits on."""
+def kv_bytes_per_position(model: PreTrainedModel) -> int:
+    """Bytes of keys and values one row keeps per position, over every layer, in the model's dtype."""
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return 2 * config.num_hidden_layers * heads * head_dim * model.dtype.itemsize
+
+
+def generation_path_for(model: nn.Module, *, rows: int = 1, positions: int = 0) -> GenerationPath:
+    """The path for `model` (a PEFT model is judged by its base model) on the device it sits on, for batches of
+    `rows` rows whose static cache would hold `positions` positions each."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    device = base.device
     return choose_generation_path(
-        compile_unavailable=compile_unavailable_reason(base.device),
+        compile_unavailable=compile_unavailable_reason(device),
         # The model classes whose forward transformers can compile whole are those written for a static cache.
         static_cache_supported=bool(getattr(base, "_can_compile_fullgraph", False)),
+        static_cache_bytes=rows * positions * kv_bytes_per_position(base),
+        free_bytes=torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None,
     )

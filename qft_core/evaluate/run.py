@@ -20,11 +20,11 @@ from qft_core.evaluate.generate import (
     EvalItem,
     GeneratedAnswer,
     generate_answers,
+    generation_path_for_items,
     items_from_examples,
     items_from_gold,
     with_model_sampling,
 )
-from qft_core.evaluate.generation_path import generation_path_for
 from qft_core.evaluate.metrics import score_many
 from qft_core.evaluate.misconceptions import load_misconceptions
 from qft_core.evaluate.report import (
@@ -82,7 +82,9 @@ def evaluate_models(
     # The report states the sampling actually used, the model's recommended settings included.
     eval_config = with_model_sampling(config.eval, ensure_model_dir(spec))
     # One path for both models, so their timings compare; the report says which and why.
-    path = generation_path_for(model)
+    path = generation_path_for_items(
+        model, tokenizer, [item for items in sets.values() for item in items], eval_config
+    )
     generations: dict[str, dict[str, list[GeneratedAnswer]]] = {name: {} for name in sets}
     elapsed: dict[str, dict[str, float]] = {name: {} for name in sets}
     losses: dict[str, dict[str, list[dict[str, float]]]] = {name: {} for name in sets}

@@ -8,10 +8,12 @@ import torch
 from qft_core.config import ModelConfig, PathsConfig
 from qft_core.evaluate.generation_path import (
     DYNAMIC,
+    GIB,
     STATIC,
     GenerationPath,
     choose_generation_path,
     generation_path_for,
+    kv_bytes_per_position,
 )
 from qft_core.model.registry import load_model, resolve_model
 
@@ -67,3 +69,28 @@ def test_compiled_decoding_is_built_with_eager_rounding_and_the_setting_is_resto
     with GenerationPath.plain().decoding_context():
         assert inductor.emulate_precision_casts == before
     assert inductor.emulate_precision_casts == before
+
+
+def test_a_static_cache_over_the_free_memory_share_falls_back_to_the_dynamic_cache() -> None:
+    # The production recipe on an 80 GB card: 16 rows × 30,900 positions × 144 KiB (Qwen3-4B, bf16) ≈ 68 GiB.
+    cache_bytes = 16 * 30_900 * 147_456
+    free = 70 * GIB
+    path = choose_generation_path(
+        compile_unavailable=None, static_cache_supported=True, static_cache_bytes=cache_bytes, free_bytes=free
+    )
+    assert (path.cache, path.compiled) == (DYNAMIC, False)
+    (reason,) = path.fallbacks
+    assert "67.9 GiB, over 60% of the 70.0 GiB free" in reason and "eval.batch_size" in reason
+    # The same cache fits a card with more room: 67.9 ≤ 0.6 × 120.
+    roomy = choose_generation_path(
+        compile_unavailable=None, static_cache_supported=True, static_cache_bytes=cache_bytes, free_bytes=120 * GIB
+    )
+    assert roomy.cache == STATIC
+
+
+def test_kv_bytes_per_position_counts_keys_and_values_of_every_layer(tmp_path) -> None:
+    spec = resolve_model(ModelConfig(name="qwen3-tiny"), PathsConfig(model_cache_dir=str(tmp_path)))
+    model = load_model(spec, dtype="float32")
+    config = model.config
+    expected = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4
+    assert kv_bytes_per_position(model) == expected
