@@ -199,7 +199,7 @@ def _validation_stats(stats: RunStats, steps: list[dict]) -> None:
     if not validation:
         return
     best = min(validation, key=lambda r: r["val_loss"])
-    stats.last_val_loss = validation[-1]["val_loss"]
+    stats.first_val_loss, stats.last_val_loss = validation[0]["val_loss"], validation[-1]["val_loss"]
     stats.best_val_loss, stats.best_val_step, stats.best_val_epoch = best["val_loss"], best["step"], best.get("epoch")
 
 

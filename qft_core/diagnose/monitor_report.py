@@ -100,6 +100,7 @@ class RunStats(BaseModel):
     # Relative drop of the smoothed loss over the last window (negative: it rose).
     tail_improvement: float | None = None
     loss_noise: float | None = None
+    first_val_loss: float | None = None
     last_val_loss: float | None = None
     best_val_loss: float | None = None
     best_val_step: int | None = None
