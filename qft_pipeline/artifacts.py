@@ -83,12 +83,14 @@ def materialized_in(instance: dg.DagsterInstance, run_id: str, key: dg.AssetKey)
     )
 
 
-def upstream_path(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, asset: str) -> Path:
-    """The `path` an upstream asset that Dagster does not carry (a model folder) recorded: see
-    `source_materialization`. A check may look again at data its blocking check stopped."""
+def upstream_path(
+    context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, asset: str, entry: str = "path"
+) -> Path:
+    """The `path` (or another path `entry`) an upstream asset that Dagster does not carry (a model folder) recorded:
+    see `source_materialization`. A check may look again at data its blocking check stopped."""
     refuse = not isinstance(context, dg.AssetCheckExecutionContext)
     event = source_materialization(context.instance, context.run.run_id, dg.AssetKey(asset), refuse_stopped=refuse)
-    return Path(event.asset_materialization.metadata["path"].value)
+    return Path(event.asset_materialization.metadata[entry].value)
 
 
 def source_materialization(

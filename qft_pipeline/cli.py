@@ -15,6 +15,9 @@ from typing import TextIO
 from qft_core.cli.errors import CommandError, Handler
 from qft_core.config import REPO_ROOT
 
+# The exit status of a `qft run` stopped by Ctrl-C: 128 + SIGINT, what a shell reports for a command it stopped.
+INTERRUPTED = 128 + signal.SIGINT
+
 
 def _needs_dagster(handler: Handler) -> Handler:
     """A handler that says in one line, not a traceback, that it needs Dagster where Dagster cannot be imported."""
@@ -48,7 +51,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             with output_to_file(log_file) as console:
                 outcome = _materialize(args, console)
-        except CommandError:
+        except CommandError as error:
+            if error.exit_status == INTERRUPTED:
+                raise CommandError(f"{error}; library output: {log_file}", exit_status=INTERRUPTED) from None
             # A bad --select runs nothing and leaves no trace: not even the log of the imports, nor the folders
             # made for it (removed only while empty, so a concurrent run's files are safe).
             log_file.unlink(missing_ok=True)
@@ -77,14 +82,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _materialize(args: argparse.Namespace, console: TextIO):
     console.write("qft run: loading torch, transformers and the Dagster definitions…\n")
-    # Imported here, inside the redirection: these imports are where torch, torchao and Dagster print their
-    # import-time warnings.
-    from qft_pipeline.runner import SelectionError, materialize_graph
-
     try:
-        return materialize_graph(config_file=args.config, selection=args.select, device=args.device, console=console)
-    except SelectionError as error:
-        raise CommandError(str(error)) from None
+        # Imported here, inside the redirection: these imports are where torch, torchao and Dagster print their
+        # import-time warnings.
+        from qft_pipeline.runner import SelectionError, materialize_graph
+
+        try:
+            return materialize_graph(
+                config_file=args.config, selection=args.select, device=args.device, console=console
+            )
+        except SelectionError as error:
+            raise CommandError(str(error)) from None
+    except KeyboardInterrupt:
+        raise CommandError(
+            "interrupted (Ctrl-C); the next `qft run` marks the unfinished run failed and goes on from there (a "
+            "training resumes from its newest checkpoint)",
+            exit_status=INTERRUPTED,
+        ) from None
 
 
 @_needs_dagster

@@ -124,7 +124,11 @@ def _execute(
         except BaseException as error:  # re-raised in the caller's thread below
             outcome["error"] = error
 
-    worker = threading.Thread(target=execute, name=f"qft-{step.job}")
+    # A daemon: on Ctrl-C this thread's KeyboardInterrupt ends `qft run` at once. A non-daemon worker kept the
+    # job going (Dagster sees SIGINT only on the main thread) and the interpreter waited for it at exit. The run
+    # left STARTED is marked failed by the next `qft run` (fail_abandoned_runs), whose training resumes from its
+    # newest checkpoint; the trainer dies with this process (its launcher pid).
+    worker = threading.Thread(target=execute, name=f"qft-{step.job}", daemon=True)
     follower = RunFollower(instance, run_id, bar, label=step.partition)
     worker.start()
     while worker.is_alive():

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from qft_core.config import QftConfig
-from qft_core.diagnose.findings import Finding, MonitorReport
+from qft_core.diagnose.monitor_report import Finding, MonitorReport
 from qft_core.evaluate.report import EvaluationReport
 from qft_core.evaluate.suggestions import MAX_UNCLOSED_RATE
 from qft_core.train.plan import MIN_LORA_RANK, TrainingPlan

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from qft_core.diagnose.curves import has_chinese_metrics, plot_chinese_metrics, plot_training_panels, read_metrics
-from qft_core.diagnose.findings import MonitorError, MonitorReport, step_records, trailing_mean
+from qft_core.diagnose.findings import MonitorError, step_records, trailing_mean
+from qft_core.diagnose.monitor_report import MonitorReport
 from qft_core.train.metrics_log import format_duration
 
 REPORT_FILE = "training_monitor.md"

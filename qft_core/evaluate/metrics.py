@@ -15,7 +15,8 @@ from functools import cached_property
 from qft_core.data.chinese import use_term_dictionary
 from qft_core.data.normalize import to_simplified
 from qft_core.data.terms import TermDictionary, TermMatch
-from qft_core.evaluate.facts import Claim, FactBase, compare_claims
+from qft_core.evaluate.claims import Claim, compare_claims
+from qft_core.evaluate.facts import FactBase
 from qft_core.evaluate.language import language_quality
 from qft_core.evaluate.misconceptions import Misconception, detect_misconceptions
 from qft_core.evaluate.professional import (

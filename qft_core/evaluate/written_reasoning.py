@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from qft_core.config import QftConfig, ReasoningConfig
 from qft_core.data.terms import TermDictionary
 from qft_core.data.thinking import new_share, score_thinking
-from qft_core.evaluate.facts import NUMERIC_ATTRIBUTES, Claim, FactBase
+from qft_core.evaluate.claims import NUMERIC_ATTRIBUTES, Claim
+from qft_core.evaluate.facts import FactBase
 from qft_core.evaluate.reasoning_writers import Progress, ReasoningWriter, WriteFailed, reasoning_writer
 from qft_core.evaluate.thinking_quality import THINK_CLOSE, THINK_OPEN
 from qft_core.records import ThinkingExample, ThinkingStructure

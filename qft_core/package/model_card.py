@@ -3,12 +3,15 @@ intended use and limitations, filled from the package metadata."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+from qft_core.model.peft_files import ADAPTER_CONFIG
 from qft_core.package.layout import package_quantization
 from qft_core.serve.vllm import gpu_serving_lines
 from qft_core.model.registry import stand_in_note
@@ -38,7 +41,8 @@ DEFAULT_LIMITATIONS_EN = (
     "Quantized variants may be less accurate than full precision; see the evaluation metrics above.",
 )
 # The configuration keys a reader needs to understand the fine-tuning, in the order the card shows them; the whole
-# configuration is in qft_metadata.json.
+# configuration is in qft_metadata.json. The lora.* rows come from the metadata's `lora` (the adapter's own settings)
+# where it has one: the planner may train a smaller adapter than the configured one.
 CARD_CONFIG_KEYS = {
     "model": ("name", "max_length", "dtype"),
     "split": ("train", "validation", "test", "seed"),
@@ -48,6 +52,14 @@ CARD_CONFIG_KEYS = {
         "max_grad_norm", "packing", "loss_on_reasoning", "mask_empty_thinking", "seed",
     ),
 }
+
+
+# adapter_config.json's keys (PEFT's names) under the card's lora.* names.
+_ADAPTER_LORA_KEYS = {"r": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "target_modules": "target_modules"}
+
+
+class AdapterConfigError(ValueError):
+    """An adapter_config.json the LoRA settings cannot be read from; the message names the file and the key."""
 
 
 @dataclass(frozen=True)
@@ -163,8 +175,30 @@ def _table(values: Mapping[str, Any], labels: _Labels) -> str:
     return "\n".join(rows)
 
 
+def adapter_lora(adapter_dir: str | Path) -> dict[str, Any]:
+    """The LoRA an adapter was trained with (r, alpha, dropout, target modules), from its own adapter_config.json:
+    the plan's, which is the configured one only when the planner did not shrink it to fit."""
+    path = Path(adapter_dir) / ADAPTER_CONFIG
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise AdapterConfigError(f"{path}: cannot read the adapter's config: {error}") from None
+    if not isinstance(recorded, dict):
+        raise AdapterConfigError(f"{path}: not a JSON object")
+    missing = [key for key in _ADAPTER_LORA_KEYS.values() if recorded.get(key) is None]
+    if missing:
+        raise AdapterConfigError(f"{path}: no {', '.join(missing)}: not a LoRA adapter's config")
+    lora = {name: recorded[key] for name, key in _ADAPTER_LORA_KEYS.items()}
+    # PEFT writes a list of target modules from a set, in no fixed order (a string is one regex: kept as it is).
+    if isinstance(lora["target_modules"], list):
+        lora["target_modules"] = sorted(lora["target_modules"])
+    return lora
+
+
 def _training_config(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    config = metadata.get("config") or {}
+    config = {**(metadata.get("config") or {})}
+    if metadata.get("lora"):
+        config["lora"] = metadata["lora"]
     return {
         f"{section}.{key}": config[section][key]
         for section, keys in CARD_CONFIG_KEYS.items()

@@ -4,7 +4,7 @@ ran and the evaluation's numbers — the evaluation-based rules need the report,
 import dagster as dg
 
 from qft_core.diagnose.advice import SettingChange, advice_markdown, advise
-from qft_core.diagnose.findings import MonitorReport
+from qft_core.diagnose.monitor_report import MonitorReport
 from qft_core.evaluate.report import EvaluationReport
 from qft_core.train.plan import TrainingPlan
 from qft_pipeline.artifacts import source_materialization

@@ -21,7 +21,7 @@ from qft_core.model.registry import ensure_model_dir, resolve_model, torch_dtype
 from qft_core.package.bundle import archive_path, build_package
 from qft_core.package.layout import METADATA_FILE
 from qft_core.package.merge import merge_adapter, merge_tolerance
-from qft_core.package.model_card import ModelCardInfo
+from qft_core.package.model_card import ModelCardInfo, adapter_lora
 from qft_core.package.quantize import FormatUnavailableError, QuantSettingsError, quantize
 from qft_core.package.compare import (
     ModelEvaluation,
@@ -185,6 +185,8 @@ def deployment_package(
     warnings = [*(f"corpus: {warning}" for warning in corpus.warnings), *variant_warnings, *gguf_warnings]
     metadata = {
         "config": config.model_dump(mode="json"),
+        # The LoRA this model was merged from, as trained: the planner may have shrunk the configured one.
+        "lora": adapter_lora(upstream_path(context, "merged_model", "adapter_dir")),
         "data_hash": corpus.content_hash,
         "metrics": evaluation_report.headline,
         # The split sizes and who wrote the reasoning (the card marks a model's).

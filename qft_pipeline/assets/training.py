@@ -6,14 +6,14 @@ import dagster as dg
 
 from qft_core.data.split import SplitResult
 from qft_core.diagnose.curves import plot_loss_curve, read_metrics
-from qft_core.diagnose.findings import monitor_run
+from qft_core.diagnose.findings import monitor_records
 from qft_core.diagnose.report import write_monitor_report
 from qft_core.model.registry import ensure_model_dir, resolve_model
 from qft_core.model.shape import ModelShape
 from qft_core.train.checkpoint import list_checkpoints
 from qft_core.train.engine import CHECKPOINTS_DIR
 from qft_core.train.hardware import HardwareProfile, profile_hardware
-from qft_core.train.job import TrainingSummary
+from qft_core.train.job import SUMMARY_FILE, TrainingSummary
 from qft_core.train.launch import RESUME_KEY_FILE, prepare_run, resumable_by, training_key
 from qft_core.train.launchers import LaunchRefused, check_launch
 from qft_core.train.plan import TrainingPlan, plan_for
@@ -105,12 +105,16 @@ def lora_checkpoint(
     job_path = prepare_run(config, splits, run_dir, plan)
     (run_dir / RESUME_KEY_FILE).write_text(key, encoding="utf-8")
     training_launcher.launch(context, config, job_path)
-    summary = TrainingSummary.read(run_dir / "training_summary.json")
-    curve = plot_loss_curve(read_metrics(summary.metrics_file), run_dir / "loss_curve.png")
+    summary = TrainingSummary.read(run_dir / SUMMARY_FILE)
+    # Read once: the curve, the findings and their report all draw on these records.
+    records = read_metrics(summary.metrics_file)
+    curve = plot_loss_curve(records, run_dir / "loss_curve.png")
     spec = resolve_model(config.model, config.paths)
     vocab = ModelShape.from_pretrained_dir(ensure_model_dir(spec), config.model).vocab
-    monitor = monitor_run(run_dir, summary.steps, vocab_size=vocab)
-    monitor_markdown, monitor_charts = write_monitor_report(monitor, run_dir)
+    monitor = monitor_records(
+        records, summary.steps, summary=summary, source=summary.metrics_file, vocab_size=vocab
+    )
+    monitor_markdown, monitor_charts = write_monitor_report(monitor, run_dir, records)
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(summary.adapter_dir),
@@ -118,7 +122,7 @@ def lora_checkpoint(
             "final_train_loss": summary.final_train_loss,
             "final_val_loss": summary.final_val_loss,
             "best_val_loss": summary.best_val_loss,
-            "first_val_loss": _first_validation_loss(summary.metrics_file),
+            "first_val_loss": monitor.stats.first_val_loss,
             "steps": summary.steps,
             "tokens_per_s": summary.tokens_per_s,
             "skipped_steps": summary.skipped_steps,
@@ -134,7 +138,3 @@ def lora_checkpoint(
             "summary": dg.MetadataValue.json(json.loads(summary.model_dump_json())),
         }
     )
-
-
-def _first_validation_loss(metrics_file: str) -> float | None:
-    return next((r["val_loss"] for r in read_metrics(metrics_file) if r.get("val_loss") is not None), None)

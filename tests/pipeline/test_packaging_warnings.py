@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
+from peft import LoraConfig as PeftLoraConfig
 
 from qft_core.config import ModelConfig, PathsConfig
 from qft_core.data.corpus import CorpusManifest, scan_corpus
@@ -115,8 +116,12 @@ def test_deployment_package_shows_its_warnings_in_log_metadata_and_package(tmp_p
         metadata = {"merged_model": dg.MetadataValue.path(str(merged)), "comparison": dg.MetadataValue.json(DEGRADED_ROW)}
         return dg.MaterializeResult(metadata=metadata, check_results=[check])
 
+    # The adapter the model was merged from: the planner shrank the configured r=8 to r=4.
+    adapter = tmp_path / "adapter"
+    PeftLoraConfig(r=4, lora_alpha=8, lora_dropout=0.05, target_modules=["q_proj", "v_proj"]).save_pretrained(adapter)
+
     with dg.DagsterInstance.ephemeral() as instance:
-        merged_metadata = {"path": dg.MetadataValue.path(str(merged))}
+        merged_metadata = {"path": dg.MetadataValue.path(str(merged)), "adapter_dir": str(adapter)}
         instance.report_runless_asset_event(dg.AssetMaterialization("merged_model", metadata=merged_metadata))
         dg.materialize([int4_stand_in], instance=instance, partition_key="int4", raise_on_error=False)
         result = dg.materialize(
@@ -151,3 +156,5 @@ def test_deployment_package_shows_its_warnings_in_log_metadata_and_package(tmp_p
     }
     card = (Path(materialization.metadata["path"].value) / "README.md").read_text(encoding="utf-8")
     assert "Reasoning: 3 written by experts, 2 written by a model (kept after the quality and" in card
+    assert package_metadata["lora"] == {"r": 4, "alpha": 8, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
+    assert card.count("| `lora.r` | 4 |") == 2

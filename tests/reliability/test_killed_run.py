@@ -1,5 +1,6 @@
 """`qft run` killed with SIGKILL of its whole process group during `lora_checkpoint`: no trainer process survives
-it, the next `qft run` marks the killed run failed, and its training resumes from the killed run's checkpoint."""
+it, the next `qft run` marks the killed run failed, and its training resumes from the killed run's checkpoint. Ctrl-C
+(SIGINT to the group) ends it at once, with its message and no process left."""
 
 from __future__ import annotations
 
@@ -46,10 +47,11 @@ def _trainers(folder: Path) -> list[psutil.Process]:
     return found
 
 
-@pytest.mark.slow
-def test_a_sigkill_of_qft_runs_process_group_ends_the_trainer_and_the_next_run_resumes_its_checkpoint(
-    tmp_path: Path, dagster_home: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _start_run_that_hangs_in_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[subprocess.Popen, Path]:
+    """`qft run` of the training in a process group of its own, returned once its trainer, after checkpoint 2,
+    hangs in step 3; and the config file."""
     corpus, runs = tmp_path / "corpus", tmp_path / "artifacts" / "runs"
     write_pairs(corpus, "killed", pairs=24)
     config = {
@@ -76,6 +78,19 @@ def test_a_sigkill_of_qft_runs_process_group_ends_the_trainer_and_the_next_run_r
             assert time.monotonic() < deadline, "no checkpoint within 15 minutes"
             time.sleep(0.5)
         time.sleep(3)  # into step 3, where it hangs
+    except BaseException:
+        os.killpg(first.pid, signal.SIGKILL)
+        raise
+    return first, config_file
+
+
+@pytest.mark.slow
+def test_a_sigkill_of_qft_runs_process_group_ends_the_trainer_and_the_next_run_resumes_its_checkpoint(
+    tmp_path: Path, dagster_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, config_file = _start_run_that_hangs_in_training(tmp_path, monkeypatch)
+    runs = tmp_path / "artifacts" / "runs"
+    try:
         trainers = _trainers(tmp_path)
         assert any("qft_core.train.lifeline" in " ".join(p.cmdline()) for p in trainers)  # torchrun's agent
         workers = [p for p in trainers if "qft_core.train.lifeline" not in " ".join(p.cmdline())]
@@ -107,3 +122,36 @@ def test_a_sigkill_of_qft_runs_process_group_ends_the_trainer_and_the_next_run_r
     assert [(r["event"], r["step"]) for r in records if r.get("event") not in (None, "warning")] == [("resume", 2)]
     assert [record["step"] for record in records if "event" not in record] == [1, 2, 3, 4]
     assert TrainingSummary.read(killed_dir / SUMMARY_FILE).steps == 4
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_ends_qft_run_at_once_with_its_message_and_no_process_left(
+    tmp_path: Path, dagster_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, _ = _start_run_that_hangs_in_training(tmp_path, monkeypatch)
+    try:
+        trainers = _trainers(tmp_path)
+        assert trainers
+        os.killpg(first.pid, signal.SIGINT)  # what Ctrl-C on a terminal sends: the foreground process group
+        # Before the fix the job went on in a non-daemon thread that the interpreter waited for (45 s and more).
+        first.wait(timeout=20)
+        _, alive = psutil.wait_procs(trainers, timeout=20)
+        assert alive == []
+        # Dead processes not yet reaped (zombies: Dagster's log tails among them) run nothing.
+        left = [p for p in psutil.process_iter(["status"]) if _process_group(p) == first.pid
+                and p.info["status"] != psutil.STATUS_ZOMBIE]
+        assert left == [], [process.cmdline() for process in left]
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert first.returncode == 130
+    output = (tmp_path / "first_run.log").read_text(errors="replace")
+    assert "qft run: interrupted (Ctrl-C); the next `qft run` marks the unfinished run failed" in output
+    assert "Traceback" not in output.split("qft run: loading")[0]
+
+
+def _process_group(process: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(process.pid)
+    except ProcessLookupError:
+        return None

@@ -99,6 +99,7 @@ def test_val_loss_rising_while_train_falls_is_overfitting_from_the_first_rise() 
     assert overfitting.evidence["best_val_step"] == 30 and overfitting.evidence["best_val_epoch"] == 1.5
     assert overfitting.evidence["last_val_loss"] == 1.95
     assert report.stats.best_val_loss == 1.7 and report.stats.last_val_loss == 1.95
+    assert report.stats.first_val_loss == 2.0
 
 
 def test_val_loss_rising_with_one_validation_after_the_best_is_not_yet_overfitting() -> None:

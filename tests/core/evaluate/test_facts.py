@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from qft_core.evaluate.facts import Claim, FactBase, FactBaseError, compare_claims, load_default_fact_base
+from qft_core.evaluate.claims import Claim, compare_claims
+from qft_core.evaluate.facts import FactBase, FactBaseError, load_default_fact_base
 
 
 @pytest.fixture(scope="module")
