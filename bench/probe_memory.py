@@ -305,7 +305,7 @@ def plan_setting(record: dict) -> MemorySetting:
         sharded=False,
         micro_batch=config.micro,
         seq_len=config.seq,
-        checkpointing=config.checkpointing,
+        checkpoint_layers=record["layers"] if config.checkpointing else 0,
         lora_r=config.rank,
         lora_targets=tuple(LORA_TARGETS),
         lora_dropout=config.dropout,
@@ -332,7 +332,7 @@ def plan_figures(record: dict) -> dict[str, int]:
 
     shape = ModelShape.from_hf_config(Qwen3Config(**{**QWEN3_4B, "num_hidden_layers": record["layers"]}))
     setting = plan_setting(record)
-    if setting.checkpointing:
+    if setting.checkpoint_layers:
         layer = dtype_bytes(setting.dtype) * shape.hidden
     else:
         layer = layer_activation_bytes_per_token(shape, setting)

@@ -20,9 +20,9 @@ from tests.core.train.memory_arithmetic import CONTEXT, QWEN3_4B_8_LAYERS, TINY,
 # r 8, dropout 0.05, packed, micro-batch 8 of at most 2048 tokens).
 MEASURED_PEAKS = [
     ("engine 2048x4", QWEN3_4B, setting(), 39.9),
-    ("engine 2048x8 checkpointed", QWEN3_4B, setting(micro_batch=8, checkpointing=True), 14.0),
-    ("engine 4096x4 checkpointed", QWEN3_4B, setting(seq_len=4096, checkpointing=True), 14.0),
-    ("engine 16384x1 checkpointed", QWEN3_4B, setting(micro_batch=1, seq_len=16384, checkpointing=True), 14.0),
+    ("engine 2048x8 checkpointed", QWEN3_4B, setting(micro_batch=8, checkpoint_layers=36), 14.0),
+    ("engine 4096x4 checkpointed", QWEN3_4B, setting(seq_len=4096, checkpoint_layers=36), 14.0),
+    ("engine 16384x1 checkpointed", QWEN3_4B, setting(micro_batch=1, seq_len=16384, checkpoint_layers=36), 14.0),
     ("engine 2048x4 packed, flex", QWEN3_4B, setting(rows="packed"), 39.9),
     ("engine 2048x4 packed, sdpa dense mask", QWEN3_4B, setting(rows="packed", flex_attention=False), 43.3),
     # engine-nocompile: eager layers; its loss kernel was still compiled, which the eager plan counts eagerly too
@@ -128,7 +128,7 @@ def test_estimate_memory_terms_on_a_tiny_shape():
     logits = 32 * 512 * 10 + tokens * 2 * 128
 
     plain = estimate_memory(TINY, tiny_setting())
-    checkpointed = estimate_memory(TINY, tiny_setting(checkpointing=True))
+    checkpointed = estimate_memory(TINY, tiny_setting(checkpoint_layers=2))
 
     assert plain["base_weights"] == params * 2 == 722_432
     assert plain["lora_weights"] == plain["lora_grads"] == 4 * adapter
