@@ -148,3 +148,32 @@ def test_estimate_memory_terms_on_a_tiny_shape():
 def test_distributed_ranks_add_nccl_buffers_and_cpu_has_no_cuda_context():
     assert estimate_memory(TINY, tiny_setting(world_size=2))["cuda_context"] == CONTEXT + 11 * GIB // 20
     assert estimate_memory(TINY, tiny_setting(device="cpu", dtype="float32"))["cuda_context"] == 0
+
+
+def test_first_k_checkpointed_layers_keep_their_input_and_the_rest_everything():
+    tokens = 2 * 64
+    logits = 32 * 512 * 10 + tokens * 2 * 128
+    gradients = tokens * 2 * (4 * 256 + 2 * 128)  # a compiled layer's backward in flight
+
+    one_of_two = estimate_memory(TINY, tiny_setting(checkpoint_layers=1))
+
+    # layer 0 keeps its bf16 input, layer 1 its 3,984 bytes a token; final norm input and hidden-state gradient
+    assert one_of_two["activations"] == tokens * (2 * 128 + 3_984 + 4 * 128 + 2 * 128)
+    # backward meets layer 1 whole first and has freed it before layer 0 recomputes: no recomputed layer on top
+    assert one_of_two["backward_working_set"] == gradients - logits
+    assert allocated_bytes(one_of_two) == allocated_bytes(estimate_memory(TINY, tiny_setting())) - tokens * (
+        3_984 - 2 * 128
+    )
+
+
+def test_qwen3_4b_at_16k_tokens_saves_a_layers_kept_set_less_its_input_per_checkpointed_layer():
+    tokens = 16_384
+    whole = allocated_bytes(estimate_memory(QWEN3_4B, setting(micro_batch=8, checkpoint_layers=0)))
+    first_30 = allocated_bytes(estimate_memory(QWEN3_4B, setting(micro_batch=8, checkpoint_layers=30)))
+
+    assert whole - first_30 == 30 * tokens * (110_312 - 5_120)  # 110,312 bytes a token kept, measured to the byte
+
+
+def test_more_checkpointed_layers_than_the_model_has_is_an_error():
+    with pytest.raises(ValueError, match="checkpoint_layers 3: the model has 2 decoder layers"):
+        estimate_memory(TINY, tiny_setting(checkpoint_layers=3))
