@@ -232,7 +232,8 @@ def planned_checkpoint_layers(row: Row, args, fast: FastPath, device: torch.devi
     layers = fewest_checkpoint_layers(shape, setting, int(args.memory_budget_gib * GIB))
     if layers is None:
         raise ValueError(
-            f"--memory-budget-gib {args.memory_budget_gib}: row {row.name} does not fit even with every layer checkpointed"
+            f"--memory-budget-gib {args.memory_budget_gib}: row {row.name} does not fit even with every layer"
+            " checkpointed"
         )
     predicted = allocated_bytes(estimate_memory(shape, dataclasses.replace(setting, checkpoint_layers=layers)))
     return layers, predicted / GIB
