@@ -5,6 +5,7 @@ Qwen3-4B-Thinking-2507's exact shape with random bf16 weights built on the GPU.
     python bench/bench_train_gpu.py --smoke                  # a tiny model, every path, in seconds
     python bench/bench_train_gpu.py --scaling 1,2,4          # DDP on 1, 2, 4 GPUs (torchrun per count)
     python bench/bench_train_gpu.py --rows 2048x4 --paths baseline,engine,engine-nocompile --profile
+    python bench/bench_train_gpu.py --rows 2048x4 --paths levers   # baseline, engine and every round-two lever
     python bench/bench_train_gpu.py --rows 2048x8c,4096x4c,16384x1c --memory-budget-gib 26.4   # selective
 
 Rows are SEQxMICRO with suffixes: `c` gradient checkpointing, `p` packed documents (random lengths 64-1024,
@@ -15,7 +16,11 @@ first-fit into rows of SEQ tokens) instead of one full sequence a row. Paths:
              model with the fast path (`choose_fast_path`), grad clipping, the fast path's AdamW.
   engine-X   the engine with one piece of the fast path off, to measure it: X in nocompile (eager layers),
              fp32lora (PEFT's float32 adapter compute), foreach (unfused AdamW), sdpa (no flex attention);
-             several join with '-' (engine-nocompile-fp32lora).
+             or one round-two lever on: fusedlora (base + adapter in one addmm, fused_lora.py), autotune
+             (layers compiled with mode max-autotune-no-cudagraphs), cudagraphs (mode reduce-overhead), ddp1 (DDP
+             on a one-rank process group, dynamo's graph split at buckets as the fast path sets it), nosplit (with
+             ddp1: optimize_ddp off), fsdp1 (FSDP2's fully_shard around the compiled layers, one rank);
+             several join with '-' (engine-nocompile-fp32lora, engine-ddp1-nosplit).
 On `c` rows the baseline checkpoints every layer (transformers' switch); the engine checkpoints every layer too,
 from outside each compiled layer (`layer_checkpointing.checkpoint_first_layers`), or with --memory-budget-gib only
 the first k layers, the fewest the planner's memory model (`plan.fewest_checkpoint_layers`) fits into that many
@@ -48,6 +53,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+import torch._dynamo
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -57,12 +63,14 @@ from qft_core.train.attention import SDPA, packed_model_inputs
 from qft_core.train.fast_path import (
     FastPath,
     apply_fast_path,
+    begin_step,
     build_optimizer,
     choose_fast_path,
 )
 from qft_core.train.layer_checkpointing import checkpoint_first_layers
-from qft_core.train.loss import TokenLossSum
+from qft_core.train.loss import TokenLossSum, causal_lm
 from qft_core.train.packing import collate_packed, pack_sequences
+from qft_core.train.parallel import full_tensor, replicate_with_ddp, shard_with_fsdp2
 
 GIB = 1024**3
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -78,7 +86,12 @@ DEFAULT_ROWS = "2048x4,2048x8c,4096x4c,16384x1c,2048x4p"
 SMALL_CARD_ROW = "2048x2"
 SMALL_CARD_GIB = 100
 DOC_LENGTHS = (64, 1024)
-PIECES = {"nocompile", "fp32lora", "foreach", "sdpa"}
+PIECES = {"nocompile", "fp32lora", "foreach", "sdpa", "fusedlora", "autotune", "cudagraphs", "ddp1", "nosplit", "fsdp1"}
+COMPILE_MODES = {"autotune": "max-autotune-no-cudagraphs", "cudagraphs": "reduce-overhead"}
+# `--paths levers`: slowest compile (autotune) last, so a deadline cuts it first.
+LEVER_PATHS = (
+    "baseline,engine,engine-fusedlora,engine-ddp1,engine-ddp1-nosplit,engine-fsdp1,engine-cudagraphs,engine-autotune"
+)
 
 
 @dataclass(frozen=True)
@@ -179,6 +192,8 @@ class Trainer:
         return batch["packed"].model_inputs("sdpa", torch.bfloat16)
 
     def step(self, inputs: dict, measure_grad: bool = False) -> tuple[float, float | None]:
+        if self.fast is not None:
+            begin_step(self.fast)
         if self.engine:
             loss_sum, count = self.model(**inputs)
             loss = loss_sum / count
@@ -186,7 +201,7 @@ class Trainer:
             loss = self.model(**inputs).loss
         loss.backward()
         if self.engine:
-            norm = torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
+            norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.trainable, 1.0))
         elif measure_grad:
             norm = torch.linalg.vector_norm(torch.stack([p.grad.float().norm() for p in self.trainable]))
         self.optimizer.step()
@@ -209,6 +224,17 @@ def engine_fast_path(path: str, row: Row, device: torch.device) -> FastPath:
         changes["fused_optimizer"] = False
     if "sdpa" in pieces:
         changes["attention"] = SDPA
+    if "fusedlora" in pieces:
+        changes["fused_lora"] = True
+    modes = [COMPILE_MODES[piece] for piece in pieces & COMPILE_MODES.keys()]
+    if len(modes) > 1 or (modes and "nocompile" in pieces):
+        raise SystemExit(f"path {path!r}: one compile mode at most, and only with compiled layers")
+    if modes:
+        changes["compile_mode"] = modes[0]
+    if "nosplit" in pieces:
+        if "ddp1" not in pieces:
+            raise SystemExit(f"path {path!r}: nosplit is about DDP's graph split, so it needs ddp1")
+        changes["ddp_graph_split"] = False
     return dataclasses.replace(fast, **changes)
 
 
@@ -239,6 +265,14 @@ def planned_checkpoint_layers(row: Row, args, fast: FastPath, device: torch.devi
     return layers, predicted / GIB
 
 
+def one_rank_group(device: torch.device) -> None:
+    """A process group of this process alone, so DDP and FSDP2 can wrap the model on one GPU."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0, world_size=1)
+
+
 def build_trainer(path: str, row: Row, args, device: torch.device, world: int) -> Trainer:
     engine = path.startswith("engine")
     fast = engine_fast_path(path, row, device) if engine else None
@@ -253,8 +287,14 @@ def build_trainer(path: str, row: Row, args, device: torch.device, world: int) -
     checkpoint_first_layers(peft_model.get_decoder().layers, layers)
     apply_fast_path(peft_model, fast)
     model = TokenLossSum(peft_model, args.chunk_tokens, compute_dtype=fast.adapter_compute_dtype)
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    pieces = set(path.split("-")[1:])
+    if pieces & {"ddp1", "fsdp1"}:
+        one_rank_group(device)
+    if world > 1 or "ddp1" in pieces:
+        model = replicate_with_ddp(model, device)
+    elif "fsdp1" in pieces:
+        model = shard_with_fsdp2(model, causal_lm(peft_model).get_decoder().layers, device, 1, torch.bfloat16)
+        trainable = [p for p in peft_model.parameters() if p.requires_grad]  # now FSDP2's sharded parameters
     optimizer = build_optimizer(trainable, lr=1e-4, weight_decay=0.0, fast=fast)
     return Trainer(model, optimizer, trainable, True, fast, layers, predicted)
 
@@ -299,6 +339,9 @@ def run_path(path: str, row: Row, args, device: torch.device, world: int) -> dic
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     error = None
+    # Each path compiles its own layers: a graph cached by the path before (without DDP's split, another mode)
+    # would otherwise serve it.
+    torch._dynamo.reset()
     try:
         trainer = build_trainer(path, row, args, device, world)
         batch, tokens = make_batch(row, args.shape["vocab_size"], device)
@@ -370,10 +413,16 @@ def environment(device: torch.device) -> dict:
 def annotate(results: list[dict], flops_per_token: float, peak_tflops: float) -> None:
     """MFU, and each engine row's speed ratio and step-1 loss difference against the baseline of its row."""
     baselines = {r["row"]: r for r in results if r["path"] == "baseline" and r.get("status") == "ok"}
+    engines = {r["row"]: r for r in results if r["path"] == "engine" and r.get("status") == "ok"}
     for r in results:
         if r.get("status") != "ok":
             continue
         r["mfu"] = r["tokens_per_s"] / r["world"] * flops_per_token / (peak_tflops * 1e12)
+        engine = engines.get(r["row"])
+        if engine and r["path"].startswith("engine-"):
+            r["vs_engine"] = r["tokens_per_s"] / engine["tokens_per_s"]
+            r["peak_vs_engine_gib"] = r["peak_gib"] - engine["peak_gib"]
+            r["loss_vs_engine"] = abs(r["step1_loss"] - engine["step1_loss"]) / abs(engine["step1_loss"])
         base = baselines.get(r["row"])
         if base and r["path"] != "baseline":
             r["vs_baseline"] = r["tokens_per_s"] / base["tokens_per_s"]
@@ -389,8 +438,8 @@ def table(results: list[dict], env: dict, peak_tflops: float) -> str:
             f"MFU against a bf16 matmul rate of {peak_tflops:.0f} TFLOP/s"
         ),
         "",
-        "| row | path | tokens/s | peak GiB | MFU | x baseline | step-1 loss | d loss | d grad norm | status |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| row | path | tokens/s | peak GiB | MFU | x baseline | x engine | step-1 loss | d loss | d grad norm | status |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in results:
         ok = r.get("status") == "ok"
@@ -404,6 +453,7 @@ def table(results: list[dict], env: dict, peak_tflops: float) -> str:
             f"{r['peak_gib']:.1f}" if ok else "-",
             f"{r['mfu']:.1%}" if ok else "-",
             f"{r['vs_baseline']:.2f}" if "vs_baseline" in r else "",
+            f"{r['vs_engine']:.3f} ({r['peak_vs_engine_gib']:+.1f} GiB)" if "vs_engine" in r else "",
             f"{r['step1_loss']:.4f}" if "step1_loss" in r else "",
             f"{r['loss_rel_diff']:.1e}" if "loss_rel_diff" in r else "",
             f"{r['grad_rel_diff']:.1e}" if "grad_rel_diff" in r else "",
@@ -436,9 +486,10 @@ def single_process(args) -> None:
     env = environment(device)
     peak = args.peak_tflops or measure_peak_tflops(device)
     rows = [Row.parse(text) for text in args.rows.split(",")]
-    if not args.smoke and env["card_gib"] < SMALL_CARD_GIB and SMALL_CARD_ROW not in args.rows.split(","):
+    small_card_row_added = not args.smoke and env["card_gib"] < SMALL_CARD_GIB and SMALL_CARD_ROW not in args.rows.split(",")
+    if small_card_row_added:
         rows.insert(1, Row.parse(SMALL_CARD_ROW))
-    paths = args.paths.split(",")
+    paths = (LEVER_PATHS if args.paths == "levers" else args.paths).split(",")
     if rank == 0:
         print(json.dumps({"environment": env, "peak_tflops": peak}), flush=True)
     results: list[dict] = []
@@ -448,6 +499,9 @@ def single_process(args) -> None:
             if world > 1 and not path.startswith("engine"):
                 continue
             if row.packed is False and path.endswith("-sdpa"):
+                continue
+            # The added row gives the baseline a size that fits; the levers compare with the engine's own rows.
+            if small_card_row_added and row.name == SMALL_CARD_ROW and path not in ("baseline", "engine"):
                 continue
             if time.perf_counter() - started > args.deadline_s:
                 results.append({"path": path, "row": row.name, "world": world, "status": "skipped (deadline)"})
@@ -467,7 +521,7 @@ def single_process(args) -> None:
         text = table(results, env, peak)
         (out / "table.md").write_text(text + "\n", encoding="utf-8")
         print(text, flush=True)
-    if world > 1:
+    if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
 

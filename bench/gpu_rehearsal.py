@@ -15,10 +15,10 @@ its files (artifacts/) is kept, unless something upstream of it ran again in thi
 first, so `--phase package` on a fresh machine runs the whole graph. `--deadline-s` stops starting assets once
 that much time has passed, so a call ends inside the device's 10-minute limit; the next call picks up there.
 
-Writes rehearsal-<phase>.json and rehearsal-<phase>.md under --out (card, date, versions, one row per asset) and
-prints the table. Asserts nothing. Results on random weights: time, memory and throughput carry over to the real
-model; losses, metrics, probes and perplexity are noise. On a machine without a GPU, `--config` a CPU config
-(model.device: cpu) to check the code path.
+Writes rehearsal-<phase>.json and rehearsal-<phase>.md under --out (card, date, versions, one row per asset),
+copies the trainer's per-step metrics there (lora_metrics.jsonl) and prints the table. Asserts nothing. Results on
+random weights: time, memory and throughput carry over to the real model; losses, metrics, probes and perplexity
+are noise. On a machine without a GPU, `--config` a CPU config (model.device: cpu) to check the code path.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -156,6 +157,15 @@ def _upstream(asset: str) -> set[str]:
     return {key.to_user_string() for key in keys} - {asset}
 
 
+def keep_trainer_metrics(instance: dg.DagsterInstance, out: Path) -> None:
+    """Copy the trainer's per-step metrics (step time, tokens, memory) next to the tables, for a closer look."""
+    materialization = _latest(instance, "lora_checkpoint", None)
+    if materialization is not None:
+        summary = TrainingSummary.model_validate(materialization.metadata["summary"].value)
+        if Path(summary.metrics_file).is_file():
+            shutil.copyfile(summary.metrics_file, out / "lora_metrics.jsonl")
+
+
 def run_phase(phase: str, config_file: str, deadline_s: float) -> list[dict]:
     instance = project_instance()
     started = time.perf_counter()
@@ -254,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     env = environment(config_file)
     rows = run_phase(args.phase, config_file, args.deadline_s)
+    keep_trainer_metrics(project_instance(), out)
     engine = bench_engine(out, load_config(args.config).model.max_length) if args.bench_engine else []
     (out / f"rehearsal-{args.phase}.json").write_text(
         json.dumps({"environment": env, "assets": rows, "bench_engine": engine}, ensure_ascii=False, indent=1)

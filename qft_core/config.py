@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,6 +44,83 @@ class DataConfig(Section):
     generate_missing_thinking: bool = True
     max_quarantine_ratio: float = Field(0.2, ge=0.0, le=1.0)
     max_file_bytes: int = Field(50_000_000, ge=1)
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class ReasoningConfig(Section):
+    """Who writes the reasoning of pairs that have none, when data.generate_missing_thinking is on: the template
+    generator, the model being fine-tuned, or an OpenAI-compatible endpoint. A model's reasoning is kept only when
+    it passes the quality and answer-consistency checks (docs/data-format.md); the rest get the template's."""
+
+    # template: built from question and answer (no model; the embedded default, whose random model writes noise);
+    # model: the model of `model.name`, before fine-tuning; endpoint: `endpoint_model` at `endpoint_url`.
+    writer: Literal["template", "model", "endpoint"] = "template"
+    # Base URL of an OpenAI-compatible API, as OpenAI clients take it (`https://host/v1`); requests go to
+    # `<endpoint_url>/chat/completions`.
+    endpoint_url: str | None = None
+    # The model name sent in each request.
+    endpoint_model: str | None = None
+    # Name of the environment variable holding the endpoint's API key (sent as a Bearer token); empty: no key.
+    api_key_env: str | None = None
+    # Seconds one request may take before it counts as failed.
+    timeout_s: float = Field(120.0, gt=0)
+    # Requests to the endpoint in flight at once.
+    concurrency: int = Field(4, ge=1)
+    # Tokens of a whole reply; with the `model` writer, its own thinking and then the reasoning it writes.
+    max_new_tokens: int = Field(2048, ge=16)
+    # `model` writer: tokens it may think before `</think>` is forced in and it writes the reasoning asked for.
+    thinking_budget: int = Field(1024, ge=0)
+    # Prompts the `model` writer generates for at once.
+    batch_size: int = Field(8, ge=1)
+    # 0 decodes greedily.
+    temperature: float = Field(0.0, ge=0.0)
+    # Lowest quality score (score_thinking) a written reasoning needs; expert traces of the bundled corpus score
+    # 0.70 at their 1st percentile, 0.89 at the median.
+    min_quality: float = Field(0.7, ge=0.0, le=1.0)
+    # Lowest share of a written reasoning's characters outside runs copied from the answer: below it the
+    # reasoning only restates the answer. Expert traces: 0.55 at their 1st percentile, 0.86 at the median.
+    min_new_share: float = Field(0.5, ge=0.0, le=1.0)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"'{value}' is not an http(s) URL with a host (e.g. https://api.example.com/v1)")
+        if parts.path.rstrip("/").endswith("/chat/completions"):
+            raise ValueError(f"'{value}' is the chat completions path; give the base URL (…/v1) that precedes it")
+        if parts.query or parts.fragment:
+            raise ValueError(f"'{value}' has a query or fragment; give the API's base URL only")
+        return value.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _environment_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            raise ValueError(
+                "must be the NAME of an environment variable (letters, digits, _) that holds the key, "
+                "not the key itself"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _writer_is_complete(self) -> ReasoningConfig:
+        if self.writer == "endpoint":
+            missing = [key for key in ("endpoint_url", "endpoint_model") if not getattr(self, key)]
+            if missing:
+                keys = " and ".join(f"reasoning.{key}" for key in missing)
+                verb = "is" if len(missing) == 1 else "are"
+                raise ValueError(f"reasoning.writer is 'endpoint' but {keys} {verb} empty: name the API and its model")
+        if self.thinking_budget >= self.max_new_tokens:
+            raise ValueError(
+                f"reasoning.thinking_budget ({self.thinking_budget}) must be smaller than reasoning.max_new_tokens "
+                f"({self.max_new_tokens}): the reasoning is written after the thinking"
+            )
+        return self
 
 
 class SplitConfig(Section):
@@ -269,6 +348,7 @@ class QftConfig(Section):
 
     paths: PathsConfig = Field(default_factory=PathsConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    reasoning: ReasoningConfig = Field(default_factory=ReasoningConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)

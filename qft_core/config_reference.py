@@ -31,7 +31,10 @@ FALLBACK_NOTES: dict[tuple[str, str], str] = {
     ("paths", "artifacts_dir"): "Where runs write their files: `runs/<run id>/<asset>/` per asset and run.",
     ("paths", "model_cache_dir"): "Built tokenizers and model weights, so they are made or fetched once.",
     ("data", "max_thinking_depth"): "Deepest nesting of `<thinking>` blocks accepted; deeper pairs are quarantined.",
-    ("data", "generate_missing_thinking"): "Give pairs without expert reasoning a generated one (origin `generated`).",
+    ("data", "generate_missing_thinking"): (
+        "Give pairs without expert reasoning one: written by `reasoning.writer` (origin `model`) where it passes the "
+        "checks, else the template's (origin `template`)."
+    ),
     ("data", "max_quarantine_ratio"): "Blocking check: stop the run when more than this share of pairs is quarantined.",
     ("data", "max_file_bytes"): "Larger Markdown files are not read but quarantined whole (reason `file_too_large`).",
     ("split", "train"): "Share of examples in the training split (train + validation + test = 1).",

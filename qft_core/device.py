@@ -1,4 +1,5 @@
-"""The one device setting (`model.device`: auto, cpu, cuda) turned into the device every stage runs on."""
+"""The one device setting (`model.device`: auto, cpu, cuda) turned into the device every stage runs on, and
+whether torch.compile builds kernels there (training's compiled layers, evaluation's compiled decoding)."""
 
 from __future__ import annotations
 
@@ -34,3 +35,19 @@ def resolve_device(setting: str, *, cuda_available: bool | None = None) -> Devic
             "False, or the hardware profile lists no GPU); set it to auto or cpu"
         )
     return "cuda" if cuda_available else "cpu"
+
+
+def compile_unavailable_reason(device: torch.device) -> str | None:
+    """Why compiled kernels are not used on `device`, or None when they are."""
+    if device.type != "cuda":
+        return f"torch.compile is used on CUDA only (on {device.type} the compile time outweighs the gain)"
+    try:
+        import torch._dynamo
+        from torch.utils._triton import has_triton
+    except ImportError as error:
+        return f"torch.compile is not available in this torch build ({error})"
+    if not torch._dynamo.is_dynamo_supported():
+        return "torch.compile does not support this Python version"
+    if not has_triton():
+        return "Triton is missing or does not support this GPU, so torch.compile cannot build GPU kernels"
+    return None

@@ -88,11 +88,24 @@ class TrainingExample(Record):
         return value
 
 
+ThinkingOrigin = Literal["expert", "model", "template", "none"]
+# Who wrote an example's reasoning, in the order the reports list them: an expert in the corpus, a model (the one
+# being fine-tuned or an OpenAI-compatible endpoint, accepted by qft_core.evaluate.written_reasoning), the template
+# generator (qft_core.data.thinking), or nobody.
+THINKING_ORIGINS: tuple[str, ...] = ("expert", "model", "template", "none")
+
+
 class ThinkingExample(TrainingExample):
-    """A training example with its reasoning tree and, once annotated, its terms and text metrics."""
+    """A training example with its reasoning tree and, once annotated, its terms and text metrics.
+
+    `thinking_writer` names the model or endpoint that wrote the reasoning (origin "model"), or whose reasoning
+    was refused; `thinking_rejected` says why it was refused (the example then carries the template's or none).
+    """
 
     thinking: list[ThinkingStructure] = Field(default_factory=list)
-    thinking_origin: Literal["expert", "generated", "none"] = "expert"
+    thinking_origin: ThinkingOrigin = "expert"
+    thinking_writer: str | None = None
+    thinking_rejected: str | None = None
     original_text: str | None = None
     terms: list[str] = Field(default_factory=list)
     term_categories: list[str] = Field(default_factory=list)
@@ -100,6 +113,12 @@ class ThinkingExample(TrainingExample):
     metrics: ChineseMetrics | None = None
     thinking_quality: float | None = Field(None, ge=0.0, le=1.0)
     split: Literal["train", "validation", "test"] | None = None
+
+    @field_validator("thinking_origin", mode="before")
+    @classmethod
+    def _template_was_called_generated(cls, value: object) -> object:
+        # Examples written before model-written reasoning existed call the template's traces "generated".
+        return "template" if value == "generated" else value
 
     @property
     def reasoning(self) -> str:

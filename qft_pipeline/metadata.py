@@ -8,7 +8,10 @@ from pathlib import Path
 
 import dagster as dg
 
+from qft_core.data.annotate import reasoning_account, rejected_reasoning
+from qft_core.evaluate.written_reasoning import WrittenReasoning
 from qft_core.model.registry import stand_in_note
+from qft_core.records import ThinkingExample
 
 # Each log line is a stored Dagster event, so a corpus with thousands of warnings would flood the run log: the
 # log and the UI show the first ones, and the file that keeps them all is named.
@@ -54,3 +57,15 @@ def stand_in_metadata(model_name: str) -> dict[str, str]:
     then sits beside every number that model produced."""
     note = stand_in_note(model_name)
     return {"stand_in": note} if note else {}
+
+
+def reasoning_metadata(written: WrittenReasoning, annotated: Sequence[ThinkingExample], writer: str) -> dict:
+    """Who wrote every example's reasoning (`reasoning_expert|model|template|none`, adding up to all examples, and
+    `reasoning_rejected`), the refused ones with their reasons, and the writer's failures; `writer` names the
+    configured one when no model was asked."""
+    return {
+        "reasoning_writer": written.writer or writer,
+        **{f"reasoning_{origin}": count for origin, count in reasoning_account(annotated).items()},
+        "reasoning_rejections": markdown_table(rejected_reasoning(annotated)[:SHOWN_WARNINGS] or [{"reason": "none"}]),
+        "reasoning_writer_failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in written.failures) or "none"),
+    }

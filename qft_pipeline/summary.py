@@ -1,4 +1,5 @@
-"""What `qft run` prints at the end: what the run found (training and evaluation headlines, the stand-in caveat),
+"""What `qft run` prints at the end: what the run found (the data and who wrote its reasoning, training and evaluation
+headlines, the stand-in caveat),
 where the package is and which variant it deploys, what each stage cost, and the commands to go on with."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from qft_core.evaluate.report import REPORT_JSON, headline_lines
 from qft_core.train.metrics_log import format_duration
 from qft_pipeline.progress import StageTime
 
+ANNOTATION = "term_annotated_examples"
 TRAINING = "lora_checkpoint"
 EVALUATION = "evaluation_report"
 ADVICE = "training_advice"
@@ -23,6 +25,8 @@ def summary_lines(metadata: Mapping[str, Mapping[str, Any]], stages: list[StageT
     section is left out when its asset did not materialize."""
     stand_in = next((values["stand_in"] for values in metadata.values() if values.get("stand_in")), None)
     lines = [f"!! {stand_in}", ""] if stand_in else []
+    if ANNOTATION in metadata:
+        lines += [_data_line(metadata[ANNOTATION]), ""]
     if TRAINING in metadata:
         lines += [_training_line(metadata[TRAINING]), ""]
     if EVALUATION in metadata:
@@ -45,6 +49,15 @@ def summary_lines(metadata: Mapping[str, Mapping[str, Any]], stages: list[StageT
         lines += [*_stage_lines(stages), ""]
     lines += ["next:", *_next_commands(metadata)]
     return lines
+
+
+def _data_line(values: Mapping[str, Any]) -> str:
+    return (
+        f"data: {values.get('examples')} examples; reasoning: {values.get('reasoning_expert')} expert, "
+        f"{values.get('reasoning_model')} written by a model (writer: {values.get('reasoning_writer')}; marked "
+        f"`model`), {values.get('reasoning_template')} template, {values.get('reasoning_none')} none; "
+        f"{values.get('reasoning_rejected')} model-written refused"
+    )
 
 
 def _training_line(values: Mapping[str, Any]) -> str:

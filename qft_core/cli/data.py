@@ -1,5 +1,6 @@
-"""The `qft parse`, `split`, `terms` and `export-data` commands: from Markdown to splits and other trainers'
-formats. Argument parsing only; the work is in `qft_core.data`."""
+"""The `qft parse`, `annotate`, `split`, `terms` and `export-data` commands: from Markdown to splits and other
+trainers' formats. Argument parsing only; the work is in `qft_core.data` (and, for reasoning a model writes,
+`qft_core.evaluate.written_reasoning`)."""
 
 from __future__ import annotations
 
@@ -50,21 +51,65 @@ def cmd_parse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_examples(path: str, action: str) -> list:
+    """The examples of a parquet file; `action` says what an empty one leaves undone."""
+    from qft_core.records import RecordFileError, ThinkingExample, read_parquet
+
+    if not Path(path).is_file():
+        raise CommandError(f"no such parquet file: {path}")
+    try:
+        examples = read_parquet(path, ThinkingExample)
+    except RecordFileError as error:
+        raise CommandError(str(error)) from None
+    if not examples:
+        raise CommandError(f"{path}: holds no examples; nothing to {action}")
+    return examples
+
+
+def cmd_annotate(args: argparse.Namespace) -> int:
+    from qft_core.data.annotate import annotate_examples, reasoning_account, rejected_reasoning
+    from qft_core.data.terms import TermDictionary
+    from qft_core.evaluate.reasoning_writers import WriterSetupError
+    from qft_core.evaluate.written_reasoning import write_missing_reasoning
+    from qft_core.records import RecordFileError, ThinkingExample, write_parquet
+
+    config = load_config(args.config, device=args.device)
+    examples = _read_examples(args.examples, "annotate")
+    dictionary = TermDictionary.load(config.paths.resolve(config.paths.term_dictionary))
+    update, close = progress_bar("writing reasoning")
+    try:
+        written = write_missing_reasoning(examples, config, dictionary, progress=update)
+    except WriterSetupError as error:
+        raise CommandError(str(error)) from None
+    finally:
+        close()
+    annotated = annotate_examples(written.examples, dictionary, config.data)
+    try:
+        write_parquet(annotated, ThinkingExample, args.out)
+    except RecordFileError as error:
+        raise CommandError(str(error)) from None
+    account = reasoning_account(annotated)
+    print(
+        f"annotated {len(annotated)} examples → {args.out}; reasoning: {account['expert']} expert, "
+        f"{account['model']} model-written (writer: {written.writer or config.reasoning.writer}), "
+        f"{account['template']} template, "
+        f"{account['none']} none; {account['rejected']} model-written refused (template instead)"
+    )
+    for row in rejected_reasoning(annotated)[: args.show_rejected]:
+        print(f"  refused {row['file']} ({row['id']}): {row['reason']}")
+    for failure in written.failures:
+        print(f"qft annotate: reasoning writer failed: {failure}; its pairs got the template's reasoning", file=sys.stderr)
+    return 0
+
+
 def cmd_split(args: argparse.Namespace) -> int:
     from qft_core.data.annotate import annotate_examples
     from qft_core.data.split import term_balanced_split
     from qft_core.data.terms import TermDictionary
-    from qft_core.records import RecordFileError, ThinkingExample, read_parquet, write_parquet
+    from qft_core.records import ThinkingExample, write_parquet
 
     config = load_config(args.config, device=args.device)
-    if not Path(args.examples).is_file():
-        raise CommandError(f"no such parquet file: {args.examples}")
-    try:
-        examples = read_parquet(args.examples, ThinkingExample)
-    except RecordFileError as error:
-        raise CommandError(str(error)) from None
-    if not examples:
-        raise CommandError(f"{args.examples}: holds no examples; nothing to split")
+    examples = _read_examples(args.examples, "split")
     if any(not example.term_categories for example in examples):
         dictionary = TermDictionary.load(config.paths.resolve(config.paths.term_dictionary))
         examples = annotate_examples(examples, dictionary, config.data)
@@ -109,13 +154,22 @@ def cmd_export_data(args: argparse.Namespace) -> int:
 
 
 def add_data_commands(commands: argparse._SubParsersAction) -> None:
-    """Add `parse`, `split`, `terms` and `export-data` to the subparsers of the main `qft` parser."""
+    """Add `parse`, `annotate`, `split`, `terms` and `export-data` to the subparsers of the main `qft` parser."""
     parse = commands.add_parser("parse", help="parse Markdown thinking data into parquet")
     parse.add_argument("paths", nargs="+", metavar="PATH", help="a .md file or a folder searched recursively")
     parse.add_argument("--out", required=True, help="parquet file, one row per parsed example")
     parse.add_argument("--report", help="JSON report with counts and the quarantined pairs")
     parse.add_argument("--show-quarantine", type=int, default=10, help="quarantined pairs to print (default 10)")
     parse.set_defaults(handler=cmd_parse)
+
+    annotate = commands.add_parser(
+        "annotate",
+        help="terms, text metrics and reasoning for pairs without it (written by reasoning.writer, else the template)",
+    )
+    annotate.add_argument("examples", metavar="FILE.parquet", help="parsed examples (`qft parse --out`)")
+    annotate.add_argument("--out", required=True, help="parquet file of the annotated examples")
+    annotate.add_argument("--show-rejected", type=int, default=10, help="refused reasonings to print (default 10)")
+    annotate.set_defaults(handler=cmd_annotate)
 
     split = commands.add_parser("split", help="term-balanced train/validation/test splits")
     split.add_argument("examples", metavar="FILE.parquet")

@@ -87,16 +87,20 @@ def without_think_tags(
 
 
 def export_record(example: ThinkingExample, dataset_format: ExportFormat) -> dict:
-    """One example as one line of the format.
+    """One example as one line of the format, with who wrote its reasoning beside it: `thinking_origin` (expert,
+    model, template, none) and, for a model's, `thinking_writer` (trainers ignore keys their mapping does not name).
 
     - messages: {"id", "messages": [user, assistant with `content` (answer) and `reasoning_content`]}, the chat
       messages Qwen3-Thinking's template renders (what TRL's SFTTrainer passes to it);
     - sharegpt: {"id", "conversations": [{"from": "human", "value"}, {"from": "gpt", "value": assistant_text}]};
     - alpaca: {"id", "instruction", "input": "", "output": assistant_text}.
     """
+    origin = {"thinking_origin": example.thinking_origin}
+    if example.thinking_writer is not None and example.thinking_origin == "model":
+        origin["thinking_writer"] = example.thinking_writer
     if dataset_format == "messages":
         turn = Turn(question=example.question, answer=example.answer, reasoning=example.reasoning)
-        return {"id": example.id, "messages": conversation_messages([turn])}
+        return {"id": example.id, "messages": conversation_messages([turn]), **origin}
     if dataset_format == "sharegpt":
         return {
             "id": example.id,
@@ -104,9 +108,12 @@ def export_record(example: ThinkingExample, dataset_format: ExportFormat) -> dic
                 {"from": "human", "value": example.question},
                 {"from": "gpt", "value": assistant_text(example)},
             ],
+            **origin,
         }
     if dataset_format == "alpaca":
-        return {"id": example.id, "instruction": example.question, "input": "", "output": assistant_text(example)}
+        return {
+            "id": example.id, "instruction": example.question, "input": "", "output": assistant_text(example), **origin
+        }
     raise ExportError(f"unknown export format '{dataset_format}'; choose one of {', '.join(EXPORT_FORMATS)}")
 
 

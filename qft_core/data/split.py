@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from qft_core.config import SplitConfig
+from qft_core.data.annotate import reasoning_account
 from qft_core.records import ThinkingExample
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -34,6 +35,13 @@ class SplitResult:
 
     def splits(self) -> dict[str, list[ThinkingExample]]:
         return {"train": self.train, "validation": self.validation, "test": self.test}
+
+    def data_summary(self) -> dict:
+        """What a model card says of the data: the split sizes, and who wrote the reasoning (all splits together;
+        none for splits made before reasoning origins were counted)."""
+        by_split = self.report.get("reasoning_origins", {}).values()
+        origins = {origin: sum(counts[origin] for counts in by_split) for origin in next(iter(by_split), {})}
+        return {"examples": self.report["sizes"], "reasoning_origins": origins}
 
     def category_share_rows(self) -> list[dict]:
         """One row per category: its share of each split's examples, for a table."""
@@ -320,6 +328,8 @@ def _report(named: dict[str, list[ThinkingExample]], config: SplitConfig, groups
             name: {c: round(counts[name].get(c, 0) / len(named[name]), 6) if named[name] else 0.0 for c in categories}
             for name in SPLIT_NAMES
         },
+        # Who wrote each split's reasoning: a model's (origin `model`) is marked as such wherever data is shown.
+        "reasoning_origins": {name: reasoning_account(named[name]) for name in SPLIT_NAMES},
         "difficulty_counts": {
             name: dict(sorted(Counter(str(e.difficulty or "unknown") for e in named[name]).items()))
             for name in SPLIT_NAMES

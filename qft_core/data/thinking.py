@@ -198,7 +198,8 @@ def generate_thinking(example: TrainingExample, dictionary: TermDictionary) -> l
     One root whose four children are the phases: analyse the question (what kind of question it is and its
     core concepts), recall concepts (each term of question and answer with its English name and category),
     reason step by step (each answer sentence becomes a step linked to the concepts it uses), conclude
-    (the answer's concluding sentence restated). Callers mark the result `thinking_origin="generated"`.
+    (the answer's concluding sentence restated). Callers mark the result `thinking_origin="template"`; reasoning
+    written by a model instead is qft_core.evaluate.written_reasoning's.
     """
     question, answer = example.question.strip(), example.answer.strip()
     kind = classify_question(question)
@@ -435,6 +436,12 @@ def _non_trivial(reasoning: str, answer: str) -> float:
     bigrams = _ngrams(content, 2)
     diversity = min(1.0, (len(set(bigrams)) / len(bigrams)) / _DIVERSITY_FULL) if bigrams else 0.0
     return length * diversity * min(1.0, _uncopied_share(content, _content(answer)) / _NOVELTY_FULL)
+
+
+def new_share(reasoning: str, answer: str) -> float:
+    """Share of the reasoning's letters and digits outside every 8-character run that also occurs in the answer:
+    0 for a copy of the answer, 1 for a text sharing no run with it."""
+    return _uncopied_share(_content(reasoning), _content(answer))
 
 
 def _uncopied_share(content: str, answer_content: str) -> float:

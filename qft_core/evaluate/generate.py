@@ -11,11 +11,19 @@ from pathlib import Path
 
 import torch
 from pydantic import Field
-from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    Cache,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StaticCache,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from qft_core.config import EvalConfig
 from qft_core.evaluate.experts import EvalOutput, GoldItem
+from qft_core.evaluate.generation_path import GenerationPath, generation_path_for
 from qft_core.model.chat import THINK_CLOSE, THINKING_SCAFFOLD, TURN_END, generation_prompt_ids, split_reasoning
 from qft_core.model.sampling import recommended_sampling
 from qft_core.records import Record, ThinkingExample
@@ -167,11 +175,20 @@ class _Phase:
 class StopTracker(StoppingCriteria):
     """Stops each row at its first stop token or string and remembers where and why."""
 
-    def __init__(self, rule: StopRule, tokenizer: PreTrainedTokenizerBase, prompt_width: int, rows: int) -> None:
+    def __init__(
+        self,
+        rule: StopRule,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt_width: int,
+        rows: int,
+        stopped: Sequence[bool] = (),
+    ) -> None:
+        """`stopped` rows count as stopped before their first token (they ride along in a batch that keeps its
+        rows), with no reason."""
         self.rule = rule
         self.tokenizer = tokenizer
         self.prompt_width = prompt_width
-        self.ends: list[int | None] = [None] * rows
+        self.ends: list[int | None] = [0 if row < len(stopped) and stopped[row] else None for row in range(rows)]
         self.reasons: list[str | None] = [None] * rows
         # A string of n bytes spans at most n tokens, plus one that may begin before it.
         self.tail = max((len(text.encode("utf-8")) + 1 for text in rule.strings), default=0)
@@ -199,6 +216,7 @@ def generate_answers(
     *,
     progress: Progress | None = None,
     label: str = "generating",
+    path: GenerationPath | None = None,
 ) -> list[GeneratedAnswer]:
     """Each item's completion, in the order of `items`.
 
@@ -210,17 +228,30 @@ def generate_answers(
     `config.max_new_tokens` long; it goes on from phase 1's KV cache, so prompt and reasoning are not encoded
     again. Greedy batched and one-at-a-time runs give the same tokens, and the same as encoding prompt,
     reasoning and appended tokens afresh.
+
+    `path` (by default `generation_path_for(model)`) picks the KV cache and whether decoding is compiled; every
+    path gives the same greedy tokens. A static cache holds, for every batch alike (so compiled decoding keeps
+    its shapes), the longest prompt, the thinking budget, the forced close and `max_new_tokens`: the answer
+    phase of a row that closed early starts after the longest reasoning of its batch.
     """
+    path = path or generation_path_for(model)
     stops = Stops.for_model(model, tokenizer)
     prompts = [generation_prompt_ids(item.question, tokenizer) for item in items]
     order = sorted(range(len(items)), key=lambda index: -len(prompts[index]))
+    cache_length = (
+        len(prompts[order[0]]) + config.thinking_budget + 1 + len(stops.close_ids) + config.max_new_tokens
+        if items
+        else 0
+    )
     answers: list[GeneratedAnswer | None] = [None] * len(items)
     model.eval()
-    with torch.inference_mode(), _sampling_seed(config, model.device):
+    with torch.inference_mode(), _sampling_seed(config, model.device), path.decoding_context():
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
             began = time.perf_counter()
-            completions = _complete_batch(model, tokenizer, [prompts[index] for index in batch], config, stops)
+            completions = _complete_batch(
+                model, tokenizer, [prompts[index] for index in batch], config, stops, path, cache_length
+            )
             elapsed = time.perf_counter() - began
             for index, completion in zip(batch, completions, strict=True):
                 answers[index] = _answer(items[index], completion, tokenizer, elapsed)
@@ -244,11 +275,16 @@ def _complete_batch(
     prompts: list[list[int]],
     config: EvalConfig,
     stops: Stops,
+    path: GenerationPath,
+    cache_length: int,
 ) -> list[_Completion]:
+    """The batch's completions; one cache of `path`'s kind serves both phases."""
+    cache = path.new_cache(model, cache_length)
+    decoding = _Decoding(config, stops.pad_id, path.compiled)
     if config.thinking_budget > 0:
         ids, mask = _left_padded(prompts, stops.pad_id)
         thinking, reasoning_batch = _generate(
-            model, tokenizer, ids, mask, config.thinking_budget, stops.thinking, config, stops.pad_id
+            model, tokenizer, ids, mask, config.thinking_budget, stops.thinking, decoding, cache
         )
     else:
         thinking, reasoning_batch = [_Phase([], None) for _ in prompts], None
@@ -266,14 +302,22 @@ def _complete_batch(
             waiting.append(row)
             limits.append(room)
     if waiting:
+        rows = waiting
         if reasoning_batch is not None and reasoning_batch.cache is not None:
-            ids, mask, cache = reasoning_batch.continued(waiting, completions, stops.pad_id)
+            # A static cache cannot drop rows: the finished ones ride along, stopped from the start.
+            if isinstance(reasoning_batch.cache, StaticCache):
+                rows = list(range(len(completions)))
+            ids, mask, cache = reasoning_batch.continued(rows, completions, stops.pad_id)
         else:
             continued = [prompts[row] + completions[row].reasoning_ids + completions[row].forced_ids for row in waiting]
             ids, mask = _left_padded(continued, stops.pad_id)
-            cache = None
-        answers, _ = _generate(model, tokenizer, ids, mask, max(limits), stops.answer, config, stops.pad_id, cache)
-        for row, limit, phase in zip(waiting, limits, answers, strict=True):
+        phases, _ = _generate(
+            model, tokenizer, ids, mask, max(limits), stops.answer, decoding, cache,
+            stopped=[row not in waiting for row in rows],
+        )
+        answers = dict(zip(rows, phases, strict=True))
+        for row, limit in zip(waiting, limits, strict=True):
+            phase = answers[row]
             # Greedy rows do not depend on one another, so cutting a row at its own limit gives what a run
             # with that limit would have given.
             ids = phase.ids[:limit]
@@ -332,6 +376,15 @@ class _GeneratedBatch:
         return input_ids, attention_mask, self.cache
 
 
+@dataclass(frozen=True)
+class _Decoding:
+    """What every phase of a batch decodes with."""
+
+    config: EvalConfig
+    pad_id: int
+    compiled: bool
+
+
 def _generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -339,24 +392,26 @@ def _generate(
     attention_mask: torch.Tensor,
     limit: int,
     rule: StopRule,
-    config: EvalConfig,
-    pad_id: int,
+    decoding: _Decoding,
     cache: Cache | None = None,
+    stopped: Sequence[bool] = (),
 ) -> tuple[list[_Phase], _GeneratedBatch]:
     """New tokens for each row, each cut after its stop (kept) or at `limit`; and the batch to continue from.
-    With `cache`, its positions of `input_ids` are not encoded again."""
+    With `cache`, its positions of `input_ids` are not encoded again; transformers compiles the decoding steps
+    for a static cache on CUDA. `stopped` rows are carried along and their tokens dropped."""
     width = input_ids.shape[1]
-    tracker = StopTracker(rule, tokenizer, width, input_ids.shape[0])
+    tracker = StopTracker(rule, tokenizer, width, input_ids.shape[0], stopped)
     output = model.generate(
         input_ids=input_ids.to(model.device),
         attention_mask=attention_mask.to(model.device),
         **{CACHE_FIELD: cache},
         max_new_tokens=limit,
         eos_token_id=sorted(rule.tokens),
-        pad_token_id=pad_id,
+        pad_token_id=decoding.pad_id,
         stopping_criteria=StoppingCriteriaList([tracker]),
         return_dict_in_generate=True,
-        **_sampling_arguments(config),
+        disable_compile=not decoding.compiled,
+        **_sampling_arguments(decoding.config),
     )
     new_tokens = output.sequences[:, width:].tolist()
     phases = [

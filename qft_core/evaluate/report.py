@@ -143,12 +143,15 @@ def write_score_table(
 
 def build_report(
     sets: Mapping[str, dict], *, models: Mapping[str, str], config: EvalConfig, stand_in: str | None = None,
-    experts: Mapping | None = None,
+    experts: Mapping | None = None, reasoning_origins: Mapping[str, int] | None = None,
+    generation_path: Mapping | None = None,
 ) -> dict:
     """report.json's content: the set summaries with the headline, verdict, regressions and suggestions of the
     primary set (`test`, or the first set when there is no test set). `models` describes each model in words;
     `stand_in` is the note a random-weight base model carries (`registry.stand_in_note`); `experts` is the expert
-    review's PerformanceReport as JSON, where there is one."""
+    review's PerformanceReport as JSON, where there is one; `reasoning_origins` counts who wrote the reasoning of
+    the test examples evaluated (annotate.reasoning_account); `generation_path` is `GenerationPath.as_metadata()`
+    of the path the answers were generated on."""
     primary = PRIMARY_SET if PRIMARY_SET in sets else next(iter(sets))
     summary = sets[primary]
     headline = {}
@@ -182,6 +185,7 @@ def build_report(
             "bootstrap_seed": config.bootstrap_seed,
             "confidence_level": config.confidence_level,
             "regression_tolerance": config.regression_tolerance,
+            "generation_path": dict(generation_path) if generation_path else None,
         },
         "headline": headline,
         "verdict": verdict(summary, found, config.confidence_level),
@@ -189,7 +193,14 @@ def build_report(
         "suggestions": [asdict(suggestion) for suggestion in suggestions],
         "sets": dict(sets),
         "experts": dict(experts) if experts else None,
+        "reasoning_origins": dict(reasoning_origins) if reasoning_origins else None,
     }
+
+
+def _path_words(path: Mapping | None) -> str:
+    if not path:
+        return ""
+    return f"; {path['path']}" + (f" ({'; '.join(path['fallbacks'])})" if path["fallbacks"] else "")
 
 
 def verdict(summary: Mapping, found_regressions: Sequence[str], confidence_level: float) -> dict[str, str]:
@@ -309,6 +320,18 @@ def headline_lines(data: Mapping) -> list[str]:
     return lines
 
 
+def _reasoning_origin_lines(origins: Mapping[str, int] | None) -> list[str]:
+    """Who wrote the test questions' reference reasoning; a model's is named as such wherever data is shown."""
+    if not origins:
+        return []
+    total = sum(count for origin, count in origins.items() if origin != "rejected")
+    return [
+        f"- reasoning of the {total} test questions: {origins['expert']} by experts, {origins['model']} written by a "
+        f"model (origin `model`, kept after the quality and answer-consistency checks), {origins['template']} from "
+        f"the template, {origins['none']} none; only expert reasoning is a reference for the reasoning metrics"
+    ]
+
+
 def render_markdown(data: Mapping, charts: Mapping[str, Sequence[Path]]) -> str:
     """report.md: headline, regressions and suggestions of the primary set, then every set in detail."""
     primary = data["primary_set"]
@@ -324,8 +347,9 @@ def render_markdown(data: Mapping, charts: Mapping[str, Sequence[Path]]) -> str:
         f"**Verdict: {data['verdict']['message']}**",
         "",
         *(f"- {MODEL_LABELS.get(model, model)}: {description}" for model, description in models.items()),
+        *_reasoning_origin_lines(data.get("reasoning_origins")),
         f"- generation: at most {settings['max_new_tokens']} new tokens, thinking budget "
-        f"{settings['thinking_budget']} tokens, {decoding}",
+        f"{settings['thinking_budget']} tokens, {decoding}{_path_words(settings.get('generation_path'))}",
         _truncation_line(data["sets"][primary], primary),
         f"- intervals: {settings['confidence_level']:.0%} BCa bootstrap of the mean, "
         f"{settings['bootstrap_samples']} resamples (seed {settings['bootstrap_seed']}); differences are paired "

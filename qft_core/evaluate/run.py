@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from qft_core.config import EvalConfig, QftConfig
+from qft_core.data.annotate import reasoning_account
 from qft_core.data.terms import TermDictionary
 from qft_core.device import resolve_device
 from qft_core.evaluate.expert_performance import Resampling
@@ -23,6 +24,7 @@ from qft_core.evaluate.generate import (
     items_from_gold,
     with_model_sampling,
 )
+from qft_core.evaluate.generation_path import generation_path_for
 from qft_core.evaluate.metrics import score_many
 from qft_core.evaluate.misconceptions import load_misconceptions
 from qft_core.evaluate.report import (
@@ -79,6 +81,8 @@ def evaluate_models(
     model = load_model(spec, dtype=config.model.dtype, device=resolve_device(config.model.device))
     # The report states the sampling actually used, the model's recommended settings included.
     eval_config = with_model_sampling(config.eval, ensure_model_dir(spec))
+    # One path for both models, so their timings compare; the report says which and why.
+    path = generation_path_for(model)
     generations: dict[str, dict[str, list[GeneratedAnswer]]] = {name: {} for name in sets}
     elapsed: dict[str, dict[str, float]] = {name: {} for name in sets}
     losses: dict[str, dict[str, list[dict[str, float]]]] = {name: {} for name in sets}
@@ -93,7 +97,7 @@ def evaluate_models(
             began = time.perf_counter()
             generations[name][role] = generate_answers(
                 model, tokenizer, items, eval_config, progress=steps.within(f"{role} on {name}"),
-                label=f"{role} on {name}",
+                label=f"{role} on {name}", path=path,
             )
             elapsed[name][role] = time.perf_counter() - began
             steps.advance(len(items))
@@ -140,9 +144,11 @@ def evaluate_models(
         models={"base": spec.name, "finetuned": f"{spec.name} + LoRA adapter {adapter_dir}"},
         config=eval_config,
         stand_in=stand_in_note(spec.name),
+        generation_path=path.as_metadata(),
         experts=expert_performance_section(
             Path(expert_db) if expert_db else default_db_path(config.paths), eval_config
         ),
+        reasoning_origins=reasoning_account(list(test_examples)[: config.eval.max_examples]),
     )
     return write_report(data, out_dir, outputs)
 

@@ -83,6 +83,8 @@ class _Labels:
     serving: str
     key: str
     value: str
+    # Who wrote the training data's reasoning, filled from the metadata's data.reasoning_origins.
+    reasoning_origins: str
 
 
 _ZH = _Labels(
@@ -102,6 +104,10 @@ _ZH = _Labels(
     serving="部署",
     key="项",
     value="值",
+    reasoning_origins=(
+        "推理来源：专家撰写 {expert} 条，模型生成 {model} 条（通过质量与答案一致性检查，数据中标为 `model`），"
+        "模板生成 {template} 条，无推理 {none} 条。"
+    ),
 )
 _EN = _Labels(
     language="English",
@@ -120,6 +126,10 @@ _EN = _Labels(
     serving="Serving",
     key="key",
     value="value",
+    reasoning_origins=(
+        "Reasoning: {expert} written by experts, {model} written by a model (kept after the quality and "
+        "answer-consistency checks; marked `model` in the data), {template} from the template, {none} without."
+    ),
 )
 
 
@@ -174,6 +184,8 @@ def _section(
     parts = [f"## {labels.language}", "", f"### {labels.data}", "", description, ""]
     parts += [f"{labels.data_hash}{labels.colon}`{metadata.get('data_hash', '—')}`", ""]
     if metadata.get("data"):
+        origins = metadata["data"].get("reasoning_origins")
+        parts += [labels.reasoning_origins.format(**origins), ""] if origins else []
         parts += [f"{labels.data_counts}{labels.colon}", "", _table(metadata["data"], labels), ""]
     parts += [f"### {labels.training}", ""]
     training = _training_config(metadata)

@@ -1,5 +1,5 @@
-"""Whether torch.compile can build kernels for a device in this process, and compiling a function with an eager
-fallback when it cannot."""
+"""Compiling a function with an eager fallback where torch.compile cannot build kernels for the device
+(`qft_core.device.compile_unavailable_reason`), and Dynamo's recompile limit for compiled layers."""
 
 from __future__ import annotations
 
@@ -7,25 +7,11 @@ from collections.abc import Callable
 
 import torch
 
+from qft_core.device import compile_unavailable_reason
+
 # Every decoder layer runs the same compiled code; each shape change (first to dynamic sizes) and each
 # train/eval switch adds a guarded entry. Dynamo's default of 8 would send the later ones back to eager.
 RECOMPILE_LIMIT = 64
-
-
-def compile_unavailable_reason(device: torch.device) -> str | None:
-    """Why compiled kernels are not used on `device`, or None when they are."""
-    if device.type != "cuda":
-        return f"torch.compile is used on CUDA only (on {device.type} the compile time outweighs the gain)"
-    try:
-        import torch._dynamo
-        from torch.utils._triton import has_triton
-    except ImportError as error:
-        return f"torch.compile is not available in this torch build ({error})"
-    if not torch._dynamo.is_dynamo_supported():
-        return "torch.compile does not support this Python version"
-    if not has_triton():
-        return "Triton is missing or does not support this GPU, so torch.compile cannot build GPU kernels"
-    return None
 
 
 def allow_recompiles() -> None:

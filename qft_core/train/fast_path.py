@@ -1,5 +1,7 @@
 """The fast training path: adapters computed in the model's dtype, compiled decoder layers, flex attention for
-packed rows and a fused AdamW, each chosen for the device at hand, with the reason whenever one is left off."""
+packed rows and a fused AdamW, each chosen for the device at hand, with the reason whenever one is left off; and
+the round-two levers (fused LoRA products, compile mode, DDP's graph split, compiling under FSDP2), each off until
+measured on a GPU."""
 
 from __future__ import annotations
 
@@ -11,9 +13,17 @@ from torch import nn
 
 from qft_core.train.attention import SDPA, choose_attention
 from qft_core.train.compiler import allow_recompiles, compile_unavailable_reason
+from qft_core.train.fused_lora import fuse_lora_linears
 from qft_core.train.loss import causal_lm
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+# The round-two levers' defaults, which follow their measurement in docs/performance.md ("Round two"): each is
+# what the engine did before the lever existed until a GPU run beside the baseline says otherwise.
+FUSE_LORA_PRODUCTS = False
+COMPILE_MODE: str | None = None
+SPLIT_GRAPHS_AT_DDP_BUCKETS = True
+COMPILE_UNDER_FSDP = False
 
 
 @dataclass(frozen=True)
@@ -26,6 +36,14 @@ class FastPath:
     # float32 adapter compute.
     adapter_compute_dtype: torch.dtype | None = None
     fused_optimizer: bool = False
+    # PEFT's LoRA Linear replaced by `fused_lora.FusedLoraLinear` (adapter product accumulated into the base's).
+    fused_lora: bool = False
+    # torch.compile's `mode` for the decoder layers (None: the default mode), e.g. "max-autotune-no-cudagraphs"
+    # or "reduce-overhead" (CUDA graph trees).
+    compile_mode: str | None = None
+    # torch._dynamo.config.optimize_ddp: under DDP, split each compiled layer where a gradient bucket fills (so
+    # its all-reduce can start early) at the cost of a tensor kept across the split.
+    ddp_graph_split: bool = True
     fallbacks: tuple[str, ...] = ()
 
     @classmethod
@@ -38,13 +56,13 @@ def choose_fast_path(
     device: torch.device, compute_dtype: torch.dtype, *, packing: bool, sharded: bool = False
 ) -> FastPath:
     """Every piece the device supports; what it does not support falls back to the plain path's choice.
-    `sharded` (FSDP2) keeps the layers eager: compiling them with FSDP2's hooks inside is not measured yet."""
+    `sharded` (FSDP2) keeps the layers eager unless COMPILE_UNDER_FSDP (compiled layers inside `fully_shard`)."""
     fallbacks: list[str] = []
     attention, attention_reason = choose_attention(device, packing)
     if attention_reason:
         fallbacks.append(f"attention: sdpa with a dense document mask, since {attention_reason}")
     compile_reason = compile_unavailable_reason(device)
-    if compile_reason is None and sharded:
+    if compile_reason is None and sharded and not COMPILE_UNDER_FSDP:
         compile_reason = "compiled layers under FSDP2 sharding are not benchmarked yet (DDP and one GPU are)"
     if compile_reason:
         fallbacks.append(f"decoder layers: eager, since {compile_reason}")
@@ -59,6 +77,9 @@ def choose_fast_path(
         compile_layers=compile_reason is None,
         adapter_compute_dtype=adapter_dtype,
         fused_optimizer=fused,
+        fused_lora=FUSE_LORA_PRODUCTS,
+        compile_mode=COMPILE_MODE if compile_reason is None else None,
+        ddp_graph_split=SPLIT_GRAPHS_AT_DDP_BUCKETS,
         fallbacks=tuple(fallbacks),
     )
 
@@ -89,13 +110,29 @@ def compile_decoder_layers(layers: nn.ModuleList, **options) -> None:
         layer.compile(**options)
 
 
-def apply_fast_path(peft_model: nn.Module, fast: FastPath) -> None:
+def apply_fast_path(peft_model: nn.Module, fast: FastPath, **compile_options) -> None:
     """Put the model-side pieces of `fast` onto a PEFT model (before DDP or FSDP wraps it). The attention
-    implementation is chosen when the model is loaded, and the adapter dtype by `TokenLossSum`."""
+    implementation is chosen when the model is loaded, and the adapter dtype by `TokenLossSum`.
+    `compile_options` go to torch.compile besides the fast path's mode (the CPU tests pass a backend)."""
     if fast.adapter_compute_dtype is not None:
         compute_adapters_in_input_dtype(peft_model)
+    if fast.fused_lora:
+        fuse_lora_linears(peft_model)
     if fast.compile_layers:
-        compile_decoder_layers(causal_lm(peft_model).get_decoder().layers)
+        import torch._dynamo
+
+        # Read when dynamo first compiles under DDP; a process trains one model, so the global is that model's.
+        torch._dynamo.config.optimize_ddp = fast.ddp_graph_split
+        if fast.compile_mode is not None:
+            compile_options["mode"] = fast.compile_mode
+        compile_decoder_layers(causal_lm(peft_model).get_decoder().layers, **compile_options)
+
+
+def begin_step(fast: FastPath) -> None:
+    """Call as each training step starts: under CUDA graph trees (mode "reduce-overhead") it tells torch that the
+    last step's graph outputs are dead, so replaying the graphs may overwrite them."""
+    if fast.compile_layers and fast.compile_mode == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 def build_optimizer(

@@ -117,14 +117,26 @@ def wrap_for_parallelism(
     if not runtime.distributed:
         return model
     if plan.strategy == "ddp":
-        device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        return replicate_with_ddp(model, runtime.device)
     if plan.strategy != "fsdp":
         raise ParallelSetupError(f"unknown parallel strategy {plan.strategy!r} in the plan (expected ddp or fsdp)")
+    return shard_with_fsdp2(model, layers, runtime.device, runtime.world_size, compute_dtype)
+
+
+def replicate_with_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` under DDP in the current process group (its gradients all-reduced in buckets during backward)."""
+    device_ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def shard_with_fsdp2(
+    model: nn.Module, layers: nn.ModuleList, device: torch.device, world_size: int, compute_dtype: torch.dtype
+) -> nn.Module:
+    """FSDP2 in place over the current process group: each decoder layer (compiled or not), then the rest."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mesh = init_device_mesh(runtime.device.type, (runtime.world_size,))
+    mesh = init_device_mesh(device.type, (world_size,))
     policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
     for layer in layers:
         fully_shard(layer, mesh=mesh, mp_policy=policy)

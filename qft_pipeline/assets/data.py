@@ -9,9 +9,11 @@ from qft_core.data.export import EXPORT_FORMATS, export_splits, without_think_ta
 from qft_core.data.parse import CorpusChangedError, ParseResult, parse_manifest
 from qft_core.data.split import SplitResult, term_balanced_split
 from qft_core.data.terms import TermDictionary
+from qft_core.evaluate.reasoning_writers import WriterSetupError
+from qft_core.evaluate.written_reasoning import write_missing_reasoning
 from qft_core.records import ThinkingExample
 from qft_pipeline.artifacts import run_folder
-from qft_pipeline.metadata import markdown_table, report_warnings
+from qft_pipeline.metadata import markdown_table, reasoning_metadata, report_warnings
 from qft_pipeline.resources import QftSettings
 from qft_pipeline.resources.artifact_io_manager import MANIFEST_FILE, QUARANTINE_REPORT
 
@@ -81,19 +83,29 @@ def parsed_thinking_examples(
 
 @dg.asset(group_name=GROUP, kinds={"parquet", "jieba"})
 def term_annotated_examples(
-    qft: QftSettings, parsed_thinking_examples: ParseResult
+    context: dg.AssetExecutionContext, qft: QftSettings, parsed_thinking_examples: ParseResult
 ) -> dg.Output[list[ThinkingExample]]:
-    """Examples with their cryptography terms, text-quality metrics and (where missing) generated thinking."""
+    """Examples with their cryptography terms, text-quality metrics and, where the corpus has no reasoning, one
+    written by the configured model (kept when it passes the checks) or else by the template."""
     config = qft.load()
     dictionary = TermDictionary.load(config.paths.resolve(config.paths.term_dictionary))
-    annotated = annotate_examples(parsed_thinking_examples.examples, dictionary, config.data)
+    try:
+        written = write_missing_reasoning(
+            parsed_thinking_examples.examples, config, dictionary,
+            progress=lambda done, total, stage: context.log.debug(f"{done}/{total} {stage}"),
+        )
+    except WriterSetupError as error:
+        raise dg.Failure(description=str(error)) from None
+    for failure in written.failures:
+        context.log.error(f"reasoning writer failed: {failure}; its pairs get the template's reasoning")
+    annotated = annotate_examples(written.examples, dictionary, config.data)
     categories = sorted({category for example in annotated for category in example.term_categories})
     return dg.Output(
         annotated,
         metadata={
             "examples": len(annotated),
             "distinct_terms": len({term for example in annotated for term in example.terms}),
-            "generated_thinking": sum(example.thinking_origin == "generated" for example in annotated),
+            **reasoning_metadata(written, annotated, config.reasoning.writer),
             "categories": markdown_table(
                 [
                     {"category": category, "examples": sum(category in example.term_categories for example in annotated)}
@@ -119,6 +131,9 @@ def term_balanced_splits(
             **{f"{name}_examples": len(split) for name, split in result.splits().items()},
             "near_duplicate_groups": result.report["near_duplicate_groups"],
             "category_shares": markdown_table(result.category_share_rows()),
+            "reasoning_origins": markdown_table(
+                [{"split": name, **counts} for name, counts in result.report["reasoning_origins"].items()]
+            ),
             "divergence": dg.MetadataValue.json(result.report["divergence"]),
             "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in result.report["warnings"]) or "none"),
         },

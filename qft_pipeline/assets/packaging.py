@@ -160,6 +160,7 @@ def deployment_package(
     context: dg.AssetExecutionContext,
     qft: QftSettings,
     raw_thinking_documents: CorpusManifest,
+    term_balanced_splits: SplitResult,
     evaluation_report: EvaluationReport,
 ) -> dg.MaterializeResult:
     """The merged model as a self-checking package (folder + .tar.gz): weights, tokenizer, template, model card,
@@ -186,6 +187,8 @@ def deployment_package(
         "config": config.model_dump(mode="json"),
         "data_hash": corpus.content_hash,
         "metrics": evaluation_report.headline,
+        # The split sizes and who wrote the reasoning (the card marks a model's).
+        "data": term_balanced_splits.data_summary(),
         "quantized_variants": rows,
         "deployed_variant": config.export.deployed_variant,
         "gguf": gguf["gguf"] if gguf else [],

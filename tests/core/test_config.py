@@ -96,3 +96,41 @@ def test_the_cpu_demo_config_loads_and_names_the_pretrained_smollm2():
     config = load_config(REPO_ROOT / "configs" / "cpu-demo.yaml")
     assert (config.model.name, config.training.max_steps, config.eval.max_examples) == ("smollm2-135m", 8, 4)
     assert config.export.deployed_variant == "unquantized" and config.quant.formats == ["int8"]
+
+
+def test_the_template_writes_missing_reasoning_by_default():
+    assert load_config(None).reasoning.writer == "template"
+
+
+@pytest.mark.parametrize(
+    ("reasoning", "message"),
+    [
+        ("  endpoint_url: ftp://models.example/v1\n",
+         "key 'reasoning.endpoint_url': Value error, 'ftp://models.example/v1' is not an http(s) URL with a host"),
+        ("  endpoint_url: http://localhost:8000/v1/chat/completions\n",
+         "key 'reasoning.endpoint_url': Value error, 'http://localhost:8000/v1/chat/completions' is the chat "
+         "completions path; give the base URL (…/v1) that precedes it"),
+        ("  api_key_env: sk-abc123\n",
+         "key 'reasoning.api_key_env': Value error, must be the NAME of an environment variable"),
+        ("  writer: endpoint\n  endpoint_model: qwen-plus\n",
+         "key 'reasoning': Value error, reasoning.writer is 'endpoint' but reasoning.endpoint_url is empty"),
+        ("  writer: endpoint\n",
+         "reasoning.writer is 'endpoint' but reasoning.endpoint_url and reasoning.endpoint_model are empty"),
+        ("  max_new_tokens: 512\n  thinking_budget: 512\n",
+         "reasoning.thinking_budget (512) must be smaller than reasoning.max_new_tokens (512)"),
+    ],
+)
+def test_a_bad_reasoning_endpoint_setting_fails_naming_the_file_and_the_key(tmp_path: Path, reasoning, message):
+    path = tmp_path / "writer.yaml"
+    path.write_text("reasoning:\n" + reasoning, encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert str(path) in str(raised.value) and message in str(raised.value)
+
+
+def test_a_complete_endpoint_setting_loads_with_the_base_url_trimmed():
+    config = config_from_dict({"reasoning": {
+        "writer": "endpoint", "endpoint_url": "https://api.example.com/v1/", "endpoint_model": "qwen-plus",
+        "api_key_env": "QWEN_API_KEY",
+    }})
+    assert (config.reasoning.endpoint_url, config.reasoning.api_key_env) == ("https://api.example.com/v1", "QWEN_API_KEY")

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,41 @@ def project(tmp_path, monkeypatch):
     config_file = tmp_path / "qft.yaml"
     config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
     return {"root": tmp_path, "corpus": corpus, "config_file": str(config_file)}
+
+
+# Small enough that the whole graph materializes in a test; every key is an ordinary qft setting.
+TINY_RUN = {
+    "split": {"min_split_size": 2},
+    "training": {"max_steps": 2, "global_batch_size": 2, "checkpoint_every": 1, "eval_every": 1},
+    "eval": {"max_examples": 4, "max_new_tokens": 16, "thinking_budget": 8, "bootstrap_samples": 10},
+    "quant": {"formats": ["int8"], "calibration_samples": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def whole_graph(tmp_path_factory):
+    """One successful run of the whole graph over a small corpus, in a private Dagster home: {"home", "outcome"}
+    (the runner's `RunOutcome`). Session-wide: the UI test and the whole-graph test read the same run."""
+    root = tmp_path_factory.mktemp("whole-graph")
+    home = root / "dagster_home"
+    home.mkdir()
+    # nux off: Dagster's first-visit newsletter dialog would cover the page.
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n", encoding="utf-8")
+    write_corpus(root / "corpus", pairs=40)
+    config = {**TINY_RUN, "paths": {"corpus_dir": str(root / "corpus"), "artifacts_dir": str(root / "artifacts")}}
+    config_file = root / "qft.yaml"
+    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
+
+    from qft_pipeline.runner import materialize_graph
+
+    previous = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = str(home)
+    try:
+        outcome = materialize_graph(config_file=str(config_file))
+    finally:
+        if previous is None:
+            os.environ.pop("DAGSTER_HOME")
+        else:
+            os.environ["DAGSTER_HOME"] = previous
+    assert outcome.success, outcome.failures
+    return {"home": home, "outcome": outcome}

@@ -105,3 +105,25 @@ def test_the_parse_reads_the_manifests_files_and_refuses_one_changed_since(proje
     (failure,) = changed.failures
     assert "part0.md: changed since the corpus manifest was taken" in failure
     assert "materialize raw_thinking_documents again" in failure
+
+
+def test_an_unreachable_reasoning_endpoint_leaves_every_pair_accounted_with_the_template(project):
+    write_corpus(project["corpus"], pairs=60)
+    (project["corpus"] / "bare.md").write_text(
+        "\n".join(f"问：第 {n} 个没有推理的问题：SM4 的分组长度是多少？\n答：128 位（第 {n} 题）。\n" for n in range(4)),
+        encoding="utf-8",
+    )
+    config = yaml.safe_load(Path(project["config_file"]).read_text(encoding="utf-8"))
+    config["reasoning"] = {"writer": "endpoint", "endpoint_url": "http://127.0.0.1:9/v1", "endpoint_model": "m"}
+    Path(project["config_file"]).write_text(yaml.safe_dump(config), encoding="utf-8")
+
+    outcome = materialize_graph(config_file=project["config_file"], selection="group:data")
+    assert outcome.success, outcome.failures
+    metadata = outcome.metadata["term_annotated_examples"]
+    counts = {key: metadata[f"reasoning_{key}"] for key in ("expert", "model", "template", "none", "rejected")}
+    assert counts == {"expert": 60, "model": 0, "template": 4, "none": 0, "rejected": 4}
+    assert metadata["reasoning_writer"] == "m at http://127.0.0.1:9/v1"
+    assert "http://127.0.0.1:9/v1/chat/completions: cannot connect" in metadata["reasoning_writer_failures"]
+    splits = Path(outcome.artifacts["term_balanced_splits"])
+    origins = json.loads((splits / "split_report.json").read_text(encoding="utf-8"))["reasoning_origins"]
+    assert sum(split["template"] for split in origins.values()) == 4

@@ -12,6 +12,7 @@ import yaml
 
 from qft_core.config import ModelConfig, PathsConfig
 from qft_core.data.corpus import CorpusManifest, scan_corpus
+from qft_core.data.split import SplitResult
 from qft_core.evaluate.report import EvaluationReport, read_report
 from qft_core.model.registry import ensure_model_dir, resolve_model
 from qft_pipeline.artifacts import run_folder
@@ -90,6 +91,14 @@ def test_deployment_package_shows_its_warnings_in_log_metadata_and_package(tmp_p
     def manifest_stand_in() -> CorpusManifest:
         return manifest
 
+    @dg.asset(name="term_balanced_splits")
+    def splits_stand_in() -> SplitResult:
+        origins = {name: {"expert": 1, "model": 0, "template": 0, "none": 0, "rejected": 0}
+                   for name in ("train", "validation", "test")}
+        origins["train"]["model"] = 2
+        return SplitResult([], [], [], report={"sizes": {"train": 3, "validation": 1, "test": 1, "total": 5},
+                                               "reasoning_origins": origins})
+
     @dg.asset(name="evaluation_report")
     def report_stand_in(context: dg.AssetExecutionContext, qft: QftSettings) -> EvaluationReport:
         folder = run_folder(context, qft.load())
@@ -111,7 +120,7 @@ def test_deployment_package_shows_its_warnings_in_log_metadata_and_package(tmp_p
         instance.report_runless_asset_event(dg.AssetMaterialization("merged_model", metadata=merged_metadata))
         dg.materialize([int4_stand_in], instance=instance, partition_key="int4", raise_on_error=False)
         result = dg.materialize(
-            [manifest_stand_in, report_stand_in, deployment_package],
+            [manifest_stand_in, splits_stand_in, report_stand_in, deployment_package],
             instance=instance,
             resources=resources(QftSettings(config_file=str(config_file))),
         )
@@ -136,3 +145,9 @@ def test_deployment_package_shows_its_warnings_in_log_metadata_and_package(tmp_p
     assert package_metadata["warnings"] == expected
     assert package_metadata["quantized_variants"] == [DEGRADED_ROW]
     assert package_metadata["data_hash"] == manifest.content_hash
+    # The card says who wrote the training data's reasoning, a model's marked as such.
+    assert package_metadata["data"]["reasoning_origins"] == {
+        "expert": 3, "model": 2, "template": 0, "none": 0, "rejected": 0
+    }
+    card = (Path(materialization.metadata["path"].value) / "README.md").read_text(encoding="utf-8")
+    assert "Reasoning: 3 written by experts, 2 written by a model (kept after the quality and" in card

@@ -30,6 +30,9 @@ def _report(folder):
 def test_the_summary_tells_the_results_the_package_the_costs_and_what_to_do_next(tmp_path):
     note = stand_in_note("qwen3-tiny")
     metadata = {
+        "term_annotated_examples": {"examples": 665, "reasoning_writer": "template", "reasoning_expert": 658,
+                                    "reasoning_model": 0, "reasoning_template": 7, "reasoning_none": 0,
+                                    "reasoning_rejected": 0},
         "lora_checkpoint": {"steps": 40, "first_train_loss": 11.97, "final_train_loss": 11.77,
                             "first_val_loss": 11.95, "final_val_loss": 11.8, "training_status": "not_learning",
                             "stand_in": note},
@@ -43,6 +46,8 @@ def test_the_summary_tells_the_results_the_package_the_costs_and_what_to_do_next
 
     assert lines[:2] == [f"!! {note}", ""]
     assert lines.count(f"!! {note}") == 1 and not any(line.strip() == note for line in lines)
+    assert ("data: 665 examples; reasoning: 658 expert, 0 written by a model (writer: template; marked `model`), "
+            "7 template, 0 none; 0 model-written refused") in lines
     assert "training: 40 steps, train loss 11.97 → 11.77, validation loss 11.95 → 11.8, status not_learning" in lines
     assert "  verdict: DEGENERATE: 4 of 4 fine-tuned answers are degenerate" in lines
     assert "  term_f1  0.100 [0.000, 0.200] n=4      0.200 [0.100, 0.300] n=4      +0.100 [+0.050, +0.150] n=4" in lines

@@ -10,11 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from qft_core.config import REPO_ROOT
 from qft_pipeline.definitions import defs
-from tests.pipeline.conftest import write_corpus
 from tests.pipeline.loopback import free_port
 from tests.pipeline.ui_driver.cdp import CHROMIUM, Page, chromium
 
@@ -26,45 +24,10 @@ pytestmark = [
 SCREENS = REPO_ROOT / "artifacts" / "test-screens"
 TABLE_ASSET = "term_annotated_examples"  # its `categories` metadata is a Markdown table
 IMAGE_ASSET = "evaluation_report"  # carries a chart as a Markdown image once the evaluation assets exist
-# Small enough that the whole graph materializes in a test; every key is an ordinary qft setting.
-TINY_RUN = {
-    "split": {"min_split_size": 2},
-    "training": {"max_steps": 2, "global_batch_size": 2, "checkpoint_every": 1, "eval_every": 1},
-    "eval": {"max_examples": 4, "max_new_tokens": 16, "thinking_budget": 8, "bootstrap_samples": 10},
-    "quant": {"formats": ["int8"], "calibration_samples": 2},
-}
 
 
 @pytest.fixture(scope="module")
-def materialized_home(tmp_path_factory):
-    """A private Dagster home holding one successful run of the whole graph over a small corpus."""
-    root = tmp_path_factory.mktemp("ui")
-    home = root / "dagster_home"
-    home.mkdir()
-    # nux off: Dagster's first-visit newsletter dialog would cover the page.
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n", encoding="utf-8")
-    write_corpus(root / "corpus", pairs=40)
-    config = {**TINY_RUN, "paths": {"corpus_dir": str(root / "corpus"), "artifacts_dir": str(root / "artifacts")}}
-    config_file = root / "qft.yaml"
-    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
-
-    from qft_pipeline.runner import materialize_graph
-
-    previous = os.environ.get("DAGSTER_HOME")
-    os.environ["DAGSTER_HOME"] = str(home)
-    try:
-        outcome = materialize_graph(config_file=str(config_file))
-    finally:
-        if previous is None:
-            os.environ.pop("DAGSTER_HOME")
-        else:
-            os.environ["DAGSTER_HOME"] = previous
-    assert outcome.success, outcome.failures
-    return home
-
-
-@pytest.fixture(scope="module")
-def webserver(materialized_home, tmp_path_factory):
+def webserver(whole_graph, tmp_path_factory):
     """dagster-webserver on loopback against the project's workspace.yaml and the private home."""
     port = free_port()
     log = tmp_path_factory.mktemp("webserver") / "webserver.log"
@@ -73,7 +36,7 @@ def webserver(materialized_home, tmp_path_factory):
         process = subprocess.Popen(
             command,
             cwd=REPO_ROOT,
-            env={**os.environ, "DAGSTER_HOME": str(materialized_home)},
+            env={**os.environ, "DAGSTER_HOME": str(whole_graph["home"])},
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its code server is a child: stop the whole group we started

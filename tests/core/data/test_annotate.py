@@ -50,10 +50,10 @@ def test_annotation_adds_answer_metrics_and_thinking_quality(dictionary):
     assert annotated.thinking_quality == score_thinking(EXPERT.reasoning, EXPERT.answer, dictionary).score
 
 
-def test_missing_thinking_is_generated_and_marked_generated(dictionary):
+def test_missing_thinking_gets_the_template_marked_template(dictionary):
     bare = make("ECDSA 签名为什么需要随机数？", "每次签名的随机数必须保密且不重复，否则可以解出私钥。")
     [annotated] = annotate_examples([bare], dictionary, DataConfig())
-    assert annotated.thinking_origin == "generated"
+    assert annotated.thinking_origin == "template"
     assert annotated.thinking == generate_thinking(bare, dictionary)
     assert annotated.thinking_quality is not None and annotated.thinking_quality > 0
 

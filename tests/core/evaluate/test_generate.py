@@ -1,5 +1,6 @@
 """Evaluation generation: batched left-padded greedy decoding gives one-at-a-time's tokens, stops end each row
-where it should, and the thinking budget forces `</think>` in before the answer phase."""
+where it should, the thinking budget forces `</think>` in before the answer phase, and the static-cache path
+gives the plain path's tokens."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from qft_core.config import EvalConfig, ModelConfig, PathsConfig
 from qft_core.evaluate.experts import GoldItem
+from qft_core.evaluate.generation_path import STATIC, GenerationPath
 from qft_core.evaluate.generate import (
     CLOSE,
     END,
@@ -153,7 +155,7 @@ def test_items_take_expert_reasoning_only_and_gold_items_keep_their_references()
     common = {"question": "什么是 AES？", "answer": "一种分组密码。", "source_file": "a.md", "source_line": 1}
     expert = ThinkingExample(id="e1", thinking=[ThinkingStructure(text="先回忆定义。")], category="symmetric",
                              term_categories=["symmetric"], **common)
-    generated = ThinkingExample(id="g1", thinking=[ThinkingStructure(text="模板推理。")], thinking_origin="generated",
+    generated = ThinkingExample(id="g1", thinking=[ThinkingStructure(text="模板推理。")], thinking_origin="template",
                                 term_categories=["symmetric", "fundamentals"], **common)
     first, second = items_from_examples([expert, generated])
     assert (first.id, first.reference_reasoning, first.category) == ("e1", "先回忆定义。", "symmetric")
@@ -202,3 +204,79 @@ def test_answers_continued_from_the_reasoning_cache_equal_a_fresh_encoding(tiny,
         )[0, len(prefix) :].tolist()
         assert answer.token_ids[known:] == fresh
     assert len({tuple(answer.token_ids) for answer in answers}) == len(answers)
+
+
+STATIC_EAGER = GenerationPath(cache=STATIC)
+
+
+def _first_new(tokens: list[int], start: int, avoid: set[int]) -> tuple[int, int]:
+    """The first position from `start` whose token appears neither earlier in `tokens` nor in `avoid`."""
+    return next((at, t) for at, t in enumerate(tokens) if at >= start and t not in tokens[:at] and t not in avoid)
+
+
+def test_static_cache_gives_the_plain_paths_tokens_with_rows_closing_and_ending_early(tiny, free_run, monkeypatch):
+    """Four prompts of different lengths, both phases: row 0 closes its reasoning early, row 1 ends its turn
+    while reasoning (it rides along, stopped, in the static cache's answer phase), the others reach the budget."""
+    model, tokenizer = tiny
+    stops = Stops.for_model(model, tokenizer)
+    first, second = free_run[0].token_ids, free_run[1].token_ids
+    close_at, close = _first_new(first, 2, set())
+    _, end = _first_new(second[: FREE_RUN.thinking_budget], 1, set(first[: close_at + 1]) | {close})
+    staged = replace(
+        stops,
+        thinking=StopRule({**stops.thinking.tokens, close: CLOSE, end: END}),
+        answer=StopRule({**stops.answer.tokens, end: END}),
+    )
+    monkeypatch.setattr(Stops, "for_model", classmethod(lambda cls, model, tokenizer: staged))
+    plain = generate_answers(model, tokenizer, _items(), FREE_RUN, path=GenerationPath.plain())
+    static = generate_answers(model, tokenizer, _items(), FREE_RUN, path=STATIC_EAGER)
+
+    assert plain[0].thinking_closed and not plain[0].finished
+    assert plain[1].finished and not plain[1].thinking_closed and plain[1].reasoning_tokens < FREE_RUN.thinking_budget
+    assert any(answer.forced_close for answer in plain)
+    assert [answer.token_ids for answer in static] == [answer.token_ids for answer in plain]
+    assert [(a.finished, a.thinking_closed, a.forced_close) for a in static] == [
+        (a.finished, a.thinking_closed, a.forced_close) for a in plain
+    ]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [FREE_RUN.model_copy(update={"batch_size": 3}), EvalConfig(max_new_tokens=6, thinking_budget=0)],
+    ids=["two-batches-one-cache-length", "no-reasoning-phase"],
+)
+def test_static_cache_gives_the_plain_paths_tokens(tiny, free_run, config) -> None:
+    model, tokenizer = tiny
+    static = generate_answers(model, tokenizer, _items(), config, path=STATIC_EAGER)
+    plain = (
+        free_run
+        if config.thinking_budget
+        else generate_answers(model, tokenizer, _items(), config, path=GenerationPath.plain())
+    )
+    assert [answer.token_ids for answer in static] == [answer.token_ids for answer in plain]
+    assert all(len(answer.token_ids) == config.max_new_tokens for answer in static)
+
+
+@pytest.mark.slow
+def test_compiled_static_decoding_gives_the_plain_paths_tokens_with_one_graph_for_both_phases(tiny, free_run) -> None:
+    """What CUDA runs, on the CPU: transformers compiles decoding on CUDA only unless its compile config says
+    every device (a private flag, the one switch there is); Inductor builds C++ kernels here (about 80 s)."""
+    from torch._dynamo.utils import counters
+    from transformers import CompileConfig
+
+    model, tokenizer = tiny
+    compile_config = CompileConfig()
+    compile_config._compile_all_devices = True
+    original = model.generation_config.compile_config
+    model.generation_config.compile_config = compile_config
+    counters.clear()
+    try:
+        compiled = generate_answers(
+            model, tokenizer, _items(), FREE_RUN, path=GenerationPath(cache=STATIC, compiled=True)
+        )
+    finally:
+        model.generation_config.compile_config = original
+        model.__dict__.pop("_compiled_call", None)
+    assert [answer.token_ids for answer in compiled] == [answer.token_ids for answer in free_run]
+    assert all(answer.forced_close for answer in compiled)
+    assert counters["stats"]["unique_graphs"] == 1

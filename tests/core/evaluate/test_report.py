@@ -93,7 +93,10 @@ def summary(generations, scores) -> dict:
 
 @pytest.fixture(scope="module")
 def report(summary: dict, tmp_path_factory: pytest.TempPathFactory):
-    data = build_report({"test": summary}, models={"base": "tiny", "finetuned": "tiny + adapter"}, config=CONFIG)
+    data = build_report(
+        {"test": summary}, models={"base": "tiny", "finetuned": "tiny + adapter"}, config=CONFIG,
+        reasoning_origins={"expert": 3, "model": 2, "template": 1, "none": 0, "rejected": 1},
+    )
     return write_report(data, tmp_path_factory.mktemp("report"))
 
 
@@ -149,6 +152,8 @@ def test_report_files_render_and_reload(report) -> None:
     assert "| metric | base | fine-tuned | fine-tuned − base |" in markdown
     assert "| rougeL_char_f1 | 0.250 [0.250, 0.250] n=6 | 0.467 [" in markdown
     assert "BCa bootstrap of the mean" in markdown
+    assert ("- reasoning of the 6 test questions: 3 by experts, 2 written by a model (origin `model`, kept after "
+            "the quality and answer-consistency checks), 1 from the template, 0 none") in markdown
     assert "| post_quantum | 2 | 0.250 → 0.100 | 0.250 → 0.100 | 0.250 → 0.100 | 0.500 → 0.100 |" in markdown
     assert "| 格密码 | lattice_cryptography | post_quantum | 2 |" in markdown
     assert "| answer_loss | 2.000 [2.000, 2.000] n=6 | 1.667 [" in markdown
@@ -156,7 +161,8 @@ def test_report_files_render_and_reload(report) -> None:
     loaded = json.loads(report.json.read_text(encoding="utf-8"))
     assert loaded == report.data
     assert set(loaded) == {"models", "stand_in", "main_metrics", "lower_is_better", "loss_metrics", "primary_set",
-                           "settings", "headline", "verdict", "regressions", "suggestions", "sets", "experts"}
+                           "settings", "headline", "verdict", "regressions", "suggestions", "sets", "experts",
+                           "reasoning_origins"}
     assert loaded["verdict"]["kind"] == "regressed" and loaded["stand_in"] is None
     assert loaded["main_metrics"] == list(MAIN_METRICS)
     assert loaded["loss_metrics"] == ["answer_loss", "reasoning_loss"]

@@ -114,6 +114,11 @@ def test_evaluate_models_writes_the_report_and_every_generation(config, adapter_
     assert data["sets"]["test"]["metrics"]["base"]["reasoning_loss"]["n"] == 3
     assert [(row["name"], row["shared"]) for row in data["experts"]["experts"]] == [("王芳", 2), ("李雷", 2)]
     assert "## Expert performance" in report.markdown.read_text(encoding="utf-8")
+    # Both models were generated on the CPU's plain path, and the report says so with the reason.
+    path = data["settings"]["generation_path"]
+    assert (path["path"], path["cache"], path["compiled"]) == ("dynamic cache, eager decoding", "dynamic", False)
+    assert "torch.compile is used on CUDA only" in path["fallbacks"][0]
+    assert f"; dynamic cache, eager decoding ({path['fallbacks'][0]})" in report.markdown.read_text(encoding="utf-8")
 
     base = read_jsonl(tmp_path / "eval" / "generations_test_base.jsonl", GeneratedAnswer)
     tuned = read_jsonl(tmp_path / "eval" / "generations_test_finetuned.jsonl", GeneratedAnswer)

@@ -42,7 +42,10 @@ METADATA = {
     "config": QftConfig().model_dump(mode="json"),
     "data_hash": DATA_HASH,
     "metrics": {"test": {"term_f1": 0.512345, "perplexity": 12.5}},
-    "data": {"examples": {"train": 206, "validation": 26, "test": 26}},
+    "data": {
+        "examples": {"train": 206, "validation": 26, "test": 26},
+        "reasoning_origins": {"expert": 240, "model": 12, "template": 6, "none": 0, "rejected": 3},
+    },
 }
 CARD = ModelCardInfo(model_name=PACKAGE_NAME, base_model="qwen3-tiny")
 GENERATION_PROMPT_END = "<|im_start|>assistant\n<think>\n"
@@ -147,6 +150,9 @@ def test_model_card_is_chinese_and_english_and_filled_from_metadata(package_dir:
     assert card.count("| `test.term_f1` | 0.5123 |") == 2
     assert card.count("| `lora.r` | 8 |") == 2
     assert card.count("| `examples.train` | 206 |") == 2
+    # Reasoning a model wrote is marked as such, in both languages.
+    assert "推理来源：专家撰写 240 条，模型生成 12 条（通过质量与答案一致性检查，数据中标为 `model`），模板生成 6 条" in card
+    assert "Reasoning: 240 written by experts, 12 written by a model (kept after the quality and" in card
     assert card.index("## 中文") < card.index("## English")
     # qwen3-tiny has random weights: the card says so, in both languages, before the first section.
     assert card.index("替身模型") < card.index(stand_in_note("qwen3-tiny")) < card.index("## 中文")

@@ -8,17 +8,14 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from transformers import AutoTokenizer
 
 from qft_core.cli import main
@@ -33,6 +30,7 @@ from qft_core.serve.openai_api import ChatRequest, ReasoningStream, parse_chat_r
 from qft_core.serve.served_model import Completion, SamplingParams, ServedModel
 from qft_core.serve.server import ServerSettings, create_app
 from qft_core.serve.vllm import gpu_serving_lines, sglang_command, vllm_command
+from tests.core.serve.uvicorn_thread import running
 
 MODEL_ID = "qft-serve-test"
 API_KEY = "s3cret-key"
@@ -53,27 +51,6 @@ def package_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def served(package_dir: Path) -> ServedModel:
     return ServedModel.load(package_dir, device="cpu")
-
-
-@contextmanager
-def running(app) -> Iterator[str]:
-    """Serve `app` with uvicorn on an ephemeral port of 127.0.0.1 in a background thread."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        for _ in range(500):
-            if server.started:
-                break
-            thread.join(0.02)
-        assert server.started, "the server did not start"
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 @pytest.fixture(scope="module")

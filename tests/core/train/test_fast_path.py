@@ -6,7 +6,7 @@ import torch.utils._triton
 from peft import LoraConfig, get_peft_model
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from qft_core.train import attention, compiler
+from qft_core.train import attention, compiler, fast_path
 from qft_core.train.attention import FLEX, SDPA, choose_attention, packed_model_inputs
 from qft_core.train.fast_path import (
     FastPath,
@@ -16,6 +16,7 @@ from qft_core.train.fast_path import (
     compile_decoder_layers,
     compute_adapters_in_input_dtype,
 )
+from qft_core.train.fused_lora import FusedLoraLinear
 from qft_core.train.loss import TokenLossSum, causal_lm
 from qft_core.train.packing import collate_packed
 
@@ -84,6 +85,29 @@ def test_fsdp_sharding_keeps_layers_eager_and_the_other_pieces(kernels_available
     )
 
 
+def test_round_two_levers_stay_off_until_measured(kernels_available) -> None:
+    for device, dtype in ((CUDA, torch.bfloat16), (torch.device("cpu"), torch.float32)):
+        fast = choose_fast_path(device, dtype, packing=False)
+        assert (fast.fused_lora, fast.compile_mode, fast.ddp_graph_split) == (False, None, True)
+
+
+def test_measured_levers_become_the_choice_and_the_mode_needs_compiled_layers(kernels_available, monkeypatch) -> None:
+    monkeypatch.setattr(fast_path, "FUSE_LORA_PRODUCTS", True)
+    monkeypatch.setattr(fast_path, "COMPILE_MODE", "max-autotune-no-cudagraphs")
+    monkeypatch.setattr(fast_path, "SPLIT_GRAPHS_AT_DDP_BUCKETS", False)
+    fast = choose_fast_path(CUDA, torch.bfloat16, packing=False)
+    assert (fast.fused_lora, fast.compile_mode, fast.ddp_graph_split) == (True, "max-autotune-no-cudagraphs", False)
+    assert fast.fallbacks == ()
+    eager = choose_fast_path(CUDA, torch.bfloat16, packing=False, sharded=True)
+    assert (eager.compile_layers, eager.compile_mode, eager.fused_lora) == (False, None, True)
+
+
+def test_compiling_under_fsdp_once_measured_keeps_the_sharded_layers_compiled(kernels_available, monkeypatch) -> None:
+    monkeypatch.setattr(fast_path, "COMPILE_UNDER_FSDP", True)
+    fast = choose_fast_path(CUDA, torch.bfloat16, packing=True, sharded=True)
+    assert (fast.attention, fast.compile_layers, fast.fallbacks) == (FLEX, True, ())
+
+
 def test_unpacked_rows_keep_sdpa_without_a_fallback_note(kernels_available) -> None:
     assert choose_attention(CUDA, packing=False) == (SDPA, None)
     assert choose_fast_path(CUDA, torch.bfloat16, packing=False).fallbacks == ()
@@ -135,6 +159,18 @@ def test_plain_path_leaves_the_model_untouched() -> None:
     assert len(lora_layers) == 2 * len(TARGETS)
     assert all(layer.cast_input_dtype_enabled for layer in lora_layers)
     assert all(layer._compiled_call_impl is None for layer in causal_lm(peft_model).get_decoder().layers)
+
+
+def test_fast_path_fuses_lora_layers_and_sets_the_ddp_split_before_compiling() -> None:
+    input_ids, labels = _batch()
+    model = _tiny_lora_model(torch.float32)
+    expected, _ = TokenLossSum(model)(input_ids, labels)
+    with torch._dynamo.config.patch(optimize_ddp=True):
+        apply_fast_path(model, FastPath(compile_layers=True, fused_lora=True, ddp_graph_split=False), backend="eager")
+        assert torch._dynamo.config.optimize_ddp is False
+    fused, _ = TokenLossSum(model)(input_ids, labels)
+    assert sum(isinstance(module, FusedLoraLinear) for module in model.modules()) == 2 * len(TARGETS)
+    torch.testing.assert_close(fused, expected)
 
 
 def test_adapters_in_bf16_match_peft_float32_adapter_compute() -> None:
