@@ -6,6 +6,7 @@ Qwen3-4B-Thinking-2507's exact shape with random bf16 weights built on the GPU.
     python bench/bench_train_gpu.py --scaling 1,2,4          # DDP on 1, 2, 4 GPUs (torchrun per count)
     python bench/bench_train_gpu.py --rows 2048x4 --paths baseline,engine,engine-nocompile --profile
     python bench/bench_train_gpu.py --rows 2048x4 --paths levers   # baseline, engine and every round-two lever
+    python bench/bench_train_gpu.py --rows 2048x8c,4096x4c,16384x1c --memory-budget-gib 26.4   # selective
 
 Rows are SEQxMICRO with suffixes: `c` gradient checkpointing, `p` packed documents (random lengths 64-1024,
 first-fit into rows of SEQ tokens) instead of one full sequence a row. Paths:
@@ -20,6 +21,11 @@ first-fit into rows of SEQ tokens) instead of one full sequence a row. Paths:
              on a one-rank process group, dynamo's graph split at buckets as the fast path sets it), nosplit (with
              ddp1: optimize_ddp off), fsdp1 (FSDP2's fully_shard around the compiled layers, one rank);
              several join with '-' (engine-nocompile-fp32lora, engine-ddp1-nosplit).
+On `c` rows the baseline checkpoints every layer (transformers' switch); the engine checkpoints every layer too,
+from outside each compiled layer (`layer_checkpointing.checkpoint_first_layers`), or with --memory-budget-gib only
+the first k layers, the fewest the planner's memory model (`plan.fewest_checkpoint_layers`) fits into that many
+GiB in all (CUDA context and allocator slack included, as the plan counts them); each row records k and the
+predicted allocator peak. That import needs qft's pydantic (the wheels of bench/device_wheels.sh).
 Both paths train the same LoRA (r 16, alpha 32, q/k/v/o/gate/up/down) from the same seed, with LoRA B drawn
 small and non-zero so the adapters take part in the step-1 loss that the `d loss` column compares.
 
@@ -61,6 +67,7 @@ from qft_core.train.fast_path import (
     build_optimizer,
     choose_fast_path,
 )
+from qft_core.train.layer_checkpointing import checkpoint_first_layers
 from qft_core.train.loss import TokenLossSum, causal_lm
 from qft_core.train.packing import collate_packed, pack_sequences
 from qft_core.train.parallel import full_tensor, replicate_with_ddp, shard_with_fsdp2
@@ -173,6 +180,9 @@ class Trainer:
     trainable: list
     engine: bool
     fast: FastPath | None
+    # The engine's checkpointed decoder layers (the first ones) and the memory model's allocator peak for them.
+    checkpoint_layers: int = 0
+    predicted_peak_gib: float | None = None
 
     def inputs(self, batch: dict) -> dict:
         if "packed" not in batch:
@@ -228,6 +238,33 @@ def engine_fast_path(path: str, row: Row, device: torch.device) -> FastPath:
     return dataclasses.replace(fast, **changes)
 
 
+def planned_checkpoint_layers(row: Row, args, fast: FastPath, device: torch.device, world: int) -> tuple[int, float]:
+    """(the fewest first layers to checkpoint for the row to fit --memory-budget-gib, the predicted allocator
+    peak in GiB), from the plan's memory model of this engine path."""
+    from transformers import Qwen3Config
+
+    from qft_core.model.shape import ModelShape
+    from qft_core.train.attention import FLEX
+    from qft_core.train.memory import MemorySetting, allocated_bytes, estimate_memory
+    from qft_core.train.plan import fewest_checkpoint_layers
+
+    shape = ModelShape.from_hf_config(Qwen3Config(**args.shape))
+    setting = MemorySetting(
+        device=device.type, dtype="bfloat16", world_size=world, sharded=False, micro_batch=row.micro,
+        seq_len=row.seq, checkpoint_layers=0, lora_r=16, lora_targets=tuple(LORA_TARGETS),
+        lora_dropout=args.lora_dropout, loss_chunk_tokens=args.chunk_tokens, rows="packed" if row.packed else "full",
+        compiled_kernels=fast.compile_layers, flex_attention=fast.attention == FLEX,
+    )
+    layers = fewest_checkpoint_layers(shape, setting, int(args.memory_budget_gib * GIB))
+    if layers is None:
+        raise ValueError(
+            f"--memory-budget-gib {args.memory_budget_gib}: row {row.name} does not fit even with every layer"
+            " checkpointed"
+        )
+    predicted = allocated_bytes(estimate_memory(shape, dataclasses.replace(setting, checkpoint_layers=layers)))
+    return layers, predicted / GIB
+
+
 def one_rank_group(device: torch.device) -> None:
     """A process group of this process alone, so DDP and FSDP2 can wrap the model on one GPU."""
     import torch.distributed as dist
@@ -240,10 +277,14 @@ def build_trainer(path: str, row: Row, args, device: torch.device, world: int) -
     engine = path.startswith("engine")
     fast = engine_fast_path(path, row, device) if engine else None
     attention = fast.attention if engine else "sdpa"
-    peft_model = build_peft_model(args.shape, attention, row.checkpointing, args.lora_dropout, device)
+    peft_model = build_peft_model(args.shape, attention, row.checkpointing and not engine, args.lora_dropout, device)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     if not engine:
         return Trainer(peft_model, torch.optim.AdamW(trainable, lr=1e-4), trainable, False, None)
+    layers, predicted = args.shape["num_hidden_layers"] if row.checkpointing else 0, None
+    if row.checkpointing and args.memory_budget_gib:
+        layers, predicted = planned_checkpoint_layers(row, args, fast, device, world)
+    checkpoint_first_layers(peft_model.get_decoder().layers, layers)
     apply_fast_path(peft_model, fast)
     model = TokenLossSum(peft_model, args.chunk_tokens, compute_dtype=fast.adapter_compute_dtype)
     pieces = set(path.split("-")[1:])
@@ -255,7 +296,7 @@ def build_trainer(path: str, row: Row, args, device: torch.device, world: int) -
         model = shard_with_fsdp2(model, causal_lm(peft_model).get_decoder().layers, device, 1, torch.bfloat16)
         trainable = [p for p in peft_model.parameters() if p.requires_grad]  # now FSDP2's sharded parameters
     optimizer = build_optimizer(trainable, lr=1e-4, weight_decay=0.0, fast=fast)
-    return Trainer(model, optimizer, trainable, True, fast)
+    return Trainer(model, optimizer, trainable, True, fast, layers, predicted)
 
 
 # -- measuring -------------------------------------------------------------------------------------------------
@@ -306,6 +347,8 @@ def run_path(path: str, row: Row, args, device: torch.device, world: int) -> dic
         batch, tokens = make_batch(row, args.shape["vocab_size"], device)
         inputs = trainer.inputs(batch)
         result["build_s"] = round(time.perf_counter() - started, 1)
+        if trainer.engine and row.checkpointing:
+            result.update(checkpoint_layers=trainer.checkpoint_layers, predicted_peak_gib=trainer.predicted_peak_gib)
         first_loss, first_grad = trainer.step(inputs, measure_grad=True)
         synchronize(device)
         result.update(step1_loss=first_loss, step1_grad_norm=first_grad, first_step_s=round(time.perf_counter() - started, 1))
@@ -400,8 +443,12 @@ def table(results: list[dict], env: dict, peak_tflops: float) -> str:
     ]
     for r in results:
         ok = r.get("status") == "ok"
+        kept = ""
+        if "checkpoint_layers" in r:
+            predicted = f", plan {r['predicted_peak_gib']:.1f} GiB" if r.get("predicted_peak_gib") else ""
+            kept = f" ({r['checkpoint_layers']} layers checkpointed{predicted})"
         cells = [
-            r["row"], r["path"],
+            r["row"], r["path"] + kept,
             f"{r['tokens_per_s']:,.0f}" if ok else "-",
             f"{r['peak_gib']:.1f}" if ok else "-",
             f"{r['mfu']:.1%}" if ok else "-",
@@ -492,6 +539,7 @@ def scaling(args) -> None:
             "--chunk-tokens", str(args.chunk_tokens), "--lora-dropout", str(args.lora_dropout),
             *(["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []),
             *(["--smoke"] if args.smoke else []), *(["--cpu"] if args.cpu else []),
+            *(["--memory-budget-gib", str(args.memory_budget_gib)] if args.memory_budget_gib else []),
         ]
         environment_vars = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(count))}
         subprocess.run(command, check=False, env=environment_vars)
@@ -525,6 +573,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="print each path's top CUDA kernels for one step")
     parser.add_argument("--peak-tflops", type=float, help="bf16 matmul rate for MFU (default: measured on the card)")
     parser.add_argument("--scaling", help="comma-separated GPU counts: run the engine under torchrun on each")
+    parser.add_argument(
+        "--memory-budget-gib", type=float,
+        help="c rows: the engine checkpoints the fewest first layers the plan fits into this many GiB (default: all)",
+    )
     parser.add_argument("--deadline-s", type=float, default=480, help="skip paths that would start after this")
     parser.add_argument("--out", default=os.environ.get("OUT", "bench_out"), help="folder for results.jsonl and table.md")
     args = parser.parse_args(argv)

@@ -53,6 +53,7 @@ from bench_train_gpu import LORA_TARGETS, QWEN3_4B, Row, environment, make_batch
 
 from qft_core.train.attention import FLEX, SDPA, packed_model_inputs  # noqa: E402
 from qft_core.train.fast_path import FastPath, apply_fast_path, build_optimizer, choose_fast_path  # noqa: E402
+from qft_core.train.layer_checkpointing import checkpoint_first_layers  # noqa: E402
 from qft_core.train.loss import TokenLossSum  # noqa: E402
 from qft_core.train.packing import (  # noqa: E402
     IGNORE_INDEX,
@@ -80,6 +81,8 @@ class ProbeConfig:
     seq: int = 2048
     micro: int = 4
     checkpointing: bool = False
+    # With checkpointing, this many last layers keep all their activations (the plan's selective choice).
+    whole_layers: int = 0
     packed: bool = False
     eager: bool = False
     sdpa: bool = False
@@ -113,6 +116,7 @@ CONFIGS = {
     "compiled-checkpointed-dropout": ProbeConfig(
         seq=4096, checkpointing=True, dropout=0.05, baseline="compiled-checkpointed"
     ),
+    "compiled-selective": ProbeConfig(seq=4096, checkpointing=True, whole_layers=1, baseline="compiled-checkpointed"),
     "packed-r8-dropout": ProbeConfig(packed=True, rank=8, dropout=0.05, baseline="flex-packed"),
     "eager-fp32": ProbeConfig(eager=True, fp32=True, seq=1024),
     "smoke": ProbeConfig(smoke_data=True, packed=True, micro=8, rank=8, dropout=0.05),
@@ -150,7 +154,7 @@ def build_model(config: ProbeConfig, layers: int, attention: str, device: torch.
         )
     model.config.use_cache = False
     if config.checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpoint_first_layers(model.get_decoder().layers, layers - config.whole_layers)
     lora = LoraConfig(
         r=config.rank,
         lora_alpha=2 * config.rank,
@@ -305,7 +309,7 @@ def plan_setting(record: dict) -> MemorySetting:
         sharded=False,
         micro_batch=config.micro,
         seq_len=config.seq,
-        checkpointing=config.checkpointing,
+        checkpoint_layers=record["layers"] - config.whole_layers if config.checkpointing else 0,
         lora_r=config.rank,
         lora_targets=tuple(LORA_TARGETS),
         lora_dropout=config.dropout,
@@ -332,7 +336,7 @@ def plan_figures(record: dict) -> dict[str, int]:
 
     shape = ModelShape.from_hf_config(Qwen3Config(**{**QWEN3_4B, "num_hidden_layers": record["layers"]}))
     setting = plan_setting(record)
-    if setting.checkpointing:
+    if setting.checkpoint_layers:
         layer = dtype_bytes(setting.dtype) * shape.hidden
     else:
         layer = layer_activation_bytes_per_token(shape, setting)

@@ -68,7 +68,10 @@ FALLBACK_NOTES: dict[tuple[str, str], str] = {
     ("training", "warmup_ratio"): "Share of the steps spent warming the learning rate up from 0.",
     ("training", "schedule"): "Learning-rate decay after the warm-up.",
     ("training", "max_grad_norm"): "Gradients are clipped to this global norm.",
-    ("training", "gradient_checkpointing"): "Recompute activations to save memory; empty lets the plan decide.",
+    ("training", "gradient_checkpointing"): (
+        "Recompute activations to save memory: true every decoder layer, false none; empty lets the plan"
+        " checkpoint the fewest first layers that fit."
+    ),
     ("training", "sharding"): "`ddp` replicates the model on every GPU, `fsdp` shards it; `auto` picks by memory.",
     ("training", "packing"): "Pack several short examples into one row (attention never crosses examples).",
     ("training", "loss_chunk_tokens"): "Compute the loss over this many tokens at a time to bound logits memory; empty: all at once.",

@@ -16,6 +16,7 @@ from qft_core.model.peft_files import ADAPTER_WEIGHTS
 from qft_core.model.registry import portable_name
 from qft_core.train.attention import SDPA
 from qft_core.train.job import TrainingJob
+from qft_core.train.layer_checkpointing import checkpoint_first_layers
 from qft_core.train.parallel import full_tensor
 
 
@@ -25,7 +26,8 @@ class AdapterLoadError(RuntimeError):
 
 def build_lora_model(job: TrainingJob, dtype: torch.dtype, device: torch.device, attention: str = SDPA) -> nn.Module:
     """The base model in `dtype` with fresh LoRA adapters (the plan's rank and targets) on `device`, attending
-    with the transformers implementation `attention`.
+    with the transformers implementation `attention`, its first `plan.checkpoint_layers` decoder layers
+    checkpointed.
 
     LoRA's A matrices are drawn from torch's global generator: seed it identically on every rank first.
     """
@@ -38,9 +40,7 @@ def build_lora_model(job: TrainingJob, dtype: torch.dtype, device: torch.device,
         attn_implementation=attention,
     )
     model.config.use_cache = False
-    if job.plan.gradient_checkpointing:
-        # Non-reentrant checkpointing works under DDP and FSDP2 and needs no requires_grad on the inputs.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpoint_first_layers(model.get_decoder().layers, job.plan.checkpoint_layers)
     lora = PeftLoraConfig(
         r=job.plan.lora.r,
         lora_alpha=job.plan.lora.alpha,

@@ -34,7 +34,10 @@ activations: what autograd keeps for backward, per token per decoder layer (`lay
 - adapter_outputs: the r-wide lora_A output, kept twice: 2·a·r per adapted projection.
 - ddp_graph_split: under DDP, dynamo splits each compiled layer where DDP's 1 MiB first gradient bucket fills
   (inside the MLP), and the two graphs keep one i-wide tensor more (a·i).
-With gradient checkpointing a layer keeps only its input (a·h). Outside the layers: the final norm's fp32 input
+A checkpointed layer keeps only its input (a·h). The engine checkpoints the first `checkpoint_layers` of the L
+layers (layer_checkpointing.py), so backward meets the layers that keep everything first and frees them before it
+recomputes any: while one layer is kept whole the recomputed layer never adds to the peak, and only with all L
+checkpointed is the recomputed layer on top of the kept inputs. Outside the layers: the final norm's fp32 input
 (4h) and the loss's gradient of the hidden states (a·h). attention_scores (CPU): the math kernel keeps the softmax
 probabilities, heads·seq² per sequence and layer in fp32 (plus a compute-dtype copy if that is not fp32).
 
@@ -45,8 +48,8 @@ Transients, on top of everything kept; the peak counts the larger of the two, si
   Plus the copy of the scored hidden states the chunks are cut from (a·h per token).
 - backward_working_set (its excess over logits): one layer's backward has the gradients of gate, up, SiLU and
   the product and of the layer's input and residual in flight, 4a·i + 2a·h compiled (one graph holds them all),
-  2a·i + 2a·h eager (autograd frees them as it goes); with checkpointing also the recomputed layer (and, on
-  CPU, its softmax probabilities).
+  2a·i + 2a·h eager (autograd frees them as it goes); with every layer checkpointed also the recomputed layer
+  (and, on CPU, its softmax probabilities).
 
 Outside the allocator (not in max_memory_allocated):
 - cuda_context: the CUDA context, cuBLAS/cuDNN handles and loaded kernels, 0.75 GiB on an H200 with torch 2.11;
@@ -106,7 +109,8 @@ class MemorySetting:
     sharded: bool
     micro_batch: int
     seq_len: int
-    checkpointing: bool
+    # How many decoder layers, the first ones, recompute their activations in backward (0: none).
+    checkpoint_layers: int
     lora_r: int
     lora_targets: tuple[str, ...]
     lora_dropout: float
@@ -202,14 +206,13 @@ def estimate_memory(shape: ModelShape, setting: MemorySetting) -> dict[str, int]
         layer_scores = setting.micro_batch * shape.heads * setting.seq_len**2 * (4 + (0 if a == 4 else a))
     logits = loss_chunk_bytes(shape, setting)
     gradients_in_flight = tokens * backward_bytes_per_token(shape, setting)
-    if setting.checkpointing:
-        activations = tokens * (shape.layers * a * shape.hidden + outside_layers)
-        scores = 0
-        backward = gradients_in_flight + layer_set + layer_scores
-    else:
-        activations = shape.layers * layer_set + tokens * outside_layers
-        scores = shape.layers * layer_scores
-        backward = gradients_in_flight
+    checkpointed = setting.checkpoint_layers
+    if not 0 <= checkpointed <= shape.layers:
+        raise ValueError(f"checkpoint_layers {checkpointed}: the model has {shape.layers} decoder layers")
+    whole = shape.layers - checkpointed
+    activations = tokens * (checkpointed * a * shape.hidden + outside_layers) + whole * layer_set
+    scores = whole * layer_scores
+    backward = gradients_in_flight + (layer_set + layer_scores if whole == 0 else 0)
     mask_entry = {"dense_mask": a, "math": a, "padding_mask": 1}.get(setting.attention, 0)
     allocated = {
         "base_weights": math.ceil(shape.params * a / shards),

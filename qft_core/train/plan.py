@@ -21,7 +21,15 @@ from qft_core.config import QftConfig
 from qft_core.device import resolve_device
 from qft_core.model.shape import ModelShape
 from qft_core.train.hardware import GIB, HardwareProfile, profile_hardware
-from qft_core.train.memory import Attention, Dtype, MemorySetting, allocated_bytes, estimate_memory
+from qft_core.train.memory import (
+    Attention,
+    Dtype,
+    MemorySetting,
+    allocated_bytes,
+    dtype_bytes,
+    estimate_memory,
+    layer_activation_bytes_per_token,
+)
 
 USABLE_FRACTION = {"cuda": 0.95, "cpu": 0.85}
 MIN_LORA_RANK = 4
@@ -75,7 +83,8 @@ class TrainingPlan(BaseModel):
     global_batch_size: int = Field(ge=1)
     requested_global_batch_size: int = Field(ge=1)
     seq_len: int = Field(ge=1)
-    gradient_checkpointing: bool
+    # Activation checkpointing: how many decoder layers, the first ones, recompute their activations in backward.
+    checkpoint_layers: int = Field(0, ge=0)
     dtype: Dtype
     lora: LoraSettings
     lora_params: int = Field(ge=0)
@@ -90,6 +99,10 @@ class TrainingPlan(BaseModel):
     torchrun_args: list[str]
     explanations: list[str]
 
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.checkpoint_layers > 0
+
     def to_markdown(self) -> str:
         lines = [
             "## Training plan",
@@ -103,7 +116,7 @@ class TrainingPlan(BaseModel):
             f"| micro-batch × accumulation × world = global batch | {self.micro_batch_size} × {self.grad_accum_steps}"
             f" × {self.world_size} = {self.global_batch_size} (requested {self.requested_global_batch_size}) |",
             f"| sequence length / tokens per step (at most) | {self.seq_len} / {self.tokens_per_step} |",
-            f"| gradient checkpointing | {'on' if self.gradient_checkpointing else 'off'} |",
+            f"| gradient checkpointing | {_checkpoint_text(self.checkpoint_layers)} |",
             f"| LoRA | r={self.lora.r}, alpha={self.lora.alpha:g}, dropout={self.lora.dropout:g} on"
             f" {', '.join(self.lora.target_modules)} ({self.lora_params:,} parameters) |",
             f"| decoder layers / attention (memory estimate) | {'compiled' if self.compiled_layers else 'eager'}"
@@ -121,6 +134,10 @@ class TrainingPlan(BaseModel):
             *(f"- {text}" for text in self.explanations),
         ]
         return "\n".join(lines) + "\n"
+
+
+def _checkpoint_text(layers: int) -> str:
+    return f"the first {layers} decoder layer(s); the rest keep their activations" if layers else "off"
 
 
 def _powers_of_two_up_to(limit: int) -> list[int]:
@@ -146,15 +163,38 @@ class _Planner:
         return sum(estimate_memory(self.shape, setting).values())
 
     def fit(self, setting: MemorySetting) -> MemorySetting | None:
-        """The largest power-of-two micro-batch that fits, without checkpointing if that fits micro-batch 1."""
+        """The setting that fits with the fewest checkpointed layers (the least recomputation), at the largest
+        power-of-two micro-batch that needs no more."""
         candidates = [self.fixed_micro] if self.fixed_micro else _powers_of_two_up_to(self.micro_cap)
-        options = [self.checkpointing] if self.checkpointing is not None else [False, True]
-        for checkpointing in options:
-            for micro in candidates:
-                trial = replace(setting, micro_batch=micro, checkpointing=checkpointing)
-                if self.total(trial) <= self.budget:
-                    return trial
-        return None
+        best = None
+        for micro in candidates:
+            trial = replace(setting, micro_batch=micro)
+            layers = fewest_checkpoint_layers(self.shape, trial, self.budget, self.checkpointing)
+            if layers is not None and (best is None or layers < best.checkpoint_layers):
+                best = replace(trial, checkpoint_layers=layers)
+            if layers == 0:
+                break
+        return best
+
+
+def checkpoint_layer_options(layers: int, configured: bool | None) -> list[int]:
+    """Checkpointed layer counts to try, fewest first: training.gradient_checkpointing true is every layer,
+    false none, unset any count."""
+    if configured is None:
+        return list(range(layers + 1))
+    return [layers if configured else 0]
+
+
+def fewest_checkpoint_layers(
+    shape: ModelShape, setting: MemorySetting, budget: int, configured: bool | None = None
+) -> int | None:
+    """The fewest decoder layers to checkpoint for `setting` to fit `budget` bytes in all (memory model, with
+    the CUDA context and allocator slack), among `checkpoint_layer_options`; None when none fits. Each
+    checkpointed layer recomputes its forward in backward, so fewer is faster."""
+    for layers in checkpoint_layer_options(shape.layers, configured):
+        if sum(estimate_memory(shape, replace(setting, checkpoint_layers=layers)).values()) <= budget:
+            return layers
+    return None
 
 
 def _lora_ladder(r: int, targets: tuple[str, ...]) -> list[tuple[int, tuple[str, ...]]]:
@@ -317,7 +357,7 @@ def plan_training(config: QftConfig, hardware: HardwareProfile, shape: ModelShap
         sharded=False,
         micro_batch=1,
         seq_len=seq_len,
-        checkpointing=bool(training.gradient_checkpointing),
+        checkpoint_layers=shape.layers if training.gradient_checkpointing else 0,
         lora_r=lora.r,
         lora_targets=tuple(lora.target_modules),
         lora_dropout=lora.dropout,
@@ -338,7 +378,7 @@ def plan_training(config: QftConfig, hardware: HardwareProfile, shape: ModelShap
                 base,
                 sharded=sharded,
                 micro_batch=training.micro_batch_size or 1,
-                checkpointing=training.gradient_checkpointing is not False,
+                checkpoint_layers=0 if training.gradient_checkpointing is False else shape.layers,
             ),
             hardware,
             why,
@@ -348,6 +388,10 @@ def plan_training(config: QftConfig, hardware: HardwareProfile, shape: ModelShap
         training.global_batch_size, world, largest_micro, fixed=training.micro_batch_size is not None
     )
     setting = replace(fit, micro_batch=micro)
+    # A micro-batch lowered to match the global batch may need fewer checkpointed layers.
+    fewer = fewest_checkpoint_layers(shape, setting, budget, training.gradient_checkpointing)
+    if fewer is not None:
+        setting = replace(setting, checkpoint_layers=fewer)
     _explain_batch(
         why,
         training.global_batch_size,
@@ -393,7 +437,7 @@ def plan_training(config: QftConfig, hardware: HardwareProfile, shape: ModelShap
         global_batch_size=effective,
         requested_global_batch_size=training.global_batch_size,
         seq_len=seq_len,
-        gradient_checkpointing=setting.checkpointing,
+        checkpoint_layers=setting.checkpoint_layers,
         dtype=dtype,
         lora=LoraSettings(
             r=setting.lora_r,
@@ -425,7 +469,7 @@ def _recommend_model_parallel(
     tensor_parallel = min(1 << (needed - 1).bit_length(), 8)
     pipeline_parallel = math.ceil(needed / tensor_parallel)
     why.append(
-        f"DOES NOT FIT: micro-batch {setting.micro_batch} {'with' if setting.checkpointing else 'without'}"
+        f"DOES NOT FIT: micro-batch {setting.micro_batch} {'with' if setting.checkpoint_layers else 'without'}"
         f" checkpointing{' and sharding' if setting.sharded else ''} needs {_gib(planner.total(setting))} of"
         f" {_gib(planner.budget)}, and no smaller LoRA (down to r={MIN_LORA_RANK}, attention projections only)"
         f" fits either. One replica needs about {needed}× one device: recommended tensor parallel {tensor_parallel}"
@@ -514,19 +558,32 @@ def _explain_batch(
 
 
 def _explain_checkpointing(why: list[str], planner: _Planner, setting: MemorySetting, configured: bool | None) -> None:
+    layers, checkpointed = planner.shape.layers, setting.checkpoint_layers
     if configured is not None:
         why.append(
-            f"gradient checkpointing {'on' if configured else 'off'}: as configured (training.gradient_checkpointing)."
+            f"gradient checkpointing {f'on, all {layers} decoder layers' if configured else 'off'}: as configured"
+            " (training.gradient_checkpointing; unset, the plan checkpoints only as many layers as memory needs)."
         )
-    elif setting.checkpointing:
-        without = planner.total(replace(setting, micro_batch=1, checkpointing=False))
+        return
+    micro = setting.micro_batch
+    if not checkpointed:
         why.append(
-            f"gradient checkpointing on: without it micro-batch 1 needs {_gib(without)} > budget"
-            f" {_gib(planner.budget)}; it costs about one extra forward pass per step."
+            f"gradient checkpointing off: micro-batch {micro} fits with every layer keeping its activations, so no"
+            " forward pass is recomputed."
         )
-    else:
-        why.append("gradient checkpointing off: micro-batch 1 fits without it, so no forward pass is recomputed.")
-
+        return
+    shape, tokens = planner.shape, setting.tokens
+    kept = tokens * layer_activation_bytes_per_token(shape, setting)
+    one_fewer = planner.total(replace(setting, checkpoint_layers=checkpointed - 1))
+    why.append(
+        f"gradient checkpointing of the first {checkpointed} of {layers} decoder layers (the fewest over every"
+        f" micro-batch; training.gradient_checkpointing unset): at micro-batch {micro} × {setting.seq_len} tokens"
+        f" a layer keeping its activations holds {_gib(kept)}, a checkpointed one only its input"
+        f" ({_gib(tokens * dtype_bytes(setting.dtype) * shape.hidden)}); {checkpointed - 1} checkpointed layer(s)"
+        f" would need {_gib(one_fewer)} > budget {_gib(planner.budget)}, {checkpointed} need"
+        f" {_gib(planner.total(setting))}. Each recomputes its forward in backward: about"
+        f" {checkpointed / layers:.0%} of one forward pass more per step."
+    )
 
 
 def _explain_fast_path(why: list[str], setting: MemorySetting) -> None:

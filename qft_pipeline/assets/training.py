@@ -61,7 +61,7 @@ def training_plan(qft: QftSettings, hardware_profile: HardwareProfile) -> dg.Out
             "world_size": plan.world_size,
             "micro_batch_size": plan.micro_batch_size,
             "grad_accum_steps": plan.grad_accum_steps,
-            "gradient_checkpointing": plan.gradient_checkpointing,
+            "checkpoint_layers": plan.checkpoint_layers,
             "fits": plan.fits,
             "plan": dg.MetadataValue.md(plan.to_markdown()),
         },

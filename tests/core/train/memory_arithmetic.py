@@ -79,7 +79,7 @@ def setting(**changes) -> MemorySetting:
         sharded=False,
         micro_batch=4,
         seq_len=2048,
-        checkpointing=False,
+        checkpoint_layers=0,
         lora_r=16,
         lora_targets=tuple(ALL_TARGETS),
         lora_dropout=0.0,

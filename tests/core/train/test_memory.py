@@ -20,9 +20,9 @@ from tests.core.train.memory_arithmetic import CONTEXT, QWEN3_4B_8_LAYERS, TINY,
 # r 8, dropout 0.05, packed, micro-batch 8 of at most 2048 tokens).
 MEASURED_PEAKS = [
     ("engine 2048x4", QWEN3_4B, setting(), 39.9),
-    ("engine 2048x8 checkpointed", QWEN3_4B, setting(micro_batch=8, checkpointing=True), 14.0),
-    ("engine 4096x4 checkpointed", QWEN3_4B, setting(seq_len=4096, checkpointing=True), 14.0),
-    ("engine 16384x1 checkpointed", QWEN3_4B, setting(micro_batch=1, seq_len=16384, checkpointing=True), 14.0),
+    ("engine 2048x8 checkpointed", QWEN3_4B, setting(micro_batch=8, checkpoint_layers=36), 14.0),
+    ("engine 4096x4 checkpointed", QWEN3_4B, setting(seq_len=4096, checkpoint_layers=36), 14.0),
+    ("engine 16384x1 checkpointed", QWEN3_4B, setting(micro_batch=1, seq_len=16384, checkpoint_layers=36), 14.0),
     ("engine 2048x4 packed, flex", QWEN3_4B, setting(rows="packed"), 39.9),
     ("engine 2048x4 packed, sdpa dense mask", QWEN3_4B, setting(rows="packed", flex_attention=False), 43.3),
     # engine-nocompile: eager layers; its loss kernel was still compiled, which the eager plan counts eagerly too
@@ -128,7 +128,7 @@ def test_estimate_memory_terms_on_a_tiny_shape():
     logits = 32 * 512 * 10 + tokens * 2 * 128
 
     plain = estimate_memory(TINY, tiny_setting())
-    checkpointed = estimate_memory(TINY, tiny_setting(checkpointing=True))
+    checkpointed = estimate_memory(TINY, tiny_setting(checkpoint_layers=2))
 
     assert plain["base_weights"] == params * 2 == 722_432
     assert plain["lora_weights"] == plain["lora_grads"] == 4 * adapter
@@ -148,3 +148,32 @@ def test_estimate_memory_terms_on_a_tiny_shape():
 def test_distributed_ranks_add_nccl_buffers_and_cpu_has_no_cuda_context():
     assert estimate_memory(TINY, tiny_setting(world_size=2))["cuda_context"] == CONTEXT + 11 * GIB // 20
     assert estimate_memory(TINY, tiny_setting(device="cpu", dtype="float32"))["cuda_context"] == 0
+
+
+def test_first_k_checkpointed_layers_keep_their_input_and_the_rest_everything():
+    tokens = 2 * 64
+    logits = 32 * 512 * 10 + tokens * 2 * 128
+    gradients = tokens * 2 * (4 * 256 + 2 * 128)  # a compiled layer's backward in flight
+
+    one_of_two = estimate_memory(TINY, tiny_setting(checkpoint_layers=1))
+
+    # layer 0 keeps its bf16 input, layer 1 its 3,984 bytes a token; final norm input and hidden-state gradient
+    assert one_of_two["activations"] == tokens * (2 * 128 + 3_984 + 4 * 128 + 2 * 128)
+    # backward meets layer 1 whole first and has freed it before layer 0 recomputes: no recomputed layer on top
+    assert one_of_two["backward_working_set"] == gradients - logits
+    assert allocated_bytes(one_of_two) == allocated_bytes(estimate_memory(TINY, tiny_setting())) - tokens * (
+        3_984 - 2 * 128
+    )
+
+
+def test_qwen3_4b_at_16k_tokens_saves_a_layers_kept_set_less_its_input_per_checkpointed_layer():
+    tokens = 16_384
+    whole = allocated_bytes(estimate_memory(QWEN3_4B, setting(micro_batch=8, checkpoint_layers=0)))
+    first_30 = allocated_bytes(estimate_memory(QWEN3_4B, setting(micro_batch=8, checkpoint_layers=30)))
+
+    assert whole - first_30 == 30 * tokens * (110_312 - 5_120)  # 110,312 bytes a token kept, measured to the byte
+
+
+def test_more_checkpointed_layers_than_the_model_has_is_an_error():
+    with pytest.raises(ValueError, match="checkpoint_layers 3: the model has 2 decoder layers"):
+        estimate_memory(TINY, tiny_setting(checkpoint_layers=3))

@@ -66,10 +66,38 @@ def test_24gib_card_fits_only_micro_batch_1_and_accumulates_16():
     assert (plan.micro_batch_size, plan.grad_accum_steps, plan.gradient_checkpointing) == (1, 16, False)
 
 
-def test_long_sequences_on_24gib_turn_checkpointing_on():
+def test_long_sequences_on_24gib_checkpoint_the_fewest_layers_that_fit():
     tokens = 4096
     fixed = WEIGHTS + LORA_STATES
     assert planned_total(fixed + LOGIT_CHUNK + tokens * (36 * LAYER + OUTSIDE_LAYERS)) > budget(24)
+
+    def first_checkpointed(layers: int, micro: int = 1) -> int:
+        """The first `layers` keep their input (2·2560 bytes a token), the others everything (LAYER); one loss
+        chunk and the scored hidden states' copy outweigh a layer's backward, which recomputes nothing while a
+        layer is kept whole."""
+        row = micro * tokens
+        assert row * 2 * (4 * 9728 + 2 * 2560) < LOGIT_CHUNK
+        kept = row * (layers * 2 * 2560 + (36 - layers) * LAYER + OUTSIDE_LAYERS)
+        return fixed + kept + LOGIT_CHUNK + row * 2 * 2560
+
+    # 20 layers at micro-batch 1: 19 need 24.77e9 > 24.48e9, 20 need 24.07e9. Larger micro-batches need more
+    # layers (29 at 2, 33 at 4), so micro-batch 1 recomputes the least.
+    assert planned_total(first_checkpointed(19)) > budget(24) >= planned_total(first_checkpointed(20))
+    assert planned_total(first_checkpointed(28, micro=2)) > budget(24)
+
+    plan = plan_training(
+        config(model={"max_length": 4096}, training={"global_batch_size": 16}), gpu_profile(1, 24, "8.6"), QWEN3_4B
+    )
+
+    assert (plan.checkpoint_layers, plan.micro_batch_size, plan.grad_accum_steps) == (20, 1, 16)
+    assert plan.memory_gib["activations"] * GIB == tokens * (20 * 2 * 2560 + 16 * LAYER + OUTSIDE_LAYERS)
+    assert any(text.startswith("gradient checkpointing of the first 20 of 36") for text in plan.explanations)
+    assert "| gradient checkpointing | the first 20 decoder layer(s)" in plan.to_markdown()
+
+
+def test_checkpointing_configured_on_checkpoints_every_layer_at_the_largest_micro_batch():
+    tokens = 4096
+    fixed = WEIGHTS + LORA_STATES
 
     def checkpointed(micro: int) -> int:
         kept = micro * tokens * (36 * 2 * 2560 + OUTSIDE_LAYERS)  # each layer's input
@@ -81,11 +109,24 @@ def test_long_sequences_on_24gib_turn_checkpointing_on():
     assert planned_total(checkpointed(4)) <= budget(24) < planned_total(checkpointed(8))  # 18.3e9 ≤ 24.5e9 < 26.4e9
 
     plan = plan_training(
-        config(model={"max_length": 4096}, training={"global_batch_size": 16}), gpu_profile(1, 24, "8.6"), QWEN3_4B
+        config(model={"max_length": 4096}, training={"global_batch_size": 16, "gradient_checkpointing": True}),
+        gpu_profile(1, 24, "8.6"),
+        QWEN3_4B,
     )
 
-    assert (plan.gradient_checkpointing, plan.micro_batch_size, plan.grad_accum_steps) == (True, 4, 4)
-    assert any("gradient checkpointing on: without it" in text for text in plan.explanations)
+    assert (plan.checkpoint_layers, plan.micro_batch_size, plan.grad_accum_steps) == (36, 4, 4)
+    assert any("gradient checkpointing on, all 36 decoder layers: as configured" in text for text in plan.explanations)
+
+
+def test_checkpointing_configured_off_keeps_every_layer_whole():
+    plan = plan_training(
+        config(model={"max_length": 4096}, training={"global_batch_size": 16, "gradient_checkpointing": False}),
+        gpu_profile(1, 24, "8.6"),
+        QWEN3_4B,
+    )
+
+    assert plan.checkpoint_layers == 0
+    assert not plan.fits  # 4096 tokens without checkpointing exceed the 24 GiB card (first test above)
 
 
 def test_fsdp_is_chosen_when_a_replica_does_not_fit_one_gpu():

@@ -78,7 +78,6 @@ def cpu_plan(
         global_batch_size=micro * accum * world_size,
         requested_global_batch_size=micro * accum * world_size,
         seq_len=seq_len,
-        gradient_checkpointing=False,
         dtype="float32",
         lora=LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=TARGETS),
         lora_params=1,
