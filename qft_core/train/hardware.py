@@ -85,6 +85,9 @@ class HardwareProfile(HardwareRecord):
     physical_cores: int = Field(ge=1)
     logical_cores: int = Field(ge=1)
     ram_gib: float = Field(ge=0)
+    # RAM free for new work when profiled (the OS's estimate, page cache it can drop included); None in profiles
+    # written before it was recorded.
+    ram_available_gib: float | None = Field(None, ge=0)
     torch_version: str
     cuda_version: str | None = None
     nccl_version: str | None = None
@@ -120,7 +123,8 @@ class HardwareProfile(HardwareRecord):
             "",
             f"- device: **{self.device}**, {self.gpu_count} GPU(s), interconnect **{self.interconnect}**"
             f" (topology from {self.topology_source})",
-            f"- CPU: {self.physical_cores} physical / {self.logical_cores} logical cores; RAM {self.ram_gib:.1f} GiB",
+            f"- CPU: {self.physical_cores} physical / {self.logical_cores} logical cores; RAM {self.ram_gib:.1f} GiB"
+            + (f" ({self.ram_available_gib:.1f} available)" if self.ram_available_gib is not None else ""),
             f"- torch {self.torch_version} (built for CUDA {self.cuda_version or '-'},"
             f" NCCL {self.nccl_version or '-'});"
             f" bf16 {'supported' if self.bf16_supported else 'not supported'}",
@@ -451,6 +455,7 @@ def profile_hardware() -> HardwareProfile:
     compiled, flex = _fast_path_support(gpus, notes)
     logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     physical = psutil.cpu_count(logical=False) or logical
+    memory = psutil.virtual_memory()
     return HardwareProfile(
         hostname=platform.node() or "localhost",
         gpus=gpus,
@@ -458,7 +463,8 @@ def profile_hardware() -> HardwareProfile:
         topology_source=source if gpus else "none",
         physical_cores=min(physical, logical),
         logical_cores=logical,
-        ram_gib=psutil.virtual_memory().total / GIB,
+        ram_gib=memory.total / GIB,
+        ram_available_gib=memory.available / GIB,
         torch_version=torch.__version__,
         cuda_version=torch.version.cuda,
         nccl_version=_nccl_version(),

@@ -340,8 +340,14 @@ def plan_training(config: QftConfig, hardware: HardwareProfile, shape: ModelShap
         capacity = int(hardware.min_gpu_memory_gib * GIB)
         where = f"the smallest GPU's {hardware.min_gpu_memory_gib:.1f} GiB"
     else:
-        capacity = int(hardware.ram_gib * GIB / nproc)
-        where = f"{hardware.ram_gib:.1f} GiB RAM shared by {nproc} process(es)"
+        # What other programs hold is not the trainer's to take: budget from the RAM available when profiled.
+        ram = hardware.ram_gib if hardware.ram_available_gib is None else hardware.ram_available_gib
+        capacity = int(ram * GIB / nproc)
+        where = (
+            f"{ram:.1f} GiB RAM"
+            + ("" if hardware.ram_available_gib is None else f" available (of {hardware.ram_gib:.1f} GiB)")
+            + f" shared by {nproc} process(es)"
+        )
     budget = int(capacity * USABLE_FRACTION[device])
     why.append(
         f"Memory budget {_gib(budget)} per {'GPU' if device == 'cuda' else 'process'}: {USABLE_FRACTION[device]:.0%} of"

@@ -245,6 +245,23 @@ def test_cpu_plan_uses_gloo_float32_and_counts_attention_scores():
     assert plan.memory_gib["cuda_context"] == 0
 
 
+def test_cpu_budget_comes_from_the_ram_available_when_profiled():
+    busy = cpu_profile(ram_gib=24).model_copy(update={"ram_available_gib": 6.0})
+    plan = plan_training(config(model={"max_length": 256}, training={"nproc": 2}), busy, TINY)
+    # 85 % of 6 GiB shared by two processes (2.55 GiB each), not of the 24 GiB installed.
+    assert (
+        "Memory budget 2.55 GiB per process: 85% of 6.0 GiB RAM available (of 24.0 GiB) shared by 2 process(es)"
+        in plan.explanations[_budget_line(plan)]
+    )
+    # A profile without the figure (written before it was recorded) budgets from the installed RAM: 10.2 GiB each.
+    older = plan_training(config(model={"max_length": 256}, training={"nproc": 2}), cpu_profile(ram_gib=24), TINY)
+    assert "Memory budget 10.20 GiB per process: 85% of 24.0 GiB RAM shared by 2" in older.explanations[_budget_line(older)]
+
+
+def _budget_line(plan) -> int:
+    return next(index for index, line in enumerate(plan.explanations) if line.startswith("Memory budget"))
+
+
 def test_plan_assumes_the_kernels_the_engine_picks_on_this_machine():
     """On the machine running the tests, the profile's fast-path fields and the plan agree with choose_fast_path."""
     profile = profile_hardware()
