@@ -241,17 +241,19 @@ def find_claims(text: str, names: re.Pattern[str], subject_of: Callable[[str], s
     return list(found.values())
 
 
+def numeric_values(claims: Sequence[Claim]) -> dict[tuple[str, str], set]:
+    """Every value the claims give each numeric (subject, attribute) pair."""
+    grouped: dict[tuple[str, str], set] = {}
+    for claim in claims:
+        if claim.attribute in NUMERIC_ATTRIBUTES:
+            grouped.setdefault((claim.subject, claim.attribute), set()).update(claim.values)
+    return grouped
+
+
 def compare_claims(answer: Sequence[Claim], reference: Sequence[Claim]) -> ClaimAgreement:
     """How many numeric (subject, attribute) pairs both texts state, and on how many their values are disjoint
     ("AES-256 有 10 轮" against "AES-256 有 14 轮")."""
-    def by_key(claims: Sequence[Claim]) -> dict[tuple[str, str], set]:
-        grouped: dict[tuple[str, str], set] = {}
-        for claim in claims:
-            if claim.attribute in NUMERIC_ATTRIBUTES:
-                grouped.setdefault((claim.subject, claim.attribute), set()).update(claim.values)
-        return grouped
-
-    stated, expected = by_key(answer), by_key(reference)
+    stated, expected = numeric_values(answer), numeric_values(reference)
     shared = [key for key in stated if key in expected]
     return ClaimAgreement(len(shared), sum(stated[key].isdisjoint(expected[key]) for key in shared))
 

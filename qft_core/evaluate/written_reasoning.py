@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from qft_core.config import QftConfig, ReasoningConfig
 from qft_core.data.terms import TermDictionary
 from qft_core.data.thinking import new_share, score_thinking
-from qft_core.evaluate.claims import NUMERIC_ATTRIBUTES, Claim
+from qft_core.evaluate.claims import Claim, numeric_values
 from qft_core.evaluate.facts import FactBase
 from qft_core.evaluate.reasoning_writers import Progress, ReasoningWriter, WriteFailed, reasoning_writer
 from qft_core.evaluate.thinking_quality import THINK_CLOSE, THINK_OPEN
@@ -85,15 +85,8 @@ def check_written_reasoning(
 
 def _disagreements(stated: Sequence[Claim], expected: Sequence[Claim]) -> list[str]:
     """Numeric (subject, attribute) pairs both texts state with disjoint values, as 'aes_256 rounds: reasoning 10,
-    answer 14' (facts.compare_claims' rule, with the pairs named)."""
-    def by_key(claims: Sequence[Claim]) -> dict[tuple[str, str], set]:
-        grouped: dict[tuple[str, str], set] = {}
-        for claim in claims:
-            if claim.attribute in NUMERIC_ATTRIBUTES:
-                grouped.setdefault((claim.subject, claim.attribute), set()).update(claim.values)
-        return grouped
-
-    in_reasoning, in_answer = by_key(stated), by_key(expected)
+    answer 14' (claims.compare_claims' rule, with the pairs named)."""
+    in_reasoning, in_answer = numeric_values(stated), numeric_values(expected)
     return [
         f"{subject} {attribute}: reasoning {_values(values)}, answer {_values(in_answer[subject, attribute])}"
         for (subject, attribute), values in in_reasoning.items()
