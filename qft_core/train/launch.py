@@ -56,10 +56,12 @@ def read_splits(splits: Splits) -> dict[str, list[ThinkingExample]]:
 
 def training_key(config: QftConfig, splits: Splits, plan: TrainingPlan) -> str:
     """What makes two trainings the same one, so that one may resume the other's checkpoints: the model, the
-    training and LoRA settings, the plan and every training and validation example (sha256)."""
+    training and LoRA settings, the plan's decisions (`decisions_json`: not the RAM free when it was planned) and
+    every training and validation example (sha256)."""
     digest = hashlib.sha256()
-    for section in (config.model, config.training, config.lora, plan):
+    for section in (config.model, config.training, config.lora):
         digest.update(section.model_dump_json().encode("utf-8"))
+    digest.update(plan.decisions_json().encode("utf-8"))
     for name, examples in read_splits(splits).items():
         digest.update(f"\0{name}:{len(examples)}\0".encode())
         for example in examples:

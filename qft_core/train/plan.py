@@ -10,6 +10,7 @@ is an upper bound.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -98,6 +99,15 @@ class TrainingPlan(BaseModel):
     recommended_pp: int = Field(1, ge=1)
     torchrun_args: list[str]
     explanations: list[str]
+
+    def decisions_json(self) -> str:
+        """The plan without what quotes the machine's state when it was planned (the explanations, the memory
+        budget and capacity: RAM available differs from one run to the next), for telling trainings apart."""
+        decisions = self.model_dump(mode="json", exclude={"explanations"})
+        decisions["memory_gib"] = {
+            name: value for name, value in self.memory_gib.items() if name not in ("budget", "capacity")
+        }
+        return json.dumps(decisions, sort_keys=True)
 
     @property
     def gradient_checkpointing(self) -> bool:

@@ -25,7 +25,7 @@ EXAMPLES = [
     ("t3", "post_quantum", "格密码为什么被认为能抵抗量子攻击？", "格上的困难问题目前没有已知的高效量子算法。"),
 ]
 REPORT_KEYS = {"models", "stand_in", "main_metrics", "lower_is_better", "loss_metrics", "primary_set", "settings",
-               "headline", "verdict", "regressions", "suggestions", "sets", "experts"}
+               "headline", "verdict", "regressions", "suggestions", "sets", "experts", "reasoning_origins"}
 
 
 @pytest.fixture(scope="module")

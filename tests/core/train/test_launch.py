@@ -28,6 +28,7 @@ from qft_core.train.launch import (
     run_job,
     run_training,
     torchrun_command,
+    training_key,
     worker_environment,
 )
 from qft_core.train.metrics_log import METRICS_PREFIX, MetricsLog
@@ -105,6 +106,20 @@ def test_splits_are_read_from_parquet_and_a_missing_train_split_is_named(tmp_pat
     assert read_splits(tmp_path) == {"train": SPLITS["train"], "validation": []}
     with pytest.raises(SplitsNotFound, match=r"empty/train.parquet: no training split"):
         read_splits(tmp_path / "empty")
+
+
+def test_the_training_key_follows_the_plans_decisions_not_its_explanations(tmp_path: Path) -> None:
+    write_parquet(SPLITS["train"], ThinkingExample, tmp_path / "train.parquet")
+    config = _config(tmp_path / "model")
+    plan = cpu_plan()
+    key = training_key(config, tmp_path, plan)
+    # Planned again on a machine with less RAM free: the same decisions, other words.
+    reworded = plan.model_copy(update={
+        "explanations": ["Memory budget 2.55 GiB per process: 85% of 6.0 GiB RAM"],
+        "memory_gib": {**plan.memory_gib, "budget": 2.55, "capacity": 3.0},
+    })
+    assert training_key(config, tmp_path, reworded) == key
+    assert training_key(config, tmp_path, cpu_plan(micro=1, accum=4)) != key
 
 
 def test_prepare_run_tokenizes_the_splits_and_writes_a_complete_job(qwen3_model_dir: Path, tmp_path: Path) -> None:
