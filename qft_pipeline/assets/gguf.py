@@ -59,3 +59,12 @@ def latest_gguf(instance: dg.DagsterInstance, merged_dir: Path) -> Mapping[str, 
         return None
     metadata = {key: entry.value for key, entry in event.asset_materialization.metadata.items()}
     return metadata if metadata.get("merged_model") == str(merged_dir) else None
+
+
+def gguf_warnings(gguf: Mapping[str, Any] | None, gguf_types: list[str]) -> list[str]:
+    """What the deployment package says of its GGUF files: skipped (and why), or missing though configured."""
+    if gguf and gguf.get("skipped"):
+        return [f"gguf: not included: {gguf['skipped']}"]
+    if gguf_types and not gguf:
+        return ["gguf: no GGUF export of this merged model (materialize gguf_model); not included"]
+    return []

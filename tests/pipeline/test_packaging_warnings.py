@@ -17,13 +17,8 @@ from qft_core.data.split import SplitResult
 from qft_core.evaluate.report import EvaluationReport, read_report
 from qft_core.model.registry import ensure_model_dir, resolve_model
 from qft_pipeline.artifacts import run_folder
-from qft_pipeline.assets.packaging import (
-    DEGRADATION_CHECK,
-    QUANT_FORMATS,
-    deployed_model_dir,
-    deployment_package,
-    quantized_variants,
-)
+from qft_pipeline.assets.deployment import deployed_model_dir, deployment_package, quantized_variants
+from qft_pipeline.assets.packaging import DEGRADATION_CHECK, QUANT_FORMATS
 from qft_pipeline.resources import QftSettings, resources
 
 MERGED = Path("/artifacts/runs/r1/merged_model/merged")
